@@ -1,0 +1,3 @@
+from agentgw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Typed config shaped like agentgw.yaml (contract section 3), validated once at load."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agentgw.typed_yaml import ConfigError, Duration, build, coerce, compose_documents
+
+DEFAULT_CONFIG_FILE = "agentgw.yaml"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    metrics_listen: str = "127.0.0.1:9090"
+    workers: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SessionStoreConfig:
+    type: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "agentgw:"
+    # The memory store drops its least recently used sessions beyond this many.
+    max_sessions: int = 100_000
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class McpTargetConfig:
+    name: str
+    backends: list[BackendConfig]
+    balance: Literal["least_sessions", "round_robin"] = "least_sessions"
+    failover: Literal["end_session", "reinitialize"] = "end_session"
+    timeout: Duration = Duration(60.0)
+    health_check_interval: Duration = Duration(2.0)
+
+
+@dataclass(frozen=True)
+class McpConfig:
+    enabled: bool = True
+    tool_validation: bool = True
+    targets: list[McpTargetConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class A2AAgentConfig:
+    name: str
+    backends: list[BackendConfig]
+
+
+@dataclass(frozen=True)
+class A2AConfig:
+    agents: list[A2AAgentConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LlmProviderConfig:
+    name: str
+    type: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class LlmModelAliasConfig:
+    name: str
+    route: list[str]
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    providers: list[LlmProviderConfig] = field(default_factory=list)
+    models: list[LlmModelAliasConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    session_store: SessionStoreConfig = field(default_factory=SessionStoreConfig)
+    policies: list[str] = field(default_factory=lambda: ["policies/"])
+    mcp: McpConfig = field(default_factory=McpConfig)
+    a2a: A2AConfig = field(default_factory=A2AConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    source: str = field(default="built-in defaults", metadata={"yaml_key": "__source__"})
+
+    def target(self, name: str) -> McpTargetConfig | None:
+        return next((t for t in self.mcp.targets if t.name == name), None)
+
+
+# env var -> (section, key, parser)
+_ENV_OVERRIDES: dict[str, tuple[str, str, Any]] = {
+    "AGENTGW_LISTEN": ("server", "listen", str),
+    "AGENTGW_METRICS_LISTEN": ("server", "metrics_listen", str),
+    "AGENTGW_WORKERS": ("server", "workers", int),
+    "AGENTGW_MAX_BODY_BYTES": ("server", "max_body_bytes", int),
+    "SESSION_STORE_TYPE": ("session_store", "type", Literal["memory", "redis"]),
+    "REDIS_URL": ("session_store", "url", str),
+    "AGENTGW_KEY_PREFIX": ("session_store", "key_prefix", str),
+    "MCP_ENABLED": ("mcp", "enabled", bool),
+    "TOOL_VALIDATION_ENABLED": ("mcp", "tool_validation", bool),
+}
+
+
+def config_path(cli_path: str | None, env: Mapping[str, str]) -> Path | None:
+    """`--config`, else AGENTGW_CONFIG, else ./agentgw.yaml if present, else built-in defaults."""
+    if cli_path:
+        return Path(cli_path)
+    if env.get("AGENTGW_CONFIG"):
+        return Path(env["AGENTGW_CONFIG"])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load, apply env overrides, validate. Raises ConfigError naming file, line and key."""
+    env = os.environ if env is None else env
+    settings = _read(path) if path is not None else Settings()
+    settings = _apply_env(settings, env)
+    _validate(settings)
+    return settings
+
+
+def _read(path: Path) -> Settings:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, 0, f"cannot read config: {exc}") from None
+    documents = compose_documents(text, file)
+    if not documents:
+        return Settings(source=file)
+    if len(documents) > 1:
+        raise ConfigError(file, documents[1].start_mark.line + 1, "expected one YAML document")
+    settings: Settings = build(documents[0], Settings, file, "")
+    return dataclasses.replace(settings, source=file)
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    sections: dict[str, dict[str, Any]] = {}
+    for var, (section, key, tp) in _ENV_OVERRIDES.items():
+        if var not in env:
+            continue
+        try:
+            sections.setdefault(section, {})[key] = coerce(env[var], tp)
+        except ValueError as exc:
+            raise ConfigError("environment", 0, f"{var}: {exc}") from None
+    if "REDIS_URL" in env and "SESSION_STORE_TYPE" not in env:
+        sections.setdefault("session_store", {})["type"] = "redis"
+    if "AGENTGW_POLICIES" in env:
+        settings = dataclasses.replace(settings, policies=[p for p in env["AGENTGW_POLICIES"].split(":") if p])
+    for section, changes in sections.items():
+        settings = dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **changes)})
+    return settings
+
+
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _validate(settings: Settings) -> None:
+    file = settings.source
+    for listen in (settings.server.listen, settings.server.metrics_listen):
+        if listen:
+            split_host_port(listen, file)
+    if settings.server.workers < 1:
+        raise ConfigError(file, 0, "server.workers: must be at least 1")
+    if settings.server.workers > 1 and settings.session_store.type == "memory":
+        raise ConfigError(file, 0, "server.workers: more than 1 worker needs session_store.type redis")
+    if settings.server.max_body_bytes < 1024:
+        raise ConfigError(file, 0, "server.max_body_bytes: must be at least 1024")
+    names: set[str] = set()
+    for target in settings.mcp.targets:
+        if not _TARGET_NAME.match(target.name) or target.name == "ws":
+            raise ConfigError(file, 0, f"mcp.targets: invalid target name {target.name!r}")
+        if target.name in names:
+            raise ConfigError(file, 0, f"mcp.targets: duplicate target name {target.name!r}")
+        names.add(target.name)
+        if not target.backends:
+            raise ConfigError(file, 0, f"mcp.targets.{target.name}.backends: at least one backend is needed")
+        for backend in target.backends:
+            if not backend.url.startswith(("http://", "https://")):
+                raise ConfigError(file, 0, f"mcp.targets.{target.name}.backends: {backend.url!r} is not an http(s) URL")
+
+
+def split_host_port(listen: str, file: str = "config") -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(file, 0, f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,124 @@
+"""Gateway errors carry their wire codes; this is the one place they become responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import Send
+
+# JSON-RPC codes the gateway itself answers with.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INTERNAL_ERROR = -32603
+HEADER_MISMATCH = -32020
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+SERVER_UNAVAILABLE = -32000
+
+
+class GatewayError(Exception):
+    """An error answered to the client with an HTTP status and a JSON-RPC error body."""
+
+    http_status = 500
+    jsonrpc_code = INTERNAL_ERROR
+
+    def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        self.headers = headers or {}
+        # The id of the JSON-RPC request that failed, once the body was parsed.
+        self.request_id: Any = None
+
+    def body(self) -> bytes:
+        error: dict[str, Any] = {"code": self.jsonrpc_code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}, separators=(",", ":")).encode()
+
+    async def send(self, send: Send) -> None:
+        """Answer the client with this error; the one place errors become responses."""
+        body = self.body()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.http_status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ParseError(GatewayError):
+    http_status = 400
+    jsonrpc_code = PARSE_ERROR
+
+
+class InvalidRequest(GatewayError):
+    http_status = 400
+    jsonrpc_code = INVALID_REQUEST
+
+
+class HeaderMismatch(GatewayError):
+    http_status = 400
+    jsonrpc_code = HEADER_MISMATCH
+
+
+class UnsupportedProtocolVersion(GatewayError):
+    http_status = 400
+    jsonrpc_code = UNSUPPORTED_PROTOCOL_VERSION
+
+
+class BodyTooLarge(GatewayError):
+    http_status = 413
+    jsonrpc_code = INVALID_REQUEST
+
+
+class UnsupportedMediaType(GatewayError):
+    http_status = 415
+    jsonrpc_code = INVALID_REQUEST
+
+
+class NotAcceptable(GatewayError):
+    http_status = 406
+    jsonrpc_code = INVALID_REQUEST
+
+
+class MethodNotAllowed(GatewayError):
+    http_status = 405
+    jsonrpc_code = INVALID_REQUEST
+
+
+class Forbidden(GatewayError):
+    """Host or Origin not allowed (DNS-rebinding protection)."""
+
+    http_status = 403
+    jsonrpc_code = INVALID_REQUEST
+
+
+class NotFound(GatewayError):
+    http_status = 404
+    jsonrpc_code = INVALID_REQUEST
+
+
+class SessionNotFound(NotFound):
+    """Unknown, expired or ended session: a spec-following client re-initializes."""
+
+
+class SessionRequired(GatewayError):
+    http_status = 400
+    jsonrpc_code = INVALID_REQUEST
+
+
+class StoreUnavailable(GatewayError):
+    """The session store does not answer; the client may retry."""
+
+    http_status = 503
+    jsonrpc_code = SERVER_UNAVAILABLE
+
+
+class UpstreamUnavailable(GatewayError):
+    """No backend could take the request: the backend's fault, never the client's."""
+
+    http_status = 503
+    jsonrpc_code = SERVER_UNAVAILABLE
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    http_status = 504

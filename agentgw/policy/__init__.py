@@ -1,0 +1,1 @@
+"""Policies as YAML resources (contract section 6)."""

@@ -1,0 +1,1 @@
+"""Where MCP sessions live: a small protocol with memory and Redis implementations."""

@@ -1,0 +1,72 @@
+"""In-process session store for one gateway process; bounded so churn cannot grow it."""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+
+from agentgw.sessions.store import SessionRecord
+
+
+class MemorySessionStore:
+    def __init__(self, max_sessions: int) -> None:
+        self._max_sessions = max_sessions
+        # Least recently used first, so expired and evicted records leave from the front.
+        self._records: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
+        self._per_backend: Counter[tuple[str, str]] = Counter()
+
+    async def create(self, record: SessionRecord, ttl: float) -> None:
+        self._drop_expired(record.created_at)
+        while len(self._records) >= self._max_sessions:
+            self._forget(next(iter(self._records)))
+        self._records[record.id] = (record, record.created_at + ttl)
+        self._per_backend[(record.target, record.backend)] += 1
+
+    async def touch(self, session_id: str, now: float, ttl: float) -> SessionRecord | None:
+        entry = self._records.get(session_id)
+        if entry is None:
+            return None
+        record, expires_at = entry
+        if expires_at <= now:
+            self._forget(session_id)
+            return None
+        record.last_seen = now
+        self._records[session_id] = (record, now + ttl)
+        self._records.move_to_end(session_id)
+        return record
+
+    async def replace_backend(self, record: SessionRecord, ttl: float) -> None:
+        self._forget(record.id)
+        self._records[record.id] = (record, record.last_seen + ttl)
+        self._per_backend[(record.target, record.backend)] += 1
+
+    async def delete(self, session_id: str) -> SessionRecord | None:
+        return self._forget(session_id)
+
+    async def count_by_backend(self, target: str, backends: list[str], now: float) -> dict[str, int]:
+        self._drop_expired(now)
+        return {backend: self._per_backend[(target, backend)] for backend in backends}
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._records.clear()
+        self._per_backend.clear()
+
+    def _forget(self, session_id: str) -> SessionRecord | None:
+        entry = self._records.pop(session_id, None)
+        if entry is None:
+            return None
+        record = entry[0]
+        key = (record.target, record.backend)
+        self._per_backend[key] -= 1
+        if self._per_backend[key] <= 0:
+            del self._per_backend[key]
+        return record
+
+    def _drop_expired(self, now: float) -> None:
+        while self._records:
+            session_id, (_, expires_at) = next(iter(self._records.items()))
+            if expires_at > now:
+                return
+            self._forget(session_id)

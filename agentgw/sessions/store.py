@@ -1,0 +1,78 @@
+"""The SessionStore protocol and the session record (contract 5.2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+def new_session_id() -> str:
+    """256 random bits, never derived from anything a client sent."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    target: str
+    backend: str
+    protocol_version: str
+    created_at: float
+    last_seen: float
+    # The backend's own session id; None for the stateless 2026-07-28 revision.
+    backend_session_id: str | None = None
+    issuer: str | None = None
+    subject: str | None = None
+    scopes: list[str] = field(default_factory=list)
+    # The client's initialize request as forwarded, replayed by `failover: reinitialize`.
+    initialize: str | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        fields["scopes"] = " ".join(self.scopes)
+        return {k: str(v) for k, v in fields.items()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> SessionRecord:
+        return cls(
+            id=fields["id"],
+            target=fields["target"],
+            backend=fields["backend"],
+            protocol_version=fields["protocol_version"],
+            created_at=float(fields["created_at"]),
+            last_seen=float(fields["last_seen"]),
+            backend_session_id=fields.get("backend_session_id"),
+            issuer=fields.get("issuer"),
+            subject=fields.get("subject"),
+            scopes=fields.get("scopes", "").split(),
+            initialize=fields.get("initialize"),
+        )
+
+
+class SessionStore(Protocol):
+    """Session records shared by every gateway process that uses the same store.
+
+    Every method raises `StoreUnavailable` when the store does not answer.
+    """
+
+    async def create(self, record: SessionRecord, ttl: float) -> None: ...
+
+    async def touch(self, session_id: str, now: float, ttl: float) -> SessionRecord | None:
+        """The live record, its lifetime slid to `now + ttl`; one round trip."""
+        ...
+
+    async def replace_backend(self, record: SessionRecord, ttl: float) -> None:
+        """Store a record whose backend changed (failover: reinitialize)."""
+        ...
+
+    async def delete(self, session_id: str) -> SessionRecord | None: ...
+
+    async def count_by_backend(self, target: str, backends: list[str], now: float) -> dict[str, int]:
+        """Live sessions per backend of a target, for `balance: least_sessions`."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
