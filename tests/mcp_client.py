@@ -1,0 +1,34 @@
+"""The real MCP SDK client, pointed at a gateway."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+
+
+@contextlib.asynccontextmanager
+async def sdk_client(
+    url: str, mode: str = "legacy", seen: list[httpx2.Response] | None = None, **callbacks: Any
+) -> AsyncIterator[Client]:
+    """A connected SDK client; every HTTP response it gets is appended to `seen`."""
+
+    async def record(response: httpx2.Response) -> None:
+        if seen is not None:
+            seen.append(response)
+
+    async with httpx2.AsyncClient(event_hooks={"response": [record]}, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode, **callbacks) as client:
+            yield client
+
+
+async def call_text(client: Client, tool: str, arguments: dict[str, Any] | None = None) -> str:
+    result = await client.call_tool(tool, arguments or {})
+    assert not result.is_error, result
+    content = result.content[0]
+    assert isinstance(content, types.TextContent)
+    return content.text
