@@ -72,6 +72,15 @@ class Process:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def restart_fresh(self) -> None:
+        """A crash and a restart on the same port: whatever the process kept in memory is gone."""
+        self.kill()
+        self.start()
+
 
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
@@ -114,8 +123,7 @@ class Gateway:
         self.process.stop()
 
     def restart(self) -> None:
-        self.process.stop()
-        self.process.start()
+        self.process.restart()
 
 
 def gateway(tmp: Path, config: dict[str, Any], policies: str | None = None, name: str = "gateway") -> Gateway:

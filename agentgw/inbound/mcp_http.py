@@ -54,6 +54,8 @@ _FORWARDED = frozenset({"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METH
 _NOT_RELAYED = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", MCP_SESSION_ID, X_MCP_SESSION_ID}
 )
+# An oversized body is drained up to this many bytes so the client can read its 413.
+_DRAIN_LIMIT = 64 * 1024 * 1024
 _INITIALIZED = jsonrpc.serialise({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 
@@ -396,7 +398,7 @@ def _check_accept(headers: dict[str, str], offered: tuple[str, ...]) -> None:
 
 async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
         raise BodyTooLarge(f"Body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -406,11 +408,17 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
             raise InvalidRequest("Client disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"Body larger than {limit} bytes")
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > _DRAIN_LIMIT:
+            break
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            break
+    if size > limit:
+        # Read (and dropped) up to _DRAIN_LIMIT first: answering while the client is
+        # still sending makes the kernel reset the connection, and the 413 is lost.
+        raise BodyTooLarge(f"Body larger than {limit} bytes")
+    return b"".join(chunks)
 
 
 async def _relay(

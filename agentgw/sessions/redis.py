@@ -65,7 +65,9 @@ class RedisSessionStore:
         )
         if not fields:
             return None
-        return SessionRecord.from_fields(dict(zip(fields[::2], fields[1::2])))
+        record = SessionRecord.from_fields(dict(zip(fields[::2], fields[1::2])))
+        record.last_seen = now  # the script read the record before it slid it
+        return record
 
     async def replace_backend(self, record: SessionRecord, ttl: float) -> None:
         await self._replace(record, ttl, record.last_seen)

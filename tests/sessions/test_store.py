@@ -1,0 +1,136 @@
+"""The SessionStore protocol, held to the same behaviour by memory and a real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentgw.errors import StoreUnavailable
+from agentgw.sessions.memory import MemorySessionStore
+from agentgw.sessions.redis import RedisSessionStore
+from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
+from tests.support import free_port
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    if request.param == "memory":
+        created: SessionStore = MemorySessionStore(max_sessions=1000)
+    else:
+        created = RedisSessionStore(request.getfixturevalue("redis_url"), f"store-test-{time.monotonic_ns()}:")
+    yield created
+    await created.close()
+
+
+def record(now: float, backend: str = "http://127.0.0.1:1/mcp", target: str = "docs") -> SessionRecord:
+    return SessionRecord(
+        id=new_session_id(),
+        target=target,
+        backend=backend,
+        protocol_version="2025-11-25",
+        created_at=now,
+        last_seen=now,
+        backend_session_id="backend-id",
+        issuer="https://issuer.test",
+        subject="alice",
+        scopes=["read:documents", "write:email"],
+        initialize='{"jsonrpc":"2.0","id":1,"method":"initialize"}',
+    )
+
+
+def test_session_ids_carry_at_least_128_random_bits() -> None:
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) >= 22 for i in ids)
+
+
+async def test_a_created_record_reads_back_whole(store: SessionStore) -> None:
+    now = time.time()
+    created = record(now)
+    await store.create(created, ttl=60)
+    touched = await store.touch(created.id, now + 1, ttl=60)
+    assert touched is not None
+    assert touched.last_seen == now + 1
+    created.last_seen = now + 1
+    assert touched == created
+
+
+async def test_unknown_id_reads_nothing(store: SessionStore) -> None:
+    assert await store.touch("unknown", time.time(), ttl=60) is None
+    assert await store.delete("unknown") is None
+
+
+async def test_delete_ends_a_session(store: SessionStore) -> None:
+    now = time.time()
+    created = record(now)
+    await store.create(created, ttl=60)
+    assert (await store.delete(created.id)) is not None
+    assert await store.touch(created.id, now, ttl=60) is None
+
+
+async def test_touch_slides_the_lifetime(store: SessionStore) -> None:
+    # Real time passes here, since Redis expires keys on its own clock.
+    created = record(time.time())
+    await store.create(created, ttl=0.6)
+    for _ in range(4):
+        time.sleep(0.3)
+        assert await store.touch(created.id, time.time(), ttl=0.6) is not None
+    time.sleep(0.8)
+    assert await store.touch(created.id, time.time(), ttl=0.6) is None
+
+
+async def test_counts_live_sessions_per_backend(store: SessionStore) -> None:
+    now = time.time()
+    backends = ["http://127.0.0.1:1/mcp", "http://127.0.0.1:2/mcp"]
+    for _ in range(3):
+        await store.create(record(now, backends[0]), ttl=60)
+    ended = record(now, backends[1])
+    await store.create(ended, ttl=60)
+    await store.create(record(now, backends[1], target="other"), ttl=60)
+    assert await store.count_by_backend("docs", backends, now) == {backends[0]: 3, backends[1]: 1}
+    await store.delete(ended.id)
+    assert await store.count_by_backend("docs", backends, now) == {backends[0]: 3, backends[1]: 0}
+    assert await store.count_by_backend("docs", backends, now + 61) == {backends[0]: 0, backends[1]: 0}
+
+
+async def test_replace_backend_moves_the_session(store: SessionStore) -> None:
+    now = time.time()
+    moved = record(now)
+    await store.create(moved, ttl=60)
+    moved.backend, moved.backend_session_id = "http://127.0.0.1:2/mcp", "new-backend-id"
+    await store.replace_backend(moved, ttl=60)
+    touched = await store.touch(moved.id, now, ttl=60)
+    assert touched is not None
+    assert (touched.backend, touched.backend_session_id) == ("http://127.0.0.1:2/mcp", "new-backend-id")
+
+
+async def test_memory_store_stays_bounded_under_churn() -> None:
+    store = MemorySessionStore(max_sessions=100)
+    now = time.time()
+    for i in range(10_000):
+        await store.create(record(now + i * 0.001), ttl=3600)
+    assert len(store._records) == 100
+    counts = await store.count_by_backend("docs", ["http://127.0.0.1:1/mcp"], now)
+    assert counts == {"http://127.0.0.1:1/mcp": 100}
+
+
+async def test_memory_store_forgets_expired_sessions_as_new_ones_arrive() -> None:
+    store = MemorySessionStore(max_sessions=1000)
+    now = time.time()
+    for _ in range(500):
+        await store.create(record(now), ttl=1)
+    await store.create(record(now + 2), ttl=1)
+    assert len(store._records) == 1
+
+
+async def test_unreachable_redis_raises_store_unavailable_quickly() -> None:
+    store = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0", "x:")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.touch("anything", time.time(), ttl=60)
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    assert time.monotonic() - started < 3
+    await store.close()

@@ -1,0 +1,125 @@
+"""Backends that die or forget their sessions (contract 5.3), with real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    Gateway,
+    Process,
+    free_port,
+    gateway,
+    mcp_backend,
+    mcp_target,
+    poll,
+    raw_call,
+    raw_request,
+    raw_session,
+    tool_text,
+)
+
+
+@pytest.fixture
+def replicas(tmp: Path) -> Iterator[dict[str, Process]]:
+    started = {name: mcp_backend(free_port(), name, tmp / f"{name}.log").start() for name in ("replica-a", "replica-b")}
+    yield started
+    for replica in started.values():
+        replica.stop()
+
+
+def start_gateway(tmp: Path, replicas: dict[str, Process], failover: str) -> Gateway:
+    ports = [r.port for r in replicas.values()]
+    target = mcp_target("docs", *ports, failover=failover, health_check_interval="200ms")
+    return gateway(tmp, {"mcp": {"targets": [target]}})
+
+
+async def whoami(gw: Gateway, session_id: str) -> tuple[str, int]:
+    response = await raw_call(gw.port, session_id, "whoami", {})
+    assert response.status == 200, response.body
+    replica, count = tool_text(response).split()
+    return replica, int(count)
+
+
+@pytest.mark.parametrize("how", ["killed", "restarted"])
+async def test_end_session_answers_404_then_a_new_session_works_elsewhere(
+    tmp: Path, replicas: dict[str, Process], how: str
+) -> None:
+    gw = start_gateway(tmp, replicas, "end_session")
+    try:
+        session_id = await raw_session(gw.port)
+        pinned, _ = await whoami(gw, session_id)
+        if how == "killed":
+            replicas[pinned].kill()
+        else:
+            replicas[pinned].restart_fresh()  # same port, sessions forgotten
+        response = await raw_call(gw.port, session_id, "whoami", {})
+        assert response.status == 404
+        assert response.json()["error"]["code"] == -32600
+        # The session is gone for good, and a new one works.
+        assert (await raw_call(gw.port, session_id, "whoami", {})).status == 404
+        fresh = await raw_session(gw.port)
+        replica, count = await whoami(gw, fresh)
+        assert count == 1
+        if how == "killed":
+            assert replica != pinned
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("how", ["killed", "restarted"])
+async def test_reinitialize_carries_on_under_the_same_session_id(
+    tmp: Path, replicas: dict[str, Process], how: str
+) -> None:
+    gw = start_gateway(tmp, replicas, "reinitialize")
+    try:
+        session_id = await raw_session(gw.port)
+        pinned, _ = await whoami(gw, session_id)
+        if how == "killed":
+            replicas[pinned].kill()
+        else:
+            replicas[pinned].restart_fresh()
+        replica, count = await whoami(gw, session_id)
+        assert count == 1  # a new backend session, reached through the old gateway id
+        if how == "killed":
+            assert replica != pinned
+        assert await whoami(gw, session_id) == (replica, 2)
+    finally:
+        gw.stop()
+
+
+async def test_health_checks_keep_new_sessions_off_a_dead_backend(tmp: Path, replicas: dict[str, Process]) -> None:
+    gw = start_gateway(tmp, replicas, "end_session")
+    try:
+        replicas["replica-a"].kill()
+        for _ in range(4):
+            assert (await whoami(gw, await raw_session(gw.port)))[0] == "replica-b"
+    finally:
+        gw.stop()
+
+
+async def test_ready_turns_503_when_a_target_has_no_healthy_backend(tmp: Path, replicas: dict[str, Process]) -> None:
+    gw = start_gateway(tmp, replicas, "end_session")
+    host = [("Host", f"127.0.0.1:{gw.port}")]
+    try:
+        assert (await raw_request(gw.port, "GET", "/ready", host)).status == 200
+        for replica in replicas.values():
+            replica.kill()
+
+        async def not_ready() -> bool:
+            return (await raw_request(gw.port, "GET", "/ready", host)).status == 503
+
+        await poll(not_ready)
+        body = (await raw_request(gw.port, "GET", "/ready", host)).json()
+        assert body["targets"] == {"docs": "no healthy backend"}
+        assert (await raw_request(gw.port, "GET", "/healthz", host)).status == 200
+        # With every backend gone, an initialize gets a clear 503, not a hang.
+        from tests.support import initialize_body, mcp_headers
+
+        response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
+        assert response.status == 503
+        assert response.json()["error"]["code"] == -32000
+    finally:
+        gw.stop()

@@ -1,0 +1,104 @@
+"""Gateway processes sharing one real Redis: sessions outlive and cross processes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.support import (
+    Gateway,
+    Process,
+    free_port,
+    gateway,
+    initialize_body,
+    mcp_headers,
+    mcp_target,
+    poll,
+    raw_call,
+    raw_request,
+    raw_session,
+    redis_process,
+    tool_text,
+)
+
+
+def redis_config(url: str, backends: list[Process], prefix: str) -> dict:
+    return {
+        "session_store": {"type": "redis", "url": url, "key_prefix": prefix},
+        "mcp": {"targets": [mcp_target("docs", *(b.port for b in backends))]},
+    }
+
+
+async def whoami(gw: Gateway, session_id: str) -> tuple[str, int]:
+    response = await raw_call(gw.port, session_id, "whoami", {})
+    assert response.status == 200, response.body
+    replica, count = tool_text(response).split()
+    return replica, int(count)
+
+
+async def test_a_session_made_through_one_gateway_continues_through_another(
+    tmp: Path, redis_url: str, backends: list[Process]
+) -> None:
+    config = redis_config(redis_url, backends, f"t{time.monotonic_ns()}:")
+    first, second = gateway(tmp, config, name="first"), gateway(tmp, config, name="second")
+    try:
+        for _ in range(3):
+            session_id = await raw_session(first.port)
+            replica, count = await whoami(first, session_id)
+            # Same backend, same backend session: the replica's counter keeps climbing.
+            assert await whoami(second, session_id) == (replica, count + 1)
+            assert await whoami(first, session_id) == (replica, count + 2)
+        # A DELETE through one process ends the session for the other.
+        headers = [("Host", f"127.0.0.1:{second.port}"), ("Mcp-Session-Id", session_id)]
+        assert (await raw_request(second.port, "DELETE", "/mcp/v1", headers)).status == 200
+        assert (await raw_call(first.port, session_id, "whoami", {})).status == 404
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_a_gateway_restart_loses_no_session(tmp: Path, redis_url: str, backends: list[Process]) -> None:
+    gw = gateway(tmp, redis_config(redis_url, backends, f"t{time.monotonic_ns()}:"))
+    try:
+        sessions = [await raw_session(gw.port) for _ in range(3)]
+        before = [await whoami(gw, s) for s in sessions]
+        gw.restart()
+        after = [await whoami(gw, s) for s in sessions]
+        assert after == [(replica, count + 1) for replica, count in before]
+    finally:
+        gw.stop()
+
+
+async def test_redis_down_gives_503_quickly_and_service_resumes(tmp: Path, backends: list[Process]) -> None:
+    redis_port = free_port()
+    redis = redis_process(redis_port).start()
+    gw = gateway(tmp, redis_config(f"redis://127.0.0.1:{redis_port}/0", backends, "down:"))
+    host = [("Host", f"127.0.0.1:{gw.port}")]
+    try:
+        session_id = await raw_session(gw.port)
+        redis.kill()
+        started = time.monotonic()
+        response = await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1})
+        assert response.status == 503
+        assert response.json()["error"]["code"] == -32000
+        assert time.monotonic() - started < 3.0
+        created = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
+        assert created.status == 503
+        ready = await raw_request(gw.port, "GET", "/ready", host)
+        assert ready.status == 503
+        assert ready.json()["session_store"] == "unreachable"
+        assert (await raw_request(gw.port, "GET", "/healthz", host)).status == 200
+
+        redis.start()
+
+        async def serving() -> bool:
+            return (await raw_request(gw.port, "GET", "/ready", host)).status == 200
+
+        await poll(serving)
+        # This Redis kept nothing on disk: the old session is gone, a new one works.
+        assert (await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1})).status == 404
+        fresh = await raw_session(gw.port)
+        assert tool_text(await raw_call(gw.port, fresh, "add", {"a": 1, "b": 1})) == "2"
+    finally:
+        gw.stop()
+        redis.stop()
