@@ -6,14 +6,26 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 import uvicorn
 
 from agentgw.config import Settings, config_path, load_settings, split_host_port
 from agentgw.policy.loader import load_policies
+from agentgw.policy.model import PolicySet
 from agentgw.typed_yaml import ConfigError
 
 USAGE_ERROR = 2
+# uvloop and httptools for speed; no proxy-header rewriting, access log, Server or
+# Date header: per-request work the gateway does not need.
+_UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "access_log": False,
+    "proxy_headers": False,
+    "server_header": False,
+    "date_header": False,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentgw: {exc}", file=sys.stderr)
         return USAGE_ERROR
     if args.command == "serve":
-        return serve(settings, args.config)
+        return serve(settings, policies, args.config)
     return USAGE_ERROR
 
 
-def serve(settings: Settings, config_file: str | None) -> int:
+def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     host, port = split_host_port(settings.server.listen)
     if settings.server.workers > 1:
@@ -50,21 +62,17 @@ def serve(settings: Settings, config_file: str | None) -> int:
             host=host,
             port=port,
             workers=settings.server.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
+            **_UVICORN_OPTIONS,
             log_level="warning",
         )
         return 0
     from agentgw.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, policies),
         host=host,
         port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
+        **_UVICORN_OPTIONS,
         log_level="info",
     )
     return 0

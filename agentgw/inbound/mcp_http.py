@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
@@ -36,6 +35,7 @@ from agentgw.errors import (
 )
 from agentgw.policy.model import PolicySet
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
+from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 MCP_SESSION_ID = "mcp-session-id"
@@ -52,7 +52,8 @@ DEFAULT_STATEFUL_VERSION = "2025-03-26"
 _FORWARDED = frozenset({"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METHOD, MCP_NAME, LAST_EVENT_ID})
 # Backend response headers never relayed: hop-by-hop, recomputed, or the backend's session id.
 _NOT_RELAYED = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", MCP_SESSION_ID, X_MCP_SESSION_ID}
+    name.encode()
+    for name in ("connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", MCP_SESSION_ID, X_MCP_SESSION_ID)
 )
 # An oversized body is drained up to this many bytes so the client can read its 413.
 _DRAIN_LIMIT = 64 * 1024 * 1024
@@ -176,21 +177,21 @@ class McpHttpEndpoint:
                 continue  # an initialize that never arrived is safe to try on the next backend
             try:
                 if response.status != 200:
-                    await _relay(response, [], receive, send)  # the backend refused: its answer, no session
+                    await _relay(response, [], receive, send, pool.target.timeout)  # the backend refused: its answer, no session
                     return
                 requested = message.get("params", {}).get("protocolVersion")
                 record = SessionRecord(
                     id=new_session_id(),
                     target=pool.target.name,
                     backend=url,
-                    backend_session_id=response.headers.get(MCP_SESSION_ID),
+                    backend_session_id=response.header(MCP_SESSION_ID),
                     protocol_version=requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else DEFAULT_STATEFUL_VERSION,
                     created_at=now,
                     last_seen=now,
                     initialize=body.decode(),
                 )
                 await self.store.create(record, self._ttl)
-                await _relay(response, _session_headers(record.id), receive, send)
+                await _relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
                 return
             finally:
                 response.release()
@@ -224,7 +225,7 @@ class McpHttpEndpoint:
                 continue  # nothing arrived, and the revision keeps no state at the backend
             try:
                 record = await self._pin_modern(record, pool, url, now)
-                await _relay(response, [(X_MCP_SESSION_ID, record.id)], receive, send)
+                await _relay(response, [(X_MCP_SESSION_ID, record.id)], receive, send, pool.target.timeout)
                 return
             finally:
                 response.release()
@@ -294,7 +295,7 @@ class McpHttpEndpoint:
                 headers[MCP_SESSION_ID] = record.backend_session_id
             try:
                 response = await self.upstream.send(
-                    request.method, record.backend, headers, body, timeout=pool.target.timeout, stream=body is None
+                    request.method, record.backend, headers, body, timeout=pool.target.timeout
                 )
             except UpstreamTimeout:
                 raise
@@ -306,7 +307,7 @@ class McpHttpEndpoint:
                     # The backend no longer knows its session: it restarted or expired it.
                     record = await self._failover(pool, record)
                     continue
-                await _relay(response, _session_headers(record.id), receive, send)
+                await _relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
                 return
             finally:
                 response.release()
@@ -333,11 +334,11 @@ class McpHttpEndpoint:
         timeout = pool.target.timeout
         response = await self.upstream.send("POST", url, headers, record.initialize.encode(), timeout=timeout)
         try:
-            await response.read()
-            backend_session_id = response.headers.get(MCP_SESSION_ID)
+            await response.read(timeout)
+            backend_session_id = response.header(MCP_SESSION_ID)
             if response.status != 200:
                 raise UpstreamUnavailable("Backend refused the replayed initialize")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             raise UpstreamUnavailable("Backend failed during the replayed initialize") from exc
         finally:
             response.release()
@@ -422,19 +423,15 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
 
 
 async def _relay(
-    response: aiohttp.ClientResponse, extra_headers: list[tuple[str, str]], receive: Receive, send: Send
+    response: UpstreamResponse, extra_headers: list[tuple[str, str]], receive: Receive, send: Send, timeout: float
 ) -> None:
     """Relay a backend response: JSON whole, an event stream event by event as it arrives."""
-    headers = [
-        (name.lower(), value)
-        for name, value in response.raw_headers
-        if name.decode("latin-1").lower() not in _NOT_RELAYED
-    ]
+    headers = [(name.lower(), value) for name, value in response.raw_headers if name.lower() not in _NOT_RELAYED]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers]
-    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+    if not (response.header("content-type") or "").startswith("text/event-stream"):
         try:
-            body = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            body = await response.read(timeout)
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             raise UpstreamUnavailable("Backend failed while answering") from exc
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -452,11 +449,12 @@ async def _relay(
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _relay_events(response: aiohttp.ClientResponse, send: Send) -> None:
+async def _relay_events(response: UpstreamResponse, send: Send) -> None:
     try:
-        async for chunk in response.content.iter_any():
+        # No read timeout: an event stream may rightly stay quiet for a long time.
+        async for chunk in response.chunks(None):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except UpstreamConnectionError:
         pass  # the backend went away mid-stream; the client sees the stream end
 
 

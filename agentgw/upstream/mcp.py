@@ -8,11 +8,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import aiohttp
-
 from agentgw.config import McpTargetConfig
 from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
 from agentgw.sessions.store import SessionStore
+from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.upstream.mcp")
 
@@ -45,7 +44,7 @@ class BackendPool:
     def mark_down(self, url: str) -> None:
         backend = self._by_url.get(url)
         if backend is not None and backend.healthy:
-            log.warning("backend down", extra={"target": self.target.name, "backend": url})
+            log.warning("backend %s down (target %s)", url, self.target.name)
             backend.healthy = False
 
     async def candidates(self, store: SessionStore, now: float, exclude: str | None = None) -> list[str]:
@@ -67,16 +66,14 @@ class BackendPool:
 
 
 class McpUpstream:
-    """Pooled keep-alive HTTP connections to every MCP backend."""
+    """Pooled keep-alive HTTP connections to every MCP backend, and their health."""
 
     def __init__(self, targets: Iterable[McpTargetConfig]) -> None:
         self.pools = {t.name: BackendPool(t) for t in targets}
-        self._http: aiohttp.ClientSession | None = None
+        self._http = ConnectionPool(connect_timeout=CONNECT_TIMEOUT)
         self._health_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self._http = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         for pool in self.pools.values():
             await self._check_pool(pool)
             self._health_tasks.append(asyncio.create_task(self._health_loop(pool)))
@@ -85,35 +82,21 @@ class McpUpstream:
         for task in self._health_tasks:
             task.cancel()
         await asyncio.gather(*self._health_tasks, return_exceptions=True)
-        if self._http is not None:
-            await self._http.close()
+        await self._http.close()
 
     async def send(
-        self,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        body: bytes | None,
-        *,
-        timeout: float,
-        stream: bool = False,
-    ) -> aiohttp.ClientResponse:
-        """Send one request; the caller releases the response.
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, timeout: float
+    ) -> UpstreamResponse:
+        """Send one request and wait for the response head; the caller releases the response.
 
-        Connection failures mark the backend down and raise UpstreamUnavailable;
-        `stream` (the GET event stream) lifts the read timeout.
+        A backend that cannot be reached is marked down (UpstreamUnavailable);
+        one that does not answer within `timeout` raises UpstreamTimeout.
         """
-        assert self._http is not None
-        client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None if stream else timeout
-        )
         try:
-            return await self._http.request(
-                method, url, headers=headers, data=body, timeout=client_timeout, allow_redirects=False
-            )
-        except asyncio.TimeoutError as exc:
+            return await self._http.request(method, url, headers, body, timeout)
+        except UpstreamTimeoutError as exc:
             raise UpstreamTimeout("Backend did not answer in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except UpstreamConnectionError as exc:
             for pool in self.pools.values():
                 pool.mark_down(url)
             raise UpstreamUnavailable("Backend unreachable") from exc
@@ -127,16 +110,19 @@ class McpUpstream:
         results = await asyncio.gather(*(self._probe(b.url) for b in pool.backends))
         for backend, up in zip(pool.backends, results):
             if up != backend.healthy:
-                log.warning("backend %s", "up" if up else "down", extra={"target": pool.target.name, "backend": backend.url})
+                log.warning("backend %s %s of target %s", backend.url, "up" if up else "down", pool.target.name)
             backend.healthy = up
 
     async def _probe(self, url: str) -> bool:
-        """Any HTTP answer means the backend serves; MCP defines no health endpoint."""
-        assert self._http is not None
+        """Any HTTP answer below 500 means the backend serves; MCP defines no health endpoint."""
         try:
-            async with self._http.get(
-                url, headers={"Accept": "text/event-stream"}, timeout=aiohttp.ClientTimeout(total=HEALTH_CHECK_TIMEOUT)
-            ) as response:
-                return response.status < 500
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            response = await self._http.request("GET", url, {"accept": "text/event-stream"}, None, HEALTH_CHECK_TIMEOUT)
+        except (UpstreamConnectionError, UpstreamTimeoutError):
             return False
+        try:
+            await response.read(HEALTH_CHECK_TIMEOUT)
+        except (UpstreamConnectionError, UpstreamTimeoutError):
+            pass
+        finally:
+            response.release()
+        return response.status < 500

@@ -1,0 +1,291 @@
+"""A lean pooled HTTP/1.1 client for the gateway's upstream calls.
+
+Why not aiohttp or httpx: measured on the 2-core benchmark machine, aiohttp's
+client alone costs ~230 µs of CPU per request, more than the gateway's whole
+budget; this client costs a fraction of that. It does only what a proxy needs:
+keep-alive connections per backend, a request written in one piece, the
+response head parsed by httptools (uvicorn's parser), and the body either read
+whole or streamed chunk by chunk with backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+# Stop reading from a backend while this much of its stream waits for the client.
+_HIGH_WATER = 1024 * 1024
+
+
+class UpstreamConnectionError(Exception):
+    """The backend could not be reached, or dropped the connection before answering."""
+
+
+class UpstreamTimeoutError(Exception):
+    """The backend took longer than the caller's timeout."""
+
+
+class Origin:
+    """Where requests go: scheme, host, port and the Host header they carry."""
+
+    __slots__ = ("scheme", "host", "port", "host_header", "ssl")
+
+    def __init__(self, scheme: str, host: str, port: int) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        default_port = 443 if scheme == "https" else 80
+        self.host_header = (host if ":" not in host else f"[{host}]") + ("" if port == default_port else f":{port}")
+        self.ssl = ssl.create_default_context() if scheme == "https" else None
+
+
+def split_url(url: str) -> tuple[Origin, str]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Origin(parts.scheme, parts.hostname or "", port), path
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = asyncio.get_running_loop().create_future()
+        self.response: UpstreamResponse | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamConnectionError(f"malformed response from backend: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._fail(UpstreamConnectionError("backend closed the connection"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self.response is not None
+        self.response.status = self.parser.get_status_code()
+        if not self.response.head.done():
+            self.response.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        assert self.response is not None
+        self.response._feed(body)
+
+    def on_message_complete(self) -> None:
+        assert self.response is not None
+        self.response._finish(keep_alive=self.parser.should_keep_alive())
+
+    # -- used by the pool and the response
+    def send(self, request: bytes, response: UpstreamResponse) -> None:
+        assert self.transport is not None
+        self.response = response
+        self.transport.write(request)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.response is not None and not self.response.complete:
+            self.response._fail(exc)
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamResponse:
+    """A response being received: the head first, then the body whole or streamed."""
+
+    def __init__(self, connection: _Connection, pool: ConnectionPool, origin: Origin) -> None:
+        self.status = 0
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.complete = False
+        self._connection: _Connection | None = connection
+        self._pool = pool
+        self._origin = origin
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._keep_alive = False
+
+    def header(self, name: str) -> str | None:
+        wanted = name.encode("latin-1")
+        for key, value in self.raw_headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    async def read(self, timeout: float | None) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks(timeout)])
+
+    async def chunks(self, timeout: float | None) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; `timeout` bounds each wait, None waits for ever."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < _HIGH_WATER and self._connection is not None:
+                    self._connection.resume()
+                yield chunk
+                continue
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            except asyncio.TimeoutError:
+                raise UpstreamTimeoutError("backend stopped sending") from None
+            finally:
+                self._waiter = None
+
+    def release(self) -> None:
+        """Give the connection back for reuse if the response was read to its end, else close it."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        connection.response = None
+        if self.complete and self._keep_alive and connection.usable:
+            self._pool._put(self._origin, connection)
+        else:
+            connection.close()
+
+    # -- fed by the connection
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _HIGH_WATER and self._connection is not None:
+            self._connection.pause()
+        self._wake()
+
+    def _finish(self, keep_alive: bool) -> None:
+        self.complete = True
+        self._keep_alive = keep_alive
+        self._wake()
+
+    def _fail(self, exc: Exception) -> None:
+        self._error = exc
+        if not self.head.done():
+            self.head.set_exception(exc)
+            self.head.exception()  # retrieved here: the sender handles it
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per origin; new ones opened on demand."""
+
+    def __init__(self, connect_timeout: float, max_idle_per_origin: int = 256) -> None:
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle_per_origin
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: float | None,
+    ) -> UpstreamResponse:
+        """Send a request and wait for the response head; the caller must `release()` it."""
+        origin, path = split_url(url)
+        payload = _serialise(method, path, origin.host_header, headers, body)
+        while True:
+            connection, reused = await self._get(origin)
+            response = UpstreamResponse(connection, self, origin)
+            connection.send(payload, response)
+            try:
+                await asyncio.wait_for(asyncio.shield(response.head), timeout)
+                return response
+            except asyncio.TimeoutError:
+                connection.close()
+                raise UpstreamTimeoutError("backend did not answer in time") from None
+            except UpstreamConnectionError:
+                connection.close()
+                # An idle connection the backend closed meanwhile: nothing was processed, go again fresh.
+                if not reused:
+                    raise
+            except BaseException:
+                connection.close()
+                raise
+
+    async def close(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+
+    async def _get(self, origin: Origin) -> tuple[_Connection, bool]:
+        idle = self._idle.get((origin.scheme, origin.host, origin.port))
+        while idle:
+            connection = idle.pop()
+            if connection.usable:
+                return connection, True
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(_Connection, origin.host, origin.port, ssl=origin.ssl),
+                self._connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamConnectionError("connect timed out") from None
+        except OSError as exc:
+            raise UpstreamConnectionError(str(exc)) from exc
+        return connection, False
+
+    def _put(self, origin: Origin, connection: _Connection) -> None:
+        idle = self._idle.setdefault((origin.scheme, origin.host, origin.port), [])
+        if len(idle) < self._max_idle:
+            idle.append(connection)
+        else:
+            connection.close()
+
+
+def _serialise(method: str, path: str, host: str, headers: dict[str, str], body: bytes | None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1\r\nhost: {host}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    if body is not None:
+        lines.append(f"content-length: {len(body)}\r\n")
+    elif method in ("POST", "PUT", "PATCH"):
+        lines.append("content-length: 0\r\n")
+    lines.append("\r\n")
+    head = "".join(lines).encode("latin-1")
+    return head + body if body else head
