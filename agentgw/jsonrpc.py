@@ -72,7 +72,8 @@ def parse(body: bytes) -> Message | list[Any]:
         raise InvalidRequest(f"Invalid request: nesting deeper than {MAX_DEPTH}") from None
     except (_BadNumber, ValueError):
         raise ParseError("Parse error: not valid JSON") from None
-    if _too_deep(value, 0):
+    # A document with no more brackets than the limit cannot nest past it: skip the walk.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(value, 0):
         raise InvalidRequest(f"Invalid request: nesting deeper than {MAX_DEPTH}")
     if not isinstance(value, (dict, list)):
         raise InvalidRequest("Invalid request: not a JSON-RPC message")

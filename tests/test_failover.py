@@ -123,3 +123,27 @@ async def test_ready_turns_503_when_a_target_has_no_healthy_backend(tmp: Path, r
         assert response.json()["error"]["code"] == -32000
     finally:
         gw.stop()
+
+
+async def test_initialize_tries_the_next_backend_before_health_checks_notice(
+    tmp: Path, replicas: dict[str, Process]
+) -> None:
+    ports = [r.port for r in replicas.values()]
+    # Health checks so rare that only the failed initialize itself can reveal the dead replica.
+    target = mcp_target("docs", *ports, balance="round_robin", health_check_interval="1h")
+    gw = gateway(tmp, {"mcp": {"targets": [target]}})
+    try:
+        replicas["replica-a"].kill()
+        for _ in range(4):
+            assert (await whoami(gw, await raw_session(gw.port)))[0] == "replica-b"
+    finally:
+        gw.stop()
+
+
+async def test_least_sessions_balances_new_sessions(tmp: Path, replicas: dict[str, Process]) -> None:
+    gw = start_gateway(tmp, replicas, "end_session")
+    try:
+        placed = [(await whoami(gw, await raw_session(gw.port)))[0] for _ in range(6)]
+        assert sorted(placed) == ["replica-a"] * 3 + ["replica-b"] * 3
+    finally:
+        gw.stop()

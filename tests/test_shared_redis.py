@@ -102,3 +102,30 @@ async def test_redis_down_gives_503_quickly_and_service_resumes(tmp: Path, backe
     finally:
         gw.stop()
         redis.stop()
+
+
+async def test_several_workers_share_sessions_through_redis(tmp: Path, redis_url: str, backends: list[Process]) -> None:
+    config = redis_config(redis_url, backends, f"t{time.monotonic_ns()}:")
+    config["server"] = {"workers": 2}
+    gw = gateway(tmp, config)
+    try:
+        session_id = await raw_session(gw.port)
+        replica, count = await whoami(gw, session_id)
+        # Every call is a new connection, so the kernel spreads them over both workers.
+        for step in range(1, 9):
+            assert await whoami(gw, session_id) == (replica, count + step)
+    finally:
+        gw.stop()
+
+
+async def test_memory_store_refuses_several_workers(tmp: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp / "agentgw.yaml"
+    config.write_text("server:\n  workers: 2\nsession_store:\n  type: memory\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "agentgw", "serve", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "workers" in result.stderr

@@ -375,18 +375,22 @@ def _check_routing_headers(request: InboundRequest, message: jsonrpc.Message) ->
         raise HeaderMismatch("Mcp-Name header does not match the body")
 
 
+_USUAL_ACCEPT = "application/json, text/event-stream"
+
+
 def _media_types(value: str) -> set[str]:
     return {part.split(";", 1)[0].strip().lower() for part in value.split(",")}
 
 
 def _check_content_type(headers: dict[str, str]) -> None:
-    if _media_types(headers.get("content-type", "")) != {"application/json"}:
+    content_type = headers.get("content-type", "")
+    if content_type != "application/json" and _media_types(content_type) != {"application/json"}:
         raise UnsupportedMediaType("Unsupported Media Type: Content-Type must be application/json")
 
 
 def _check_accept(headers: dict[str, str], offered: tuple[str, ...]) -> None:
     accept = headers.get("accept")
-    if accept is None:
+    if accept is None or accept == _USUAL_ACCEPT:
         return  # no Accept header accepts anything (RFC 9110)
     accepted = _media_types(accept)
     if "*/*" in accepted:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -33,17 +34,23 @@ return fields
 # Fail fast: a store that does not answer within this many seconds is down,
 # and the client gets 503 rather than a hang.
 STORE_TIMEOUT = 1.0
+# Connections per gateway process; a request beyond them waits (up to
+# STORE_TIMEOUT) instead of failing, as redis-py's default pool would.
+MAX_CONNECTIONS = 64
 
 
 class RedisSessionStore:
     def __init__(self, url: str, key_prefix: str) -> None:
-        self._redis = aioredis.Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=STORE_TIMEOUT,
             decode_responses=True,
             socket_timeout=STORE_TIMEOUT,
             socket_connect_timeout=STORE_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._prefix = key_prefix
         self._touch = self._redis.register_script(_TOUCH)
 

@@ -216,6 +216,7 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_origin
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._targets: dict[str, tuple[Origin, str]] = {}
 
     async def request(
         self,
@@ -226,18 +227,24 @@ class ConnectionPool:
         timeout: float | None,
     ) -> UpstreamResponse:
         """Send a request and wait for the response head; the caller must `release()` it."""
-        origin, path = split_url(url)
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = split_url(url)
+        origin, path = target
         payload = _serialise(method, path, origin.host_header, headers, body)
+        loop = asyncio.get_running_loop()
         while True:
             connection, reused = await self._get(origin)
             response = UpstreamResponse(connection, self, origin)
             connection.send(payload, response)
+            # A timer on the head future, cheaper than wait_for's task per request.
+            timer = None if timeout is None else loop.call_later(timeout, _expire, response.head)
             try:
-                await asyncio.wait_for(asyncio.shield(response.head), timeout)
+                await response.head
                 return response
-            except asyncio.TimeoutError:
+            except UpstreamTimeoutError:
                 connection.close()
-                raise UpstreamTimeoutError("backend did not answer in time") from None
+                raise
             except UpstreamConnectionError:
                 connection.close()
                 # An idle connection the backend closed meanwhile: nothing was processed, go again fresh.
@@ -246,6 +253,9 @@ class ConnectionPool:
             except BaseException:
                 connection.close()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     async def close(self) -> None:
         for connections in self._idle.values():
@@ -277,6 +287,11 @@ class ConnectionPool:
             idle.append(connection)
         else:
             connection.close()
+
+
+def _expire(head: asyncio.Future[None]) -> None:
+    if not head.done():
+        head.set_exception(UpstreamTimeoutError("backend did not answer in time"))
 
 
 def _serialise(method: str, path: str, host: str, headers: dict[str, str], body: bytes | None) -> bytes:
