@@ -60,6 +60,10 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> ASGIApp
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await upstream.start()
+        base = f"http://{settings.server.listen}"
+        for name in upstream.pools:
+            log.info("MCP target %s at %s/mcp/v1/%s", name, base, name)
+        log.info("session store: %s; health at %s/healthz and %s/ready", settings.session_store.type, base, base)
         try:
             yield
         finally:
