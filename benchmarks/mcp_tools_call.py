@@ -41,6 +41,17 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us_per_request: float | None = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (the uvicorn workers), from /proc."""
+    total = 0.0
+    pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for one in pids:
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def wrk(url: str, session_id: str, connections: int, seconds: int, setup: str) -> Result:
@@ -107,11 +118,20 @@ def redis_commands(port: int) -> dict[str, int]:
     return counts
 
 
-def measure(name: str, port: int, path: str, seconds: int) -> list[Result]:
+def measure(name: str, port: int, path: str, seconds: int, pid: int | None = None) -> list[Result]:
+    """wrk at 64 and at 1 connection; with `pid`, that process's CPU time per request too."""
     session_id = asyncio.run(open_session(port, path))
     url = f"http://127.0.0.1:{port}{path}"
     wrk(url, session_id, 16, 2, name)  # warm-up: connection pools, caches
-    return [wrk(url, session_id, 64, seconds, name), wrk(url, session_id, 1, seconds, name)]
+    results = []
+    for connections in (64, 1):
+        before = cpu_seconds(pid) if pid else 0.0
+        result = wrk(url, session_id, connections, seconds, name)
+        if pid:
+            used = cpu_seconds(pid) - before
+            result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -134,7 +154,7 @@ def main() -> None:
         results += measure("direct", backend_port, "/mcp", args.seconds)
         gateway = start_gateway(tmp, backend_port, {"type": "memory"}, 1)
         processes.append(gateway)
-        results += measure("gateway memory x1", gateway.port, "/mcp/v1", args.seconds)
+        results += measure("gateway memory x1", gateway.port, "/mcp/v1", args.seconds, _pid(gateway))
         gateway.stop()
 
         store = {"type": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}
@@ -146,7 +166,7 @@ def main() -> None:
         after = redis_commands(redis_port)
         requests = counted.requests_per_second * 3
         round_trips = {k: (after[k] - before.get(k, 0)) / requests for k in after if after[k] != before.get(k, 0)}
-        results += measure(f"gateway redis x{args.redis_workers}", gateway.port, "/mcp/v1", args.seconds)
+        results += measure(f"gateway redis x{args.redis_workers}", gateway.port, "/mcp/v1", args.seconds, _pid(gateway))
     finally:
         for process in reversed(processes):
             process.stop()
@@ -155,10 +175,19 @@ def main() -> None:
     report(results, round_trips)
 
 
+def _pid(process: Process) -> int:
+    assert process.process is not None
+    return process.process.pid
+
+
 def report(results: list[Result], round_trips: dict[str, float] | None) -> None:
-    print(f"\n{'setup':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"\n{'setup':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'gateway CPU us/req':>19}")
     for r in results:
-        print(f"{r.setup:<22} {r.connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} {r.errors:>6}")
+        cpu = f"{r.cpu_us_per_request:.0f}" if r.cpu_us_per_request is not None else "-"
+        print(
+            f"{r.setup:<22} {r.connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
+            f" {r.errors:>6} {cpu:>19}"
+        )
     direct = {r.connections: r for r in results if r.setup == "direct"}
     print("\nthrough the gateway, relative to direct:")
     for r in results:

@@ -37,6 +37,8 @@ class OriginGuard:
         self.loopback_only = is_loopback(listen_host)
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.allowed_origins = frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        # Clients send the same few Host values again and again: decide each once.
+        self._host_decisions: dict[str, bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -57,12 +59,20 @@ class OriginGuard:
         await self.app(scope, receive, send)
 
     def _host_allowed(self, host: str | None) -> bool:
+        if host is None:
+            return not self.allowed_hosts and not self.loopback_only
+        decision = self._host_decisions.get(host)
+        if decision is None:
+            decision = self._decide_host(host)
+            if len(self._host_decisions) < 1024:
+                self._host_decisions[host] = decision
+        return decision
+
+    def _decide_host(self, host: str) -> bool:
         if self.allowed_hosts:
-            if host is None:
-                return False
             return "*" in self.allowed_hosts or host.lower() in self.allowed_hosts or _hostname(host) in self.allowed_hosts
         if self.loopback_only:
-            return host is not None and is_loopback(_hostname(host))
+            return is_loopback(_hostname(host))
         return True
 
     def _origin_allowed(self, origin: str, host: str) -> bool:

@@ -149,7 +149,17 @@ class UpstreamResponse:
         return None
 
     async def read(self, timeout: float | None) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks(timeout)])
+        """The whole body; `timeout` bounds each wait for more of it."""
+        while not self.complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
 
     async def chunks(self, timeout: float | None) -> AsyncIterator[bytes]:
         """Body chunks as they arrive; `timeout` bounds each wait, None waits for ever."""
@@ -165,13 +175,18 @@ class UpstreamResponse:
                 raise self._error
             if self.complete:
                 return
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._waiter, timeout)
-            except asyncio.TimeoutError:
-                raise UpstreamTimeoutError("backend stopped sending") from None
-            finally:
-                self._waiter = None
+            await self._wait(timeout)
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        if self._connection is not None:
+            self._connection.resume()  # a whole-body read must not stall on backpressure
+        try:
+            await asyncio.wait_for(self._waiter, timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeoutError("backend stopped sending") from None
+        finally:
+            self._waiter = None
 
     def release(self) -> None:
         """Give the connection back for reuse if the response was read to its end, else close it."""
