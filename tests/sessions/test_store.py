@@ -134,3 +134,31 @@ async def test_unreachable_redis_raises_store_unavailable_quickly() -> None:
         await store.ping()
     assert time.monotonic() - started < 3
     await store.close()
+
+
+async def test_redis_url_password_and_database_are_honoured() -> None:
+    import redis.asyncio as aioredis
+
+    from tests.support import Process, redis_server_binary
+
+    port = free_port()
+    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "s3cret"]
+    server = Process(args, port).start()
+    try:
+        store = RedisSessionStore(f"redis://:s3cret@127.0.0.1:{port}/3", "auth:")
+        now = time.time()
+        created = record(now)
+        await store.create(created, ttl=60)
+        assert (await store.touch(created.id, now, ttl=60)) == created
+        await store.close()
+        # The record landed in database 3, where both of the store's connections looked.
+        check = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
+        assert await check.exists(f"auth:session:{created.id}") == 1
+        await check.aclose()
+
+        wrong = RedisSessionStore(f"redis://:wrong@127.0.0.1:{port}/3", "auth:")
+        with pytest.raises(StoreUnavailable):
+            await wrong.touch(created.id, now, ttl=60)
+        await wrong.close()
+    finally:
+        server.stop()
