@@ -75,7 +75,10 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> ASGIApp
     app = ProtocolRouter(mcp if targets else None, Starlette(routes=routes, lifespan=lifespan))
     # The Host/Origin check runs first: a rebinding page must learn nothing, not even a 404.
     return OriginGuard(
-        app, listen_host=host, allowed_hosts=settings.server.allowed_hosts, allowed_origins=settings.server.allowed_origins
+        app,
+        listen_host=host,
+        allowed_hosts=settings.server.allowed_hosts,
+        allowed_origins=settings.server.allowed_origins,
     )
 
 

@@ -34,6 +34,10 @@ class SessionStoreConfig:
     max_sessions: int = 100_000
 
 
+_SIXTY_SECONDS = Duration(60.0)
+_TWO_SECONDS = Duration(2.0)
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     url: str
@@ -45,8 +49,8 @@ class McpTargetConfig:
     backends: list[BackendConfig]
     balance: Literal["least_sessions", "round_robin"] = "least_sessions"
     failover: Literal["end_session", "reinitialize"] = "end_session"
-    timeout: Duration = Duration(60.0)
-    health_check_interval: Duration = Duration(2.0)
+    timeout: Duration = _SIXTY_SECONDS
+    health_check_interval: Duration = _TWO_SECONDS
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,9 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     if "AGENTGW_POLICIES" in env:
         settings = dataclasses.replace(settings, policies=[p for p in env["AGENTGW_POLICIES"].split(":") if p])
     for section, changes in sections.items():
-        settings = dataclasses.replace(settings, **{section: dataclasses.replace(getattr(settings, section), **changes)})
+        settings = dataclasses.replace(
+            settings, **{section: dataclasses.replace(getattr(settings, section), **changes)}
+        )
     return settings
 
 

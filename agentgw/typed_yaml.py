@@ -9,12 +9,9 @@ import dataclasses
 import re
 import types
 import typing
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
-
-T = TypeVar("T")
 
 
 class Duration(float):
@@ -53,18 +50,6 @@ def compose_documents(text: str, file: str) -> list[yaml.Node]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError(file, line, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
-
-
-def load_file(path: Path, cls: type[T]) -> T:
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(file, 0, f"cannot read: {exc}") from None
-    documents = compose_documents(text, file)
-    if len(documents) != 1:
-        raise ConfigError(file, 1, "expected exactly one YAML document")
-    return build(documents[0], cls, file, "")
 
 
 def build(node: yaml.Node, tp: Any, file: str, where: str) -> Any:

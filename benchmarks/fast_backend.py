@@ -52,7 +52,9 @@ class Http(asyncio.Protocol):
             length = 0
             position = head.find(b"content-length:")
             if position >= 0:
-                length = int(head[position + 15 : head.find(b"\r\n", position) if head.find(b"\r\n", position) > 0 else None])
+                length = int(
+                    head[position + 15 : head.find(b"\r\n", position) if head.find(b"\r\n", position) > 0 else None]
+                )
             if len(self.buffer) < head_end + 4 + length:
                 return
             body = self.buffer[head_end + 4 : head_end + 4 + length]

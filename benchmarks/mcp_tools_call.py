@@ -152,7 +152,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="agentgw-bench-"))
     backend_port = free_port()
-    backend = Process([sys.executable, str(Path(__file__).with_name("fast_backend.py")), str(backend_port)], backend_port)
+    backend = Process(
+        [sys.executable, str(Path(__file__).with_name("fast_backend.py")), str(backend_port)], backend_port
+    )
     redis_port = free_port()
     redis = redis_process(redis_port)
     processes = [backend.start(), redis.start()]
@@ -191,7 +193,8 @@ def _pid(process: Process) -> int:
 
 
 def report(results: list[Result], round_trips: dict[str, float] | None) -> None:
-    print(f"\n{'setup':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'gateway CPU us/req':>19}")
+    columns = f"{'setup':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    print(f"\n{columns} {'gateway CPU us/req':>19}")
     for r in results:
         cpu = f"{r.cpu_us_per_request:.0f}" if r.cpu_us_per_request is not None else "-"
         print(

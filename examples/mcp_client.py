@@ -1,6 +1,6 @@
 """Talk to an MCP server through agentgw with the MCP Python SDK client.
 
-    .venv/bin/python examples/mcp_client.py [URL]
+.venv/bin/python examples/mcp_client.py [URL]
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ async def main(url: str) -> None:
         async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
             tools = await client.list_tools()
             print("tools:", ", ".join(tool.name for tool in tools.tools))
-            for name, arguments in [("add", {"a": 20, "b": 22}), ("search_documents", {"query": "redis"}), ("whoami", {})]:
+            for name, arguments in [
+                ("add", {"a": 20, "b": 22}),
+                ("search_documents", {"query": "redis"}),
+                ("whoami", {}),
+            ]:
                 result = await client.call_tool(name, arguments)
                 text = result.content[0].text if isinstance(result.content[0], TextContent) else result.content[0]
                 print(f"{name}{arguments} -> {text}")

@@ -26,7 +26,9 @@ session_numbers = itertools.count(1)
 
 async def mcp(request: Request) -> Response:
     body = await request.body()
-    records.append({"method": request.method, "headers": dict(request.headers), "body": body.decode("utf-8", "replace")})
+    records.append(
+        {"method": request.method, "headers": dict(request.headers), "body": body.decode("utf-8", "replace")}
+    )
     if request.method == "GET":
         return StreamingResponse(_events([("first", 0)]), media_type="text/event-stream")
     if request.method == "DELETE":
@@ -35,7 +37,11 @@ async def mcp(request: Request) -> Response:
     if "id" not in message:
         return Response(status_code=202)
     if message["method"] == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "recorder", "version": "1"}}
+        result = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "serverInfo": {"name": "recorder", "version": "1"},
+        }
         headers = {"mcp-session-id": f"backend-session-{next(session_numbers)}"}
         return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "result": result}, headers=headers)
     if message["method"] == "slow/stream":

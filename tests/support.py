@@ -169,7 +169,11 @@ class RawResponse:
         return json.loads(self.body)
 
     def sse_messages(self) -> list[Any]:
-        return [json.loads(line[5:]) for line in self.body.decode().splitlines() if line.startswith("data:") and line[5:].strip()]
+        return [
+            json.loads(line[5:])
+            for line in self.body.decode().splitlines()
+            if line.startswith("data:") and line[5:].strip()
+        ]
 
     def message(self) -> Any:
         """The JSON-RPC answer, whether it came as JSON or as one SSE event."""
@@ -260,7 +264,9 @@ def tool_call(name: str, arguments: dict[str, Any], request_id: int = 2) -> byte
     ).encode()
 
 
-async def raw_call(port: int, session_id: str, name: str, arguments: dict[str, Any], path: str = "/mcp/v1") -> RawResponse:
+async def raw_call(
+    port: int, session_id: str, name: str, arguments: dict[str, Any], path: str = "/mcp/v1"
+) -> RawResponse:
     headers = mcp_headers(port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25"))
     return await raw_request(port, "POST", path, headers, tool_call(name, arguments))
 

@@ -65,7 +65,12 @@ def write(tmp: Path, text: str) -> Path:
 def test_the_contract_example_loads(tmp: Path) -> None:
     settings = load_settings(write(tmp, FULL), env={})
     target = settings.mcp.targets[0]
-    assert (target.name, target.balance, target.failover, target.timeout) == ("docs", "least_sessions", "end_session", 60)
+    assert (target.name, target.balance, target.failover, target.timeout) == (
+        "docs",
+        "least_sessions",
+        "end_session",
+        60,
+    )
     assert [b.url for b in target.backends] == ["http://127.0.0.1:9001/mcp", "http://127.0.0.1:9002/mcp"]
     assert settings.session_store.key_prefix == "agentgw:"
 
@@ -143,7 +148,11 @@ def test_session_policy_loads_in_both_api_groups(tmp: Path) -> None:
     ("text", "line"),
     [
         ("apiVersion: agentgw.dev/v1alpha1\nkind: SessionPolicy\nmetadata: {name: s}\nspec:\n  sessionTimeot: 5m\n", 5),
-        ("apiVersion: agentgw.dev/v1alpha1\nkind: SessionPolicy\nmetadata: {name: s}\nspec:\n  sessionTimeout: 5 minutes\n", 5),
+        (
+            "apiVersion: agentgw.dev/v1alpha1\nkind: SessionPolicy\nmetadata: {name: s}\n"
+            "spec:\n  sessionTimeout: 5 minutes\n",
+            5,
+        ),
         ("apiVersion: example.com/v1\nkind: SessionPolicy\nmetadata: {name: s}\n", 1),
         ("---\napiVersion: agentgw.dev/v1alpha1\nkind: Mystery\nmetadata: {name: s}\n", 3),
     ],

@@ -43,18 +43,24 @@ async def whoami(gw: Gateway, session_id: str) -> tuple[str, int]:
     return replica, int(count)
 
 
+async def session_on_a_lost_backend(gw: Gateway, replicas: dict[str, Process], how: str) -> tuple[str, str]:
+    """A session, then its backend killed or restarted (same port, its sessions forgotten)."""
+    session_id = await raw_session(gw.port)
+    pinned, _ = await whoami(gw, session_id)
+    if how == "killed":
+        replicas[pinned].kill()
+    else:
+        replicas[pinned].restart_fresh()
+    return session_id, pinned
+
+
 @pytest.mark.parametrize("how", ["killed", "restarted"])
 async def test_end_session_answers_404_then_a_new_session_works_elsewhere(
     tmp: Path, replicas: dict[str, Process], how: str
 ) -> None:
     gw = start_gateway(tmp, replicas, "end_session")
     try:
-        session_id = await raw_session(gw.port)
-        pinned, _ = await whoami(gw, session_id)
-        if how == "killed":
-            replicas[pinned].kill()
-        else:
-            replicas[pinned].restart_fresh()  # same port, sessions forgotten
+        session_id, pinned = await session_on_a_lost_backend(gw, replicas, how)
         response = await raw_call(gw.port, session_id, "whoami", {})
         assert response.status == 404
         assert response.json()["error"]["code"] == -32600
@@ -75,12 +81,7 @@ async def test_reinitialize_carries_on_under_the_same_session_id(
 ) -> None:
     gw = start_gateway(tmp, replicas, "reinitialize")
     try:
-        session_id = await raw_session(gw.port)
-        pinned, _ = await whoami(gw, session_id)
-        if how == "killed":
-            replicas[pinned].kill()
-        else:
-            replicas[pinned].restart_fresh()
+        session_id, pinned = await session_on_a_lost_backend(gw, replicas, how)
         replica, count = await whoami(gw, session_id)
         assert count == 1  # a new backend session, reached through the old gateway id
         if how == "killed":

@@ -53,7 +53,16 @@ _FORWARDED = frozenset({"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METH
 # Backend response headers never relayed: hop-by-hop, recomputed, or the backend's session id.
 _NOT_RELAYED = frozenset(
     name.encode()
-    for name in ("connection", "keep-alive", "transfer-encoding", "content-length", "date", "server", MCP_SESSION_ID, X_MCP_SESSION_ID)
+    for name in (
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "date",
+        "server",
+        MCP_SESSION_ID,
+        X_MCP_SESSION_ID,
+    )
 )
 # An oversized body is drained up to this many bytes so the client can read its 413.
 _DRAIN_LIMIT = 64 * 1024 * 1024
@@ -177,7 +186,9 @@ class McpHttpEndpoint:
                 continue  # an initialize that never arrived is safe to try on the next backend
             try:
                 if response.status != 200:
-                    await _relay(response, [], receive, send, pool.target.timeout)  # the backend refused: its answer, no session
+                    await _relay(
+                        response, [], receive, send, pool.target.timeout
+                    )  # the backend refused: its answer, no session
                     return
                 requested = message.get("params", {}).get("protocolVersion")
                 record = SessionRecord(
@@ -185,7 +196,9 @@ class McpHttpEndpoint:
                     target=pool.target.name,
                     backend=url,
                     backend_session_id=response.header(MCP_SESSION_ID),
-                    protocol_version=requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else DEFAULT_STATEFUL_VERSION,
+                    protocol_version=requested
+                    if requested in HANDSHAKE_PROTOCOL_VERSIONS
+                    else DEFAULT_STATEFUL_VERSION,
                     created_at=now,
                     last_seen=now,
                     initialize=body.decode(),
@@ -261,7 +274,9 @@ class McpHttpEndpoint:
         if record.backend_session_id is not None:
             headers = {MCP_SESSION_ID: record.backend_session_id, MCP_PROTOCOL_VERSION: record.protocol_version}
             try:
-                response = await self.upstream.send("DELETE", record.backend, headers, None, timeout=pool.target.timeout)
+                response = await self.upstream.send(
+                    "DELETE", record.backend, headers, None, timeout=pool.target.timeout
+                )
                 response.release()
             except UpstreamUnavailable:
                 pass  # the backend is gone, and its session with it

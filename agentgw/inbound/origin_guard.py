@@ -70,7 +70,9 @@ class OriginGuard:
 
     def _decide_host(self, host: str) -> bool:
         if self.allowed_hosts:
-            return "*" in self.allowed_hosts or host.lower() in self.allowed_hosts or _hostname(host) in self.allowed_hosts
+            return (
+                "*" in self.allowed_hosts or host.lower() in self.allowed_hosts or _hostname(host) in self.allowed_hosts
+            )
         if self.loopback_only:
             return is_loopback(_hostname(host))
         return True

@@ -77,7 +77,7 @@ class RedisSessionStore:
         if not fields:
             return None
         decoded = [field.decode() for field in fields]
-        record = SessionRecord.from_fields(dict(zip(decoded[::2], decoded[1::2])))
+        record = SessionRecord.from_fields(dict(zip(decoded[::2], decoded[1::2], strict=True)))
         record.last_seen = now  # the script read the record before it slid it
         return record
 
@@ -88,7 +88,7 @@ class RedisSessionStore:
         async def write() -> Any:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._key(record.id))
-                pipe.hset(self._key(record.id), mapping=record.to_fields())
+                pipe.hset(self._key(record.id), mapping=dict(record.to_fields()))  # type: ignore[arg-type]
                 pipe.pexpire(self._key(record.id), int(ttl * 1000))
                 pipe.zadd(self._backend_index(record.target, record.backend), {record.id: now + ttl})
                 return await pipe.execute()
@@ -152,7 +152,9 @@ class _PipelinedConnection:
         self._ssl = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
         self._setup: list[list[str]] = []
         if options.get("password") is not None:
-            self._setup.append(["AUTH", *([options["username"]] if options.get("username") else []), options["password"]])
+            self._setup.append(
+                ["AUTH", *([options["username"]] if options.get("username") else []), options["password"]]
+            )
         if options.get("db"):
             self._setup.append(["SELECT", str(options["db"])])
         self._protocol: _RespProtocol | None = None
@@ -184,7 +186,7 @@ class _PipelinedConnection:
                 _, protocol = await asyncio.wait_for(
                     loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl), STORE_TIMEOUT
                 )
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 raise StoreUnavailable("Session store unavailable") from exc
             for command in self._setup:
                 if isinstance(await protocol.call(command), hiredis.ReplyError):

@@ -33,7 +33,7 @@ class UpstreamTimeoutError(Exception):
 class Origin:
     """Where requests go: scheme, host, port and the Host header they carry."""
 
-    __slots__ = ("scheme", "host", "port", "host_header", "ssl")
+    __slots__ = ("host", "host_header", "port", "scheme", "ssl")
 
     def __init__(self, scheme: str, host: str, port: int) -> None:
         self.scheme = scheme
@@ -183,7 +183,7 @@ class UpstreamResponse:
             self._connection.resume()  # a whole-body read must not stall on backpressure
         try:
             await asyncio.wait_for(self._waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeoutError("backend stopped sending") from None
         finally:
             self._waiter = None
@@ -290,7 +290,7 @@ class ConnectionPool:
                 loop.create_connection(_Connection, origin.host, origin.port, ssl=origin.ssl),
                 self._connect_timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamConnectionError("connect timed out") from None
         except OSError as exc:
             raise UpstreamConnectionError(str(exc)) from exc

@@ -34,10 +34,6 @@ class BackendPool:
         self._by_url = {b.url: b for b in self.backends}
         self._round_robin = itertools.count()
 
-    @property
-    def urls(self) -> list[str]:
-        return [b.url for b in self.backends]
-
     def has_healthy(self) -> bool:
         return any(b.healthy for b in self.backends)
 
@@ -108,7 +104,7 @@ class McpUpstream:
 
     async def _check_pool(self, pool: BackendPool) -> None:
         results = await asyncio.gather(*(self._probe(b.url) for b in pool.backends))
-        for backend, up in zip(pool.backends, results):
+        for backend, up in zip(pool.backends, results, strict=True):
             if up != backend.healthy:
                 log.warning("backend %s %s of target %s", backend.url, "up" if up else "down", pool.target.name)
             backend.healthy = up

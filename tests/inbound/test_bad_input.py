@@ -49,7 +49,12 @@ async def assert_still_serves(gw: Gateway, session_id: str) -> None:
 
 
 def nested(depth: int) -> bytes:
-    return b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":' + b"[" * depth + b"]" * depth + b"}}}"
+    return (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}}"
+    )
 
 
 CALL_PREFIX = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":'
@@ -143,7 +148,12 @@ async def test_wrong_accept_is_406(gw: Gateway, session_id: str, accept: str) ->
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Content-Type", "application/json"), ("Accept", accept)]
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, initialize_body())
     assert response.status == 406
-    get = await raw_request(gw.port, "GET", "/mcp/v1", [("Host", f"127.0.0.1:{gw.port}"), ("Accept", accept), ("Mcp-Session-Id", session_id)])
+    get = await raw_request(
+        gw.port,
+        "GET",
+        "/mcp/v1",
+        [("Host", f"127.0.0.1:{gw.port}"), ("Accept", accept), ("Mcp-Session-Id", session_id)],
+    )
     assert get.status == 406
     await assert_still_serves(gw, session_id)
 
@@ -162,7 +172,9 @@ async def test_unsupported_method_is_405(gw: Gateway, session_id: str) -> None:
     await assert_still_serves(gw, session_id)
 
 
-@pytest.mark.parametrize("host", ["evil.example.com", "evil.example.com:8080", "127.0.0.1.nip.io", "localhost.evil.com"])
+@pytest.mark.parametrize(
+    "host", ["evil.example.com", "evil.example.com:8080", "127.0.0.1.nip.io", "localhost.evil.com"]
+)
 async def test_foreign_host_is_403(gw: Gateway, session_id: str, host: str) -> None:
     response = await raw_request(gw.port, "POST", "/mcp/v1", [("Host", host), *JSON_HEADERS], initialize_body())
     assert response.status == 403

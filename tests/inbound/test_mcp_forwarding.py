@@ -51,7 +51,9 @@ def session_headers(port: int, session_id: str, *extra: tuple[str, str]) -> list
 
 async def test_backend_sees_only_its_own_session_id(gw: Gateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
-    await raw_request(gw.port, "POST", "/mcp/v1", session_headers(gw.port, session_id), b'{"jsonrpc":"2.0","id":5,"method":"ping"}')
+    await raw_request(
+        gw.port, "POST", "/mcp/v1", session_headers(gw.port, session_id), b'{"jsonrpc":"2.0","id":5,"method":"ping"}'
+    )
     seen = (await records(recorder))[-1]
     assert seen["headers"]["mcp-session-id"].startswith("backend-session-")
     assert session_id not in json.dumps(await records(recorder))
@@ -59,16 +61,33 @@ async def test_backend_sees_only_its_own_session_id(gw: Gateway, recorder: Proce
 
 async def test_checked_request_is_forwarded_as_the_gateways_own_serialisation(gw: Gateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
-    sent = b'{ "jsonrpc" : "2.0",\n "id" : 9, "method":"tools/call",\t"params":{"name":"\\u0061dd","arguments":{"a":1.50,"b":"caf\\u00e9"}}}'
+    sent = (
+        b'{ "jsonrpc" : "2.0",\n "id" : 9, "method":"tools/call",\t'
+        b'"params":{"name":"\\u0061dd","arguments":{"a":1.50,"b":"caf\\u00e9"}}}'
+    )
     await raw_request(gw.port, "POST", "/mcp/v1", session_headers(gw.port, session_id), sent)
     seen = (await records(recorder))[-1]
-    assert seen["body"] == '{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"add","arguments":{"a":1.5,"b":"café"}}}'
+    assert (
+        seen["body"]
+        == '{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"add","arguments":{"a":1.5,"b":"café"}}}'
+    )
 
 
 async def test_client_credentials_and_unknown_headers_stay_at_the_gateway(gw: Gateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
-    extra = [("Authorization", "Bearer client-token"), ("Cookie", "sid=1"), ("X-Forwarded-For", "10.0.0.1"), ("X-Custom", "1")]
-    await raw_request(gw.port, "POST", "/mcp/v1", session_headers(gw.port, session_id, *extra), b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+    extra = [
+        ("Authorization", "Bearer client-token"),
+        ("Cookie", "sid=1"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("X-Custom", "1"),
+    ]
+    await raw_request(
+        gw.port,
+        "POST",
+        "/mcp/v1",
+        session_headers(gw.port, session_id, *extra),
+        b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+    )
     headers = (await records(recorder))[-1]["headers"]
     assert not {"authorization", "cookie", "x-forwarded-for", "x-custom", "x-mcp-session-id"} & set(headers)
     assert headers["host"] == f"127.0.0.1:{recorder.port}"
@@ -77,7 +96,12 @@ async def test_client_credentials_and_unknown_headers_stay_at_the_gateway(gw: Ga
 
 async def test_get_passes_last_event_id_through(gw: Gateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
-    headers = [("Host", f"127.0.0.1:{gw.port}"), ("Accept", "text/event-stream"), ("Mcp-Session-Id", session_id), ("Last-Event-ID", "41")]
+    headers = [
+        ("Host", f"127.0.0.1:{gw.port}"),
+        ("Accept", "text/event-stream"),
+        ("Mcp-Session-Id", session_id),
+        ("Last-Event-ID", "41"),
+    ]
     response = await raw_request(gw.port, "GET", "/mcp/v1", headers)
     assert response.status == 200
     assert response.sse_messages()[0]["params"]["data"] == "first"

@@ -148,7 +148,9 @@ def modern_headers(port: int, method: str = "tools/call", name: str | None = Non
 
 
 async def modern_whoami(port: int, *extra: tuple[str, str]) -> tuple[str, int, str]:
-    response = await raw_request(port, "POST", "/mcp/v1", modern_headers(port, "tools/call", "whoami", *extra), modern_call("whoami", {}))
+    response = await raw_request(
+        port, "POST", "/mcp/v1", modern_headers(port, "tools/call", "whoami", *extra), modern_call("whoami", {})
+    )
     assert response.status == 200, response.body
     assert response.header("mcp-session-id") is None
     handle = response.header("x-mcp-session-id")
@@ -179,7 +181,8 @@ async def test_stateless_handle_pins_to_the_same_backend(gw: Gateway) -> None:
         pytest.param(lambda port: modern_headers(port, "tools/list", "whoami"), id="method-mismatch"),
         pytest.param(lambda port: modern_headers(port, "tools/call", None), id="name-missing"),
         pytest.param(
-            lambda port: mcp_headers(port, ("MCP-Protocol-Version", MODERN), ("Mcp-Name", "whoami")), id="method-missing"
+            lambda port: mcp_headers(port, ("MCP-Protocol-Version", MODERN), ("Mcp-Name", "whoami")),
+            id="method-missing",
         ),
         pytest.param(
             lambda port: modern_headers(port, "tools/call", "whoami", ("Mcp-Name", "whoami")), id="name-duplicated"
@@ -189,7 +192,7 @@ async def test_stateless_handle_pins_to_the_same_backend(gw: Gateway) -> None:
 async def test_routing_header_mismatch_is_refused_and_never_forwarded(gw: Gateway, headers_for) -> None:
     replica, before, handle = await modern_whoami(gw.port)
     pinned = ("X-MCP-Session-ID", handle)
-    response = await raw_request(gw.port, "POST", "/mcp/v1", headers_for(gw.port) + [pinned], modern_call("whoami", {}))
+    response = await raw_request(gw.port, "POST", "/mcp/v1", [*headers_for(gw.port), pinned], modern_call("whoami", {}))
     assert response.status == 400
     assert response.json()["error"]["code"] == -32020
     # The replica's counter moved by exactly one call: the refused one never ran.
