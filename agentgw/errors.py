@@ -37,12 +37,23 @@ class GatewayError(Exception):
         return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}, separators=(",", ":")).encode()
 
     async def send(self, send: Send) -> None:
-        """Answer the client with this error; the one place errors become responses."""
+        """Answer the client with this error; the one place errors become responses.
+
+        Once a response has started (an event stream), nothing more can be said:
+        the server refuses a second start, and the stream simply ends.
+        """
         body = self.body()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": self.http_status, "headers": headers})
+        try:
+            await send({"type": "http.response.start", "status": self.http_status, "headers": headers})
+        except RuntimeError:
+            return
         await send({"type": "http.response.body", "body": body})
+
+
+class InternalError(GatewayError):
+    """A fault of the gateway itself, logged where it happened; never a client's fault."""
 
 
 class ParseError(GatewayError):

@@ -9,6 +9,7 @@ the client echoes the `X-MCP-Session-ID` handle the gateway answers with.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from agentgw.errors import (
     BodyTooLarge,
     GatewayError,
     HeaderMismatch,
+    InternalError,
     InvalidRequest,
     MethodNotAllowed,
     NotAcceptable,
@@ -37,6 +39,8 @@ from agentgw.policy.model import PolicySet
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
 from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 from agentgw.upstream.mcp import BackendPool, McpUpstream
+
+log = logging.getLogger("agentgw.inbound.mcp")
 
 MCP_SESSION_ID = "mcp-session-id"
 X_MCP_SESSION_ID = "x-mcp-session-id"
@@ -138,6 +142,9 @@ class McpHttpEndpoint:
                 raise MethodNotAllowed("Method not allowed", headers={"allow": "GET, POST, DELETE"})
         except GatewayError as exc:
             await exc.send(send)
+        except Exception:
+            log.exception("unexpected error in the MCP endpoint")
+            await InternalError("Internal error").send(send)
 
     def _pool(self, scope: Scope) -> BackendPool:
         name = scope.get("path_params", {}).get("target", self._default_target)
@@ -222,7 +229,7 @@ class McpHttpEndpoint:
         if isinstance(payload, list):
             raise InvalidRequest("Batches are not part of MCP 2026-07-28")
         _check_routing_headers(request, messages[0])
-        record = await self._session(request, pool) if request.session_id is not None else None
+        record = await self._pinned(request, pool)
         body = jsonrpc.serialise(payload)
         headers = request.forwarded_headers()
         now = time.time()
@@ -243,6 +250,14 @@ class McpHttpEndpoint:
             finally:
                 response.release()
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} is reachable")
+
+    async def _pinned(self, request: InboundRequest, pool: BackendPool) -> SessionRecord | None:
+        """The record behind an echoed handle; an unknown or expired one simply pins afresh,
+        since this revision promises clients no session to lose."""
+        if request.session_id is None:
+            return None
+        record = await self.store.touch(request.session_id, time.time(), self._ttl)
+        return record if record is not None and record.target == pool.target.name else None
 
     async def _pin_modern(self, record: SessionRecord | None, pool: BackendPool, url: str, now: float) -> SessionRecord:
         if record is None:

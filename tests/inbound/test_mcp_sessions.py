@@ -198,3 +198,10 @@ async def test_routing_header_mismatch_is_refused_and_never_forwarded(gw: Gatewa
     # The replica's counter moved by exactly one call: the refused one never ran.
     again, after, _ = await modern_whoami(gw.port, pinned)
     assert (again, after) == (replica, before + 1)
+
+
+async def test_stateless_unknown_handle_is_pinned_afresh(gw: Gateway) -> None:
+    replica, _, handle = await modern_whoami(gw.port, ("X-MCP-Session-ID", "expired-or-never-issued"))
+    assert handle != "expired-or-never-issued"
+    again, _, same = await modern_whoami(gw.port, ("X-MCP-Session-ID", handle))
+    assert (again, same) == (replica, handle)
