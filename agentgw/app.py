@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,18 +15,30 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentgw.auth.middleware import WELL_KNOWN_METADATA, AuthMiddleware, base_url
 from agentgw.config import Settings, split_host_port
-from agentgw.errors import GatewayError, NotFound
+from agentgw.errors import GatewayError, NotFound, StoreUnavailable
+from agentgw.inbound.admin import create_admin_app, start_listener
 from agentgw.inbound.mcp_http import McpHttpEndpoint
+from agentgw.inbound.mcp_policy import McpGuard
 from agentgw.inbound.origin_guard import OriginGuard
+from agentgw.observability.audit import AuditLog
+from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
+from agentgw.policy.poisoning import ToolCatalogue
 from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionStore
+from agentgw.upstream.http import ConnectionPool
 from agentgw.upstream.mcp import McpUpstream
 
 log = logging.getLogger("agentgw")
+
+CONNECT_TIMEOUT = 3.0
+# Other replicas' catalogue changes (quarantines, approvals) reach this process within this time.
+CATALOGUE_REFRESH_INTERVAL = 1.0
+MCP_PREFIX = "/mcp/v1"
 
 
 def create_store(settings: Settings) -> SessionStore:
@@ -34,12 +48,20 @@ def create_store(settings: Settings) -> SessionStore:
     return MemorySessionStore(config.max_sessions)
 
 
-def create_app(settings: Settings, policies: PolicySet | None = None) -> ASGIApp:
+def create_app(settings: Settings, policies: PolicySet | None = None, env: Mapping[str, str] | None = None) -> ASGIApp:
+    """The gateway as one ASGI app. Raises ConfigError when a policy names a secret that is not set."""
+    env = os.environ if env is None else env
     policies = policies if policies is not None else load_policies(settings.policies)
     store = create_store(settings)
+    http = ConnectionPool(connect_timeout=CONNECT_TIMEOUT)
+    live = LivePolicies(settings.policies, policies, env, http)
     targets = settings.mcp.targets if settings.mcp.enabled else []
-    upstream = McpUpstream(targets)
-    mcp = McpHttpEndpoint(settings, store, upstream, policies)
+    upstream = McpUpstream(targets, http)
+    catalogue = ToolCatalogue(store)
+    audit = AuditLog(store)
+    guard = McpGuard(live, catalogue, audit, enabled=settings.mcp.tool_validation)
+    mcp = McpHttpEndpoint(settings, store, upstream, live, guard)
+    target_names = [t.name for t in targets]
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -57,23 +79,62 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> ASGIApp
             return JSONResponse({"status": "not ready", **problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    async def protected_resource(request: Request) -> JSONResponse:
+        """RFC 9728: what this resource is, who issues its tokens, which scopes mean something here."""
+        base = base_url(request.scope)
+        suffix = request.path_params.get("path", "")
+        authenticator = live.authenticator
+        return JSONResponse(
+            {
+                "resource": f"{base}/{suffix}",
+                "authorization_servers": authenticator.issuers if authenticator else [],
+                "scopes_supported": live.policies.scopes(),
+                "bearer_methods_supported": ["header"],
+                "resource_name": "agentgw",
+            }
+        )
+
+    async def refresh_catalogue() -> None:
+        while True:
+            for name in target_names:
+                with contextlib.suppress(StoreUnavailable):
+                    await catalogue.refresh(name)
+            await asyncio.sleep(CATALOGUE_REFRESH_INTERVAL)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await upstream.start()
-        base = f"http://{settings.server.listen}"
-        for name in upstream.pools:
-            log.info("MCP target %s at %s/mcp/v1/%s", name, base, name)
-        log.info("session store: %s; health at %s/healthz and %s/ready", settings.session_store.type, base, base)
+        audit.start()
+        tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
+        admin = None
+        if settings.server.metrics_listen:
+            admin_app = create_admin_app(target_names, catalogue, audit)
+            admin = await start_listener(admin_app, settings.server.metrics_listen)
+        _log_urls(settings, upstream)
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if admin is not None:
+                await admin.shutdown()
+            await audit.close()
             await upstream.close()
+            await http.close()
             await store.close()
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), Route("/ready", ready, methods=["GET"])]
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route(WELL_KNOWN_METADATA, protected_resource, methods=["GET"]),
+        Route(WELL_KNOWN_METADATA + "/{path:path}", protected_resource, methods=["GET"]),
+    ]
     host, _ = split_host_port(settings.server.listen)
-    app = ProtocolRouter(mcp if targets else None, Starlette(routes=routes, lifespan=lifespan))
-    # The Host/Origin check runs first: a rebinding page must learn nothing, not even a 404.
+    app: ASGIApp = ProtocolRouter(mcp if targets else None, Starlette(routes=routes, lifespan=lifespan))
+    # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
+    # even whether a token is valid), then authentication, then the protocol endpoints.
+    app = AuthMiddleware(app, live)
     return OriginGuard(
         app,
         listen_host=host,
@@ -82,7 +143,13 @@ def create_app(settings: Settings, policies: PolicySet | None = None) -> ASGIApp
     )
 
 
-MCP_PREFIX = "/mcp/v1"
+def _log_urls(settings: Settings, upstream: McpUpstream) -> None:
+    base = f"http://{settings.server.listen}"
+    for name in upstream.pools:
+        log.info("MCP target %s at %s%s/%s", name, base, MCP_PREFIX, name)
+    log.info("session store: %s; health at %s/healthz and %s/ready", settings.session_store.type, base, base)
+    if settings.server.metrics_listen:
+        log.info("admin API at http://%s/admin/", settings.server.metrics_listen)
 
 
 class ProtocolRouter:
@@ -112,8 +179,6 @@ class ProtocolRouter:
 
 def app_from_environment() -> ASGIApp:
     """Factory for uvicorn worker processes (`server.workers` > 1)."""
-    import os
-
     from agentgw.config import config_path, load_settings
 
     return create_app(load_settings(config_path(None, os.environ)))

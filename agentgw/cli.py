@@ -68,8 +68,13 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
         return 0
     from agentgw.app import create_app
 
+    try:
+        app = create_app(settings, policies)
+    except ConfigError as exc:
+        print(f"agentgw: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     uvicorn.run(
-        create_app(settings, policies),
+        app,
         host=host,
         port=port,
         **_UVICORN_OPTIONS,

@@ -14,6 +14,8 @@ INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 SERVER_UNAVAILABLE = -32000
+UNAUTHORIZED = -32001
+POLICY_DENIED = -32051
 
 
 class GatewayError(Exception):
@@ -113,6 +115,35 @@ class SessionNotFound(NotFound):
 
 
 class SessionRequired(GatewayError):
+    http_status = 400
+    jsonrpc_code = INVALID_REQUEST
+
+
+class InvalidToken(GatewayError):
+    """Missing, malformed or rejected credentials; the middleware adds WWW-Authenticate."""
+
+    http_status = 401
+    jsonrpc_code = UNAUTHORIZED
+
+
+class SessionForbidden(GatewayError):
+    """A valid token of another subject than the one the session belongs to."""
+
+    http_status = 403
+    jsonrpc_code = UNAUTHORIZED
+
+
+class PolicyDenied(GatewayError):
+    """A call a policy refuses (contract 6): HTTP 200 so the model reads the refusal, except
+    `missing_scope`, which is 403 with the scopes that would allow it, so clients can step up."""
+
+    http_status = 200
+    jsonrpc_code = POLICY_DENIED
+
+
+class BatchDenied(GatewayError):
+    """A batch holding any denied call is refused whole."""
+
     http_status = 400
     jsonrpc_code = INVALID_REQUEST
 

@@ -62,7 +62,7 @@ def build(node: yaml.Node, tp: Any, file: str, where: str) -> Any:
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         if _is_null(node):
             return None
-        return build(node, options[0], file, where)
+        return build(node, _union_option(node, options), file, where)
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
             raise ConfigError(file, line, f"{where}: expected a list")
@@ -80,6 +80,19 @@ def build(node: yaml.Node, tp: Any, file: str, where: str) -> Any:
             raise ConfigError(file, line, f"{where}: {value!r} is not one of {allowed}")
         return value
     return _scalar(node, tp, file, where)
+
+
+def _union_option(node: yaml.Node, options: list[Any]) -> Any:
+    """The member of a union that fits the node's shape: a list, a mapping or a scalar."""
+    for option in options:
+        origin = typing.get_origin(option)
+        if isinstance(node, yaml.SequenceNode) and origin is list:
+            return option
+        if isinstance(node, yaml.MappingNode) and (origin is dict or dataclasses.is_dataclass(option)):
+            return option
+        if isinstance(node, yaml.ScalarNode) and origin not in (list, dict) and not dataclasses.is_dataclass(option):
+            return option
+    return options[0]
 
 
 def _is_null(node: yaml.Node) -> bool:

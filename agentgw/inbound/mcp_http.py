@@ -8,132 +8,75 @@ the client echoes the `X-MCP-Session-ID` handle the gateway answers with.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
 from agentgw import jsonrpc
 from agentgw.config import Settings
 from agentgw.errors import (
-    BodyTooLarge,
     GatewayError,
-    HeaderMismatch,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
-    NotAcceptable,
     NotFound,
+    SessionForbidden,
     SessionNotFound,
     SessionRequired,
-    UnsupportedMediaType,
-    UnsupportedProtocolVersion,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from agentgw.policy.model import PolicySet
+from agentgw.inbound.mcp_policy import McpGuard
+from agentgw.inbound.mcp_request import (
+    DEFAULT_STATEFUL_VERSION,
+    MCP_PROTOCOL_VERSION,
+    MCP_SESSION_ID,
+    X_MCP_SESSION_ID,
+    InboundRequest,
+    check_accept,
+    check_content_type,
+    check_messages,
+    check_routing_headers,
+    read_body,
+    read_headers,
+)
+from agentgw.inbound.relay import Rewrite, relay, relay_rewritten
+from agentgw.policy.live import LivePolicies
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
-from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
+from agentgw.upstream.http import UpstreamConnectionError, UpstreamTimeoutError
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 log = logging.getLogger("agentgw.inbound.mcp")
 
-MCP_SESSION_ID = "mcp-session-id"
-X_MCP_SESSION_ID = "x-mcp-session-id"
-MCP_PROTOCOL_VERSION = "mcp-protocol-version"
-MCP_METHOD = "mcp-method"
-MCP_NAME = "mcp-name"
-MCP_PARAM_PREFIX = "mcp-param-"
-LAST_EVENT_ID = "last-event-id"
-# A stateful request without the version header speaks 2025-03-26 (MCP transport spec).
-DEFAULT_STATEFUL_VERSION = "2025-03-26"
-
-# Client headers a backend needs; everything else (Authorization above all) stays here.
-_FORWARDED = frozenset({"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METHOD, MCP_NAME, LAST_EVENT_ID})
-# Backend response headers never relayed: hop-by-hop, recomputed, or the backend's session id.
-_NOT_RELAYED = frozenset(
-    name.encode()
-    for name in (
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "date",
-        "server",
-        MCP_SESSION_ID,
-        X_MCP_SESSION_ID,
-    )
-)
-# An oversized body is drained up to this many bytes so the client can read its 413.
-_DRAIN_LIMIT = 64 * 1024 * 1024
 _INITIALIZED = jsonrpc.serialise({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-
-@dataclass
-class InboundRequest:
-    method: str
-    headers: dict[str, str]
-    raw_headers: list[tuple[str, str]]
-    session_id: str | None
-    protocol_version: str | None
-
-    def forwarded_headers(self) -> dict[str, str]:
-        return {k: v for k, v in self.headers.items() if k in _FORWARDED or k.startswith(MCP_PARAM_PREFIX)}
-
-    @property
-    def is_modern(self) -> bool:
-        return self.protocol_version in MODERN_PROTOCOL_VERSIONS
-
-
-def read_headers(scope: Scope) -> InboundRequest:
-    raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
-    headers: dict[str, str] = {}
-    session_ids: set[str] = set()
-    for name, value in raw:
-        if name in (MCP_SESSION_ID, X_MCP_SESSION_ID):
-            session_ids.add(value)
-        headers.setdefault(name, value)
-    if len(session_ids) > 1:
-        raise InvalidRequest("Conflicting session id headers")
-    version = headers.get(MCP_PROTOCOL_VERSION)
-    if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
-        raise UnsupportedProtocolVersion(
-            f"Unsupported MCP-Protocol-Version {version!r}",
-            data={"supported": list(KNOWN_PROTOCOL_VERSIONS), "requested": version},
-        )
-    return InboundRequest(
-        method=scope["method"],
-        headers=headers,
-        raw_headers=raw,
-        session_id=next(iter(session_ids), None),
-        protocol_version=version,
-    )
 
 
 class McpHttpEndpoint:
     """The ASGI endpoint behind `/mcp/v1` and `/mcp/v1/{target}`."""
 
-    def __init__(self, settings: Settings, store: SessionStore, upstream: McpUpstream, policies: PolicySet) -> None:
+    def __init__(
+        self, settings: Settings, store: SessionStore, upstream: McpUpstream, live: LivePolicies, guard: McpGuard
+    ) -> None:
         self.settings = settings
         self.store = store
         self.upstream = upstream
-        self.policies = policies
+        self.live = live
+        self.guard = guard
         self._default_target = settings.mcp.targets[0].name if settings.mcp.targets else None
 
     @property
     def _ttl(self) -> float:
-        return self.policies.session.session_timeout
+        return self.live.policies.session.session_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             pool = self._pool(scope)
             request = read_headers(scope)
             if request.method == "POST":
-                await self._post(request, pool, receive, send)
+                await self._post(scope, request, pool, receive, send)
             elif request.method == "GET":
                 await self._get(request, pool, receive, send)
             elif request.method == "DELETE":
@@ -155,26 +98,44 @@ class McpHttpEndpoint:
 
     # -- POST ---------------------------------------------------------------
 
-    async def _post(self, request: InboundRequest, pool: BackendPool, receive: Receive, send: Send) -> None:
-        _check_content_type(request.headers)
-        _check_accept(request.headers, ("application/json", "text/event-stream"))
-        body = await _read_body(request.headers, receive, self.settings.server.max_body_bytes)
+    async def _post(
+        self, scope: Scope, request: InboundRequest, pool: BackendPool, receive: Receive, send: Send
+    ) -> None:
+        check_content_type(request.headers)
+        check_accept(request.headers, ("application/json", "text/event-stream"))
+        body = await read_body(request.headers, receive, self.settings.server.max_body_bytes)
         payload = jsonrpc.parse(body)
-        messages = _check_messages(payload)
+        messages = check_messages(payload)
+        batch = isinstance(payload, list)
+        target = pool.target.name
         try:
             if request.is_modern:
-                await self._post_modern(request, pool, payload, messages, receive, send)
-            elif len(messages) == 1 and messages[0].get("method") == "initialize":
+                if batch:
+                    raise InvalidRequest("Batches are not part of MCP 2026-07-28")
+                check_routing_headers(request, messages[0])
+                self.guard.check(scope, target, messages, request.principal, request.session_id, batch)
+                await self._post_modern(request, pool, messages[0], receive, send)
+            elif not batch and messages[0].get("method") == "initialize":
                 await self._initialize(request, pool, messages[0], receive, send)
             else:
-                if any(m.get("method") == "initialize" for m in messages):
-                    raise InvalidRequest("initialize must be sent alone")
+                if batch and any(m.get("method") in ("initialize", "tools/list") for m in messages):
+                    raise InvalidRequest("initialize and tools/list must be sent alone, not in a batch")
                 record = await self._session(request, pool)
-                await self._forward_in_session(request, pool, record, jsonrpc.serialise(payload), receive, send)
+                self.guard.check(scope, target, messages, request.principal, record.id, batch)
+                rewrite = None if batch else self._rewrite(request, pool, messages[0])
+                await self._forward_in_session(
+                    request, pool, record, jsonrpc.serialise(payload), receive, send, rewrite
+                )
         except GatewayError as exc:
             if exc.request_id is None and isinstance(payload, dict):
                 exc.request_id = payload.get("id")
             raise
+
+    def _rewrite(self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message) -> Rewrite | None:
+        """How the answer must be changed before the client sees it: only `tools/list` is trimmed."""
+        if message.get("method") != "tools/list" or "id" not in message:
+            return None
+        return self.guard.tools_list_rewrite(pool.target.name, request.principal, message["id"])
 
     async def _initialize(
         self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message, receive: Receive, send: Send
@@ -193,11 +154,11 @@ class McpHttpEndpoint:
                 continue  # an initialize that never arrived is safe to try on the next backend
             try:
                 if response.status != 200:
-                    await _relay(
-                        response, [], receive, send, pool.target.timeout
-                    )  # the backend refused: its answer, no session
+                    # The backend refused: its answer, and no session.
+                    await relay(response, [], receive, send, pool.target.timeout)
                     return
                 requested = message.get("params", {}).get("protocolVersion")
+                principal = request.principal
                 record = SessionRecord(
                     id=new_session_id(),
                     target=pool.target.name,
@@ -209,28 +170,23 @@ class McpHttpEndpoint:
                     created_at=now,
                     last_seen=now,
                     initialize=body.decode(),
+                    issuer=principal.issuer if principal else None,
+                    subject=principal.subject if principal else None,
+                    scopes=sorted(principal.scopes) if principal else [],
                 )
                 await self.store.create(record, self._ttl)
-                await _relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
+                await relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
                 return
             finally:
                 response.release()
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} is reachable")
 
     async def _post_modern(
-        self,
-        request: InboundRequest,
-        pool: BackendPool,
-        payload: Any,
-        messages: list[jsonrpc.Message],
-        receive: Receive,
-        send: Send,
+        self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message, receive: Receive, send: Send
     ) -> None:
-        if isinstance(payload, list):
-            raise InvalidRequest("Batches are not part of MCP 2026-07-28")
-        _check_routing_headers(request, messages[0])
         record = await self._pinned(request, pool)
-        body = jsonrpc.serialise(payload)
+        body = jsonrpc.serialise(message)
+        rewrite = self._rewrite(request, pool, message)
         headers = request.forwarded_headers()
         now = time.time()
         candidates = await pool.candidates(self.store, now)
@@ -244,8 +200,8 @@ class McpHttpEndpoint:
             except UpstreamUnavailable:
                 continue  # nothing arrived, and the revision keeps no state at the backend
             try:
-                record = await self._pin_modern(record, pool, url, now)
-                await _relay(response, [(X_MCP_SESSION_ID, record.id)], receive, send, pool.target.timeout)
+                record = await self._pin_modern(request, record, pool, url, now)
+                await self._relay(response, [(X_MCP_SESSION_ID, record.id)], receive, send, pool, rewrite)
                 return
             finally:
                 response.release()
@@ -257,10 +213,15 @@ class McpHttpEndpoint:
         if request.session_id is None:
             return None
         record = await self.store.touch(request.session_id, time.time(), self._ttl)
-        return record if record is not None and record.target == pool.target.name else None
+        if record is None or record.target != pool.target.name or not self._owned_by_caller(request, record):
+            return None
+        return record
 
-    async def _pin_modern(self, record: SessionRecord | None, pool: BackendPool, url: str, now: float) -> SessionRecord:
+    async def _pin_modern(
+        self, request: InboundRequest, record: SessionRecord | None, pool: BackendPool, url: str, now: float
+    ) -> SessionRecord:
         if record is None:
+            principal = request.principal
             record = SessionRecord(
                 id=new_session_id(),
                 target=pool.target.name,
@@ -268,6 +229,9 @@ class McpHttpEndpoint:
                 protocol_version=MODERN_PROTOCOL_VERSIONS[-1],
                 created_at=now,
                 last_seen=now,
+                issuer=principal.issuer if principal else None,
+                subject=principal.subject if principal else None,
+                scopes=sorted(principal.scopes) if principal else [],
             )
             await self.store.create(record, self._ttl)
         elif record.backend != url:
@@ -278,11 +242,11 @@ class McpHttpEndpoint:
     # -- GET and DELETE -------------------------------------------------------
 
     async def _get(self, request: InboundRequest, pool: BackendPool, receive: Receive, send: Send) -> None:
-        _check_accept(request.headers, ("text/event-stream",))
+        check_accept(request.headers, ("text/event-stream",))
         if request.is_modern:
             raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
         record = await self._session(request, pool)
-        await self._forward_in_session(request, pool, record, None, receive, send)
+        await self._forward_in_session(request, pool, record, None, receive, send, None)
 
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
         record = await self._session(request, pool)
@@ -308,7 +272,24 @@ class McpHttpEndpoint:
         # Another target's session is as unknown here as no session: targets never shadow each other.
         if record is None or record.target != pool.target.name:
             raise SessionNotFound("Session not found")
+        if not self._owned_by_caller(request, record):
+            # Refused, and the session stays as it was for its owner.
+            raise SessionForbidden("Forbidden: the session belongs to another subject")
         return record
+
+    def _owned_by_caller(self, request: InboundRequest, record: SessionRecord) -> bool:
+        """A session belongs to the issuer and subject whose token created it (contract 5.4).
+
+        A refreshed token of the same subject continues it; its scopes, not the
+        session's, are the ones every check uses.
+        """
+        principal = request.principal
+        authenticator = self.live.authenticator
+        if principal is None or record.subject is None or authenticator is None:
+            return True
+        if not authenticator.binds_sessions(record.issuer):
+            return True
+        return (principal.issuer, principal.subject) == (record.issuer, record.subject)
 
     async def _forward_in_session(
         self,
@@ -318,6 +299,7 @@ class McpHttpEndpoint:
         body: bytes | None,
         receive: Receive,
         send: Send,
+        rewrite: Rewrite | None,
     ) -> None:
         headers = request.forwarded_headers()
         for _ in range(2):
@@ -337,11 +319,25 @@ class McpHttpEndpoint:
                     # The backend no longer knows its session: it restarted or expired it.
                     record = await self._failover(pool, record)
                     continue
-                await _relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
+                await self._relay(response, _session_headers(record.id), receive, send, pool, rewrite)
                 return
             finally:
                 response.release()
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} kept the session")
+
+    async def _relay(
+        self,
+        response: Any,
+        headers: list[tuple[str, str]],
+        receive: Receive,
+        send: Send,
+        pool: BackendPool,
+        rewrite: Rewrite | None,
+    ) -> None:
+        if rewrite is None:
+            await relay(response, headers, receive, send, pool.target.timeout)
+        else:
+            await relay_rewritten(response, headers, send, pool.target.timeout, rewrite)
 
     async def _failover(self, pool: BackendPool, record: SessionRecord) -> SessionRecord:
         """Move the session to a healthy backend, or end it so the client re-initializes."""
@@ -381,117 +377,3 @@ class McpHttpEndpoint:
 
 def _session_headers(session_id: str) -> list[tuple[str, str]]:
     return [(MCP_SESSION_ID, session_id), (X_MCP_SESSION_ID, session_id)]
-
-
-def _check_messages(payload: Any) -> list[jsonrpc.Message]:
-    if isinstance(payload, list):
-        if not payload:
-            raise InvalidRequest("Invalid request: empty batch")
-        return [jsonrpc.check_message(m) for m in payload]
-    return [jsonrpc.check_message(payload)]
-
-
-def _check_routing_headers(request: InboundRequest, message: jsonrpc.Message) -> None:
-    """2026-07-28: Mcp-Method and Mcp-Name must say what the body says, before anything else."""
-    if "method" not in message:
-        return
-    for name in (MCP_METHOD, MCP_NAME):
-        if sum(1 for header, _ in request.raw_headers if header == name) > 1:
-            raise HeaderMismatch(f"Duplicated {name} header")
-    if request.headers.get(MCP_METHOD) != message["method"]:
-        raise HeaderMismatch("Mcp-Method header does not match the body's method")
-    named = jsonrpc.named_target(message)
-    if named is not None and request.headers.get(MCP_NAME) != named:
-        raise HeaderMismatch("Mcp-Name header does not match the body")
-
-
-_USUAL_ACCEPT = "application/json, text/event-stream"
-
-
-def _media_types(value: str) -> set[str]:
-    return {part.split(";", 1)[0].strip().lower() for part in value.split(",")}
-
-
-def _check_content_type(headers: dict[str, str]) -> None:
-    content_type = headers.get("content-type", "")
-    if content_type != "application/json" and _media_types(content_type) != {"application/json"}:
-        raise UnsupportedMediaType("Unsupported Media Type: Content-Type must be application/json")
-
-
-def _check_accept(headers: dict[str, str], offered: tuple[str, ...]) -> None:
-    accept = headers.get("accept")
-    if accept is None or accept == _USUAL_ACCEPT:
-        return  # no Accept header accepts anything (RFC 9110)
-    accepted = _media_types(accept)
-    if "*/*" in accepted:
-        return
-    for media_type in offered:
-        if media_type in accepted or media_type.split("/")[0] + "/*" in accepted:
-            return
-    raise NotAcceptable(f"Not Acceptable: Accept must allow {' or '.join(offered)}")
-
-
-async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
-        raise BodyTooLarge(f"Body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidRequest("Client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > _DRAIN_LIMIT:
-            break
-        if not message.get("more_body", False):
-            break
-    if size > limit:
-        # Read (and dropped) up to _DRAIN_LIMIT first: answering while the client is
-        # still sending makes the kernel reset the connection, and the 413 is lost.
-        raise BodyTooLarge(f"Body larger than {limit} bytes")
-    return b"".join(chunks)
-
-
-async def _relay(
-    response: UpstreamResponse, extra_headers: list[tuple[str, str]], receive: Receive, send: Send, timeout: float
-) -> None:
-    """Relay a backend response: JSON whole, an event stream event by event as it arrives."""
-    headers = [(name.lower(), value) for name, value in response.raw_headers if name.lower() not in _NOT_RELAYED]
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers]
-    if not (response.header("content-type") or "").startswith("text/event-stream"):
-        try:
-            body = await response.read(timeout)
-        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise UpstreamUnavailable("Backend failed while answering") from exc
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        return
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    relay = asyncio.ensure_future(_relay_events(response, send))
-    disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
-    try:
-        await asyncio.wait((relay, disconnect), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        relay.cancel()
-        await asyncio.gather(relay, disconnect, return_exceptions=True)
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _relay_events(response: UpstreamResponse, send: Send) -> None:
-    try:
-        # No read timeout: an event stream may rightly stay quiet for a long time.
-        async for chunk in response.chunks(None):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except UpstreamConnectionError:
-        pass  # the backend went away mid-stream; the client sees the stream end
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from agentgw.policy.model import API_VERSIONS, PolicySet, SessionPolicy
+from agentgw.policy.model import (
+    API_VERSIONS,
+    AgentPolicy,
+    PolicySet,
+    RateLimitPolicy,
+    SessionAuthPolicy,
+    SessionPolicy,
+    ToolPolicy,
+)
 from agentgw.typed_yaml import ConfigError, build, compose_documents
 
-_KINDS = {"SessionPolicy": SessionPolicy}
-# Shapes from the contract that this version does not enforce yet: refusing them
-# is safer than loading a ToolPolicy the operator believes is protecting them.
-_NOT_YET_ENFORCED = ("SessionAuthPolicy", "ToolPolicy", "AgentPolicy", "RateLimitPolicy")
+_KINDS: dict[str, Any] = {
+    "SessionPolicy": SessionPolicy,
+    "SessionAuthPolicy": SessionAuthPolicy,
+    "ToolPolicy": ToolPolicy,
+    "AgentPolicy": AgentPolicy,
+    "RateLimitPolicy": RateLimitPolicy,
+}
 
 
 def policy_files(paths: list[str]) -> list[Path]:
@@ -30,23 +42,44 @@ def policy_files(paths: list[str]) -> list[Path]:
 
 def load_policies(paths: list[str]) -> PolicySet:
     """Every problem raises ConfigError with `file:line: message`."""
-    sessions: list[tuple[str, SessionPolicy]] = []
+    loaded: dict[str, list[tuple[str, Any]]] = {kind: [] for kind in _KINDS}
     files = policy_files(paths)
     for path in files:
-        file = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(file, 0, f"cannot read: {exc}") from None
-        for document in compose_documents(text, file):
-            kind = _kind_of(document, file)
-            if kind == "SessionPolicy":
-                sessions.append((f"{file}:{document.start_mark.line + 1}", build(document, SessionPolicy, file, "")))
+        for where, kind, policy in _load_file(path):
+            loaded[kind].append((where, policy))
+    sessions = loaded["SessionPolicy"]
     if len(sessions) > 1:
-        where = ", ".join(source for source, _ in sessions)
-        raise ConfigError(sessions[1][0].rsplit(":", 1)[0], 0, f"more than one SessionPolicy ({where})")
-    session = sessions[0][1].spec if sessions else PolicySet().session
-    return PolicySet(session=session, sources=[str(f) for f in files])
+        file, line = sessions[1][0].rsplit(":", 1)
+        raise ConfigError(file, int(line), f"a second SessionPolicy (the first is at {sessions[0][0]})")
+    issuers: dict[str, str] = {}
+    for where, auth in loaded["SessionAuthPolicy"]:
+        issuer = auth.spec.jwt_validation.issuer
+        if issuer in issuers:
+            file, line = where.rsplit(":", 1)
+            raise ConfigError(file, int(line), f"issuer {issuer!r} is already configured at {issuers[issuer]}")
+        issuers[issuer] = where
+    return PolicySet(
+        session=sessions[0][1].spec if sessions else PolicySet().session,
+        auth=[policy for _, policy in loaded["SessionAuthPolicy"]],
+        tools=[policy for _, policy in loaded["ToolPolicy"]],
+        agents=[policy for _, policy in loaded["AgentPolicy"]],
+        rate_limits=[policy for _, policy in loaded["RateLimitPolicy"]],
+        sources=[str(f) for f in files],
+    )
+
+
+def _load_file(path: Path) -> list[tuple[str, str, Any]]:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, 0, f"cannot read: {exc}") from None
+    policies = []
+    for document in compose_documents(text, file):
+        kind = _kind_of(document, file)
+        where = f"{file}:{document.start_mark.line + 1}"
+        policies.append((where, kind, build(document, _KINDS[kind], file, "")))
+    return policies
 
 
 def _kind_of(document: yaml.Node, file: str) -> str:
@@ -60,8 +93,6 @@ def _kind_of(document: yaml.Node, file: str) -> str:
         raise ConfigError(file, line, f"apiVersion must be one of {', '.join(API_VERSIONS)}")
     if not isinstance(kind, yaml.ScalarNode):
         raise ConfigError(file, line, "kind is missing")
-    if kind.value in _NOT_YET_ENFORCED:
-        raise ConfigError(file, kind.start_mark.line + 1, f"kind {kind.value} is not supported by this version yet")
     if kind.value not in _KINDS:
         raise ConfigError(file, kind.start_mark.line + 1, f"unknown kind {kind.value!r}")
     return str(kind.value)

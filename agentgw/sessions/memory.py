@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 
 from agentgw.sessions.store import SessionRecord
+
+AUDIT_LENGTH = 10_000
 
 
 class MemorySessionStore:
@@ -13,6 +15,8 @@ class MemorySessionStore:
         # Least recently used first, so expired and evicted records leave from the front.
         self._records: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
         self._per_backend: Counter[tuple[str, str]] = Counter()
+        self._tools: dict[str, dict[str, str]] = {}
+        self._audit: deque[str] = deque(maxlen=AUDIT_LENGTH)
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         self._drop_expired(record.created_at)
@@ -45,6 +49,18 @@ class MemorySessionStore:
     async def count_by_backend(self, target: str, backends: list[str], now: float) -> dict[str, int]:
         self._drop_expired(now)
         return {backend: self._per_backend[(target, backend)] for backend in backends}
+
+    async def tool_entries(self, target: str) -> dict[str, str]:
+        return dict(self._tools.get(target, {}))
+
+    async def put_tool_entries(self, target: str, entries: dict[str, str]) -> None:
+        self._tools.setdefault(target, {}).update(entries)
+
+    async def append_audit(self, entries: list[str]) -> None:
+        self._audit.extend(entries)
+
+    async def audit_tail(self, count: int) -> list[str]:
+        return list(self._audit)[-count:] if count > 0 else []
 
     async def ping(self) -> None:
         return None

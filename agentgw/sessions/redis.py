@@ -42,6 +42,8 @@ STORE_TIMEOUT = 1.0
 # Connections per gateway process; a request beyond them waits (up to
 # STORE_TIMEOUT) instead of failing, as redis-py's default pool would.
 MAX_CONNECTIONS = 64
+# The audit stream keeps about this many entries (XADD MAXLEN ~).
+AUDIT_LENGTH = 100_000
 
 
 class RedisSessionStore:
@@ -120,6 +122,28 @@ class RedisSessionStore:
 
         results = await _call(count)
         return {backend: int(results[2 * i + 1]) for i, backend in enumerate(backends)}
+
+    async def tool_entries(self, target: str) -> dict[str, str]:
+        entries: Any = await _call(lambda: self._redis.hgetall(f"{self._prefix}tools:{target}"))
+        return dict(entries)
+
+    async def put_tool_entries(self, target: str, entries: dict[str, str]) -> None:
+        await _call(lambda: self._redis.hset(f"{self._prefix}tools:{target}", mapping=entries))  # type: ignore[arg-type]
+
+    async def append_audit(self, entries: list[str]) -> None:
+        async def append() -> Any:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry in entries:
+                    pipe.xadd(f"{self._prefix}audit", {"entry": entry}, maxlen=AUDIT_LENGTH, approximate=True)
+                return await pipe.execute()
+
+        await _call(append)
+
+    async def audit_tail(self, count: int) -> list[str]:
+        if count <= 0:
+            return []
+        latest: Any = await _call(lambda: self._redis.xrevrange(f"{self._prefix}audit", count=count))
+        return [str(fields["entry"]) for _, fields in reversed(latest)]
 
     async def ping(self) -> None:
         await _call(self._redis.ping)

@@ -16,7 +16,6 @@ from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, Upstr
 log = logging.getLogger("agentgw.upstream.mcp")
 
 HEALTH_CHECK_TIMEOUT = 1.0
-CONNECT_TIMEOUT = 3.0
 
 
 @dataclass
@@ -64,9 +63,9 @@ class BackendPool:
 class McpUpstream:
     """Pooled keep-alive HTTP connections to every MCP backend, and their health."""
 
-    def __init__(self, targets: Iterable[McpTargetConfig]) -> None:
+    def __init__(self, targets: Iterable[McpTargetConfig], http: ConnectionPool) -> None:
         self.pools = {t.name: BackendPool(t) for t in targets}
-        self._http = ConnectionPool(connect_timeout=CONNECT_TIMEOUT)
+        self._http = http
         self._health_tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -78,7 +77,6 @@ class McpUpstream:
         for task in self._health_tasks:
             task.cancel()
         await asyncio.gather(*self._health_tasks, return_exceptions=True)
-        await self._http.close()
 
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, timeout: float

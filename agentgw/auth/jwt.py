@@ -1,0 +1,255 @@
+"""JWT verification (contract 5.4); the only module that imports `jwt`.
+
+Every request's token is verified (MCP forbids sessions as authentication);
+a verified token is remembered until it expires or its issuer's
+`refreshInterval` passes, whichever comes first, so the hot path is one dict
+lookup for a token already seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jwt
+from jwt import PyJWK, PyJWKSet
+
+from agentgw.auth.principal import Principal
+from agentgw.errors import InvalidToken
+from agentgw.policy.model import SessionAuthPolicy
+from agentgw.typed_yaml import ConfigError
+from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
+
+log = logging.getLogger("agentgw.auth")
+
+JWKS_TIMEOUT = 5.0
+# An unknown `kid` refetches the JWKS at most this often, so random kids cannot hammer the issuer.
+JWKS_REFETCH_MIN_INTERVAL = 5.0
+TOKEN_CACHE_SIZE = 10_000
+
+
+class _Jwks:
+    """An issuer's JWKS: fetched, refreshed every `refresh_interval`, refetched once on an unknown kid."""
+
+    def __init__(self, url: str | None, issuer: str, refresh_interval: float, http: ConnectionPool) -> None:
+        self._url = url
+        self._issuer = issuer
+        self._refresh_interval = refresh_interval
+        self._http = http
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str | None) -> PyJWK:
+        now = time.monotonic()
+        if now - self._fetched_at > self._refresh_interval:
+            await self._fetch()
+        key = self._find(kid)
+        if key is None and time.monotonic() - self._fetched_at > JWKS_REFETCH_MIN_INTERVAL:
+            await self._fetch()  # the issuer may have rotated its keys
+            key = self._find(kid)
+        if key is None:
+            raise InvalidToken("Invalid token: unknown signing key")
+        return key
+
+    def _find(self, kid: str | None) -> PyJWK | None:
+        if kid is not None:
+            return self._keys.get(kid)
+        # A token without kid is acceptable only when the issuer has exactly one key.
+        return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+
+    async def _fetch(self) -> None:
+        async with self._lock:
+            try:
+                url = self._url or await self._discover()
+                document = await self._get_json(url)
+                keys = PyJWKSet.from_dict(document).keys
+            except (UpstreamConnectionError, UpstreamTimeoutError, ValueError, KeyError, jwt.PyJWTError) as exc:
+                log.warning("cannot fetch the JWKS of %s: %s", self._issuer, exc)
+                self._fetched_at = time.monotonic()  # keep the old keys; try again after the interval
+                return
+            self._keys = {key.key_id or f"key-{index}": key for index, key in enumerate(keys)}
+            self._fetched_at = time.monotonic()
+
+    async def _discover(self) -> str:
+        """Without jwksUri, the issuer's OpenID configuration names its JWKS."""
+        configuration = await self._get_json(self._issuer.rstrip("/") + "/.well-known/openid-configuration")
+        return str(configuration["jwks_uri"])
+
+    async def _get_json(self, url: str) -> Any:
+        response = await self._http.request("GET", url, {"accept": "application/json"}, None, JWKS_TIMEOUT)
+        try:
+            body = await response.read(JWKS_TIMEOUT)
+        finally:
+            response.release()
+        if response.status != 200:
+            raise ValueError(f"{url} answered {response.status}")
+        return json.loads(body)
+
+
+class IssuerVerifier:
+    """Verifies the tokens of one SessionAuthPolicy issuer."""
+
+    def __init__(self, policy: SessionAuthPolicy, env: Mapping[str, str], http: ConnectionPool) -> None:
+        validation = policy.spec.jwt_validation
+        self.policy_name = policy.metadata.name
+        self.issuer = validation.issuer
+        self.audiences = validation.audiences
+        self.algorithms = validation.allowed_algorithms
+        self.cache_for = float(policy.spec.session_binding.refresh_interval)
+        self.binds_sessions = policy.spec.session_binding.enabled
+        self._static_key: Any = None
+        self._jwks: _Jwks | None = None
+        if validation.secret_env:
+            secret = env.get(validation.secret_env)
+            if not secret:
+                raise ConfigError(self.policy_name, 0, f"secretEnv {validation.secret_env} is not set")
+            self._static_key = secret.encode()
+        elif validation.public_key_file:
+            self._static_key = _public_key(validation.public_key_file, self.algorithms)
+        else:
+            self._jwks = _Jwks(validation.jwks_uri, self.issuer, self.cache_for, http)
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("Invalid token: malformed") from None
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            raise InvalidToken("Invalid token: algorithm not allowed")
+        key = self._static_key if self._jwks is None else await self._jwks.key(header.get("kid"))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                issuer=self.issuer,
+                audience=self.audiences or None,
+                options={"require": ["exp", "iss", "sub"], "verify_aud": bool(self.audiences)},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"Invalid token: {_reason(exc)}") from None
+        return _principal(claims)
+
+
+class Authenticator:
+    """All SessionAuthPolicy issuers; picks the verifier by the token's `iss`."""
+
+    def __init__(self, policies: list[SessionAuthPolicy], env: Mapping[str, str], http: ConnectionPool) -> None:
+        self._verifiers = {p.spec.jwt_validation.issuer: IssuerVerifier(p, env, http) for p in policies}
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    @property
+    def issuers(self) -> list[str]:
+        return list(self._verifiers)
+
+    def binds_sessions(self, issuer: str | None) -> bool:
+        """Whether sessions of this issuer's subjects are bound to them (sessionBinding.enabled)."""
+        verifier = self._verifiers.get(issuer) if issuer is not None else None
+        return verifier is None or verifier.binds_sessions
+
+    async def authenticate(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, valid_until = cached
+            if now < valid_until:
+                return principal
+            del self._cache[token]
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            raise InvalidToken("Invalid token: malformed") from None
+        verifier = self._verifiers.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise InvalidToken("Invalid token: unknown issuer")
+        principal = await verifier.verify(token)
+        self._remember(token, principal, min(principal.expires_at, now + verifier.cache_for))
+        return principal
+
+    def _remember(self, token: str, principal: Principal, valid_until: float) -> None:
+        self._cache[token] = (principal, valid_until)
+        if len(self._cache) > TOKEN_CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+
+def _numeric_date(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    """Claim types as RFC 7519 requires them; pyjwt alone would accept `"exp": "9999999999"`."""
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not _numeric_date(claims[name]):
+            raise InvalidToken(f"Invalid token: {name} must be a number")
+    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        raise InvalidToken("Invalid token: sub must be a non-empty string")
+    return Principal(
+        issuer=claims["iss"], subject=claims["sub"], scopes=_scopes(claims), expires_at=float(claims["exp"])
+    )
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """`scope` (space-separated) or `scp` (a list); a token with neither has no scopes."""
+    scope = claims.get("scope")
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    scp = claims.get("scp")
+    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return frozenset(scp)
+    if isinstance(scp, str):
+        return frozenset(scp.split())
+    return frozenset()
+
+
+def _public_key(path: str, algorithms: list[str]) -> Any:
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, 0, f"cannot read publicKeyFile: {exc}") from None
+    try:
+        return jwt.get_algorithm_by_name(algorithms[0]).prepare_key(pem)
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise ConfigError(path, 0, f"publicKeyFile is not a usable public key: {exc}") from None
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "not yet valid"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "wrong issuer"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "wrong audience"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad signature"
+    return "rejected"
+
+
+def mint_token(
+    secret: str,
+    subject: str,
+    scopes: list[str],
+    ttl: float,
+    issuer: str | None = None,
+    audience: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """An HS256 token, for `agentgw token` and the dev set-up of `make run`."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + int(ttl), **(extra or {})}
+    if scopes:
+        claims["scope"] = " ".join(scopes)
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,75 @@
+"""Authentication of every protected request (contract 5.4), as pure ASGI middleware.
+
+It passes through what it does not protect, and when no SessionAuthPolicy
+is in force. The verified caller goes into the ASGI scope for the endpoints.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentgw.auth.principal import SCOPE_KEY
+from agentgw.errors import InvalidToken
+from agentgw.policy.live import LivePolicies
+
+PROTECTED_PREFIXES = ("/mcp/v1", "/a2a/v1", "/v1/")
+WELL_KNOWN_METADATA = "/.well-known/oauth-protected-resource"
+# A bearer token in a URL ends up in logs and browser history (RFC 6750 section 5.3): refused.
+_TOKEN_IN_QUERY = re.compile(rb"(?:^|&)(?:access_token|token|id_token|jwt|bearer)=|eyJ[\w-]+\.eyJ", re.IGNORECASE)
+
+
+def protected(path: str) -> bool:
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in PROTECTED_PREFIXES)
+
+
+def base_url(scope: Scope) -> str:
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "localhost")
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    return f"{scheme}://{host}"
+
+
+def challenge(scope: Scope, error: str = "invalid_token", scope_needed: str | None = None) -> str:
+    """The WWW-Authenticate value: where to find the resource metadata, and what went wrong."""
+    parts = ['Bearer realm="agentgw"', f'error="{error}"']
+    if scope_needed is not None:
+        parts.append(f'scope="{scope_needed}"')
+    parts.append(f'resource_metadata="{base_url(scope)}{WELL_KNOWN_METADATA}"')
+    return ", ".join(parts)
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, live: LivePolicies) -> None:
+        self.app = app
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authenticator = self.live.authenticator
+        if authenticator is None or scope["type"] not in ("http", "websocket") or not protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            if _TOKEN_IN_QUERY.search(scope.get("query_string", b"")):
+                raise InvalidToken("Invalid token: credentials in the query string are refused")
+            scope[SCOPE_KEY] = await authenticator.authenticate(_bearer_token(scope))
+        except InvalidToken as exc:
+            exc.headers["www-authenticate"] = challenge(scope)
+            if scope["type"] == "websocket":
+                await receive()  # the connect event
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+                return
+            await exc.send(send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _bearer_token(scope: Scope) -> str:
+    values = [v for k, v in scope["headers"] if k == b"authorization"]
+    if len(values) != 1:
+        raise InvalidToken("Invalid token: one Authorization header with a bearer token is required")
+    scheme, _, token = values[0].decode("latin-1").partition(" ")
+    token = str(token).strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise InvalidToken("Invalid token: the Authorization header must be 'Bearer <token>'")
+    return token

@@ -1,0 +1,141 @@
+"""Tool-poisoning defence on the MCP path (contract 6 and 7).
+
+Every message that names a tool, prompt or resource is decided before anything
+is forwarded, whatever its form (request, notification, batch element);
+`tools/list` answers are trimmed to what the caller may call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import Scope
+
+from agentgw import jsonrpc
+from agentgw.auth.middleware import challenge
+from agentgw.auth.principal import Principal
+from agentgw.errors import BatchDenied, PolicyDenied
+from agentgw.inbound.relay import Rewrite
+from agentgw.observability.audit import AuditLog
+from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision
+from agentgw.policy.live import LivePolicies
+from agentgw.policy.poisoning import ToolCatalogue
+
+_REASON_WORDS = {
+    "deny_list": "it is on a deny list",
+    "missing_scope": "the token lacks a scope that allows it",
+    "not_allowed": "no policy allows it",
+    "quarantined": "its definition is quarantined until an operator approves it",
+    "invalid_arguments": "its arguments do not match the tool's input schema",
+}
+
+
+class McpGuard:
+    def __init__(self, live: LivePolicies, catalogue: ToolCatalogue, audit: AuditLog, enabled: bool) -> None:
+        self.live = live
+        self.catalogue = catalogue
+        self.audit = audit
+        self.enabled = enabled
+
+    def check(
+        self,
+        scope: Scope,
+        target: str,
+        messages: list[jsonrpc.Message],
+        principal: Principal | None,
+        session_id: str | None,
+        batch: bool,
+    ) -> None:
+        """Raise PolicyDenied (BatchDenied for a batch) unless every named call is allowed."""
+        if not self.enabled:
+            return
+        denied: list[tuple[jsonrpc.Message, Decision, list[str]]] = []
+        for message in messages:
+            kind = KIND_OF_METHOD.get(message.get("method", ""))
+            if kind is None:
+                continue
+            name = jsonrpc.named_target(message)
+            assert name is not None  # check_message made sure of it
+            decision, errors = self._decide(target, message, name, principal)
+            if kind == "tool":
+                self.audit.record(
+                    subject=principal.subject if principal else None,
+                    session_id=session_id,
+                    target=target,
+                    tool=name,
+                    decision="allow" if decision.allowed else "deny",
+                    reason=decision.reason,
+                )
+            if not decision.allowed:
+                denied.append((message, decision, errors))
+        if not denied:
+            return
+        if batch:
+            summary = [{"tool": d.name, "reason": d.reason} for _, d, _ in denied]
+            raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
+        message, decision, errors = denied[0]
+        raise _denial(scope, message, decision, errors)
+
+    def _decide(
+        self, target: str, message: jsonrpc.Message, name: str, principal: Principal | None
+    ) -> tuple[Decision, list[str]]:
+        kind = KIND_OF_METHOD[message["method"]]
+        scopes = principal.scopes if principal is not None else frozenset()
+        decision = self.live.engine.decide(target, kind, name, scopes)
+        if not decision.allowed or kind != "tool":
+            return decision, []
+        entry = self.catalogue.entry(target, name)
+        if entry is not None and entry.quarantined:
+            return Decision(False, kind, name, "quarantined", decision.policy, rule=entry.reason), []
+        errors = self.catalogue.argument_errors(target, name, message.get("params", {}).get("arguments", {}))
+        if errors:
+            return Decision(False, kind, name, "invalid_arguments", decision.policy, rule="inputSchema"), errors
+        return decision, []
+
+    def tools_list_rewrite(self, target: str, principal: Principal | None, request_id: Any) -> Rewrite | None:
+        """The rewrite for a `tools/list` answer, or None when tool validation is off."""
+        if not self.enabled:
+            return None
+        scopes = principal.scopes if principal is not None else frozenset()
+
+        async def rewrite(message: Any) -> Any:
+            result = message.get("result") if isinstance(message, dict) else None
+            if message.get("id") != request_id or not isinstance(result, dict):
+                return message
+            tools = result.get("tools")
+            if not isinstance(tools, list):
+                return message
+            named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+            await self.catalogue.observe(target, named, self.live.detection(target))
+            result["tools"] = [t for t in named if self._listable(target, t["name"], scopes)]
+            return message
+
+        return rewrite
+
+    def _listable(self, target: str, name: str, scopes: frozenset[str]) -> bool:
+        if not TOOL_NAME.match(name):
+            return False
+        entry = self.catalogue.entry(target, name)
+        if entry is not None and entry.quarantined:
+            return False
+        return self.live.engine.decide(target, "tool", name, scopes).allowed
+
+
+def _denial(scope: Scope, message: jsonrpc.Message, decision: Decision, errors: list[str]) -> PolicyDenied:
+    reason = decision.reason or "not_allowed"
+    data: dict[str, Any] = {
+        "tool": decision.name,
+        "reason": reason,
+        "policy": decision.policy,
+        "requiredScopes": list(decision.required_scopes),
+    }
+    if errors:
+        data["errors"] = errors
+    words = f"{decision.kind.capitalize()} '{decision.name}' denied: {_REASON_WORDS.get(reason, reason)}"
+    denial = PolicyDenied(words, data=data)
+    denial.request_id = message.get("id")
+    if reason == "missing_scope":
+        # 403 with the scopes that would allow the call, so an MCP client can step up its authorization.
+        denial.http_status = 403
+        denial.headers["www-authenticate"] = challenge(scope, "insufficient_scope", " ".join(decision.required_scopes))
+    return denial

@@ -1,0 +1,156 @@
+"""What an MCP client sent over HTTP, checked before anything else happens (contract 5.5).
+
+Media types, body size, session headers, protocol version, the 2026-07-28
+routing headers: all refused here with the status and JSON-RPC code the
+contract names, before a session is looked up or a policy consulted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from starlette.types import Receive, Scope
+
+from agentgw import jsonrpc
+from agentgw.auth.principal import Principal, principal_of
+from agentgw.errors import (
+    BodyTooLarge,
+    HeaderMismatch,
+    InvalidRequest,
+    NotAcceptable,
+    UnsupportedMediaType,
+    UnsupportedProtocolVersion,
+)
+
+MCP_SESSION_ID = "mcp-session-id"
+X_MCP_SESSION_ID = "x-mcp-session-id"
+MCP_PROTOCOL_VERSION = "mcp-protocol-version"
+MCP_METHOD = "mcp-method"
+MCP_NAME = "mcp-name"
+MCP_PARAM_PREFIX = "mcp-param-"
+LAST_EVENT_ID = "last-event-id"
+# A stateful request without the version header speaks 2025-03-26 (MCP transport spec).
+DEFAULT_STATEFUL_VERSION = "2025-03-26"
+
+# Client headers a backend needs; everything else (Authorization above all) stays here.
+_FORWARDED = frozenset({"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METHOD, MCP_NAME, LAST_EVENT_ID})
+# An oversized body is drained up to this many bytes so the client can read its 413.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass
+class InboundRequest:
+    method: str
+    headers: dict[str, str]
+    raw_headers: list[tuple[str, str]]
+    session_id: str | None
+    protocol_version: str | None
+    principal: Principal | None
+
+    def forwarded_headers(self) -> dict[str, str]:
+        return {k: v for k, v in self.headers.items() if k in _FORWARDED or k.startswith(MCP_PARAM_PREFIX)}
+
+    @property
+    def is_modern(self) -> bool:
+        return self.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def read_headers(scope: Scope) -> InboundRequest:
+    raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+    headers: dict[str, str] = {}
+    session_ids: set[str] = set()
+    for name, value in raw:
+        if name in (MCP_SESSION_ID, X_MCP_SESSION_ID):
+            session_ids.add(value)
+        headers.setdefault(name, value)
+    if len(session_ids) > 1:
+        raise InvalidRequest("Conflicting session id headers")
+    version = headers.get(MCP_PROTOCOL_VERSION)
+    if version is not None and version not in KNOWN_PROTOCOL_VERSIONS:
+        raise UnsupportedProtocolVersion(
+            f"Unsupported MCP-Protocol-Version {version!r}",
+            data={"supported": list(KNOWN_PROTOCOL_VERSIONS), "requested": version},
+        )
+    return InboundRequest(
+        method=scope["method"],
+        headers=headers,
+        raw_headers=raw,
+        session_id=next(iter(session_ids), None),
+        protocol_version=version,
+        principal=principal_of(scope),
+    )
+
+
+def check_messages(payload: Any) -> list[jsonrpc.Message]:
+    if isinstance(payload, list):
+        if not payload:
+            raise InvalidRequest("Invalid request: empty batch")
+        return [jsonrpc.check_message(m) for m in payload]
+    return [jsonrpc.check_message(payload)]
+
+
+def check_routing_headers(request: InboundRequest, message: jsonrpc.Message) -> None:
+    """2026-07-28: Mcp-Method and Mcp-Name must say what the body says, before anything else."""
+    if "method" not in message:
+        return
+    for name in (MCP_METHOD, MCP_NAME):
+        if sum(1 for header, _ in request.raw_headers if header == name) > 1:
+            raise HeaderMismatch(f"Duplicated {name} header")
+    if request.headers.get(MCP_METHOD) != message["method"]:
+        raise HeaderMismatch("Mcp-Method header does not match the body's method")
+    named = jsonrpc.named_target(message)
+    if named is not None and request.headers.get(MCP_NAME) != named:
+        raise HeaderMismatch("Mcp-Name header does not match the body")
+
+
+_USUAL_ACCEPT = "application/json, text/event-stream"
+
+
+def _media_types(value: str) -> set[str]:
+    return {part.split(";", 1)[0].strip().lower() for part in value.split(",")}
+
+
+def check_content_type(headers: dict[str, str]) -> None:
+    content_type = headers.get("content-type", "")
+    if content_type != "application/json" and _media_types(content_type) != {"application/json"}:
+        raise UnsupportedMediaType("Unsupported Media Type: Content-Type must be application/json")
+
+
+def check_accept(headers: dict[str, str], offered: tuple[str, ...]) -> None:
+    accept = headers.get("accept")
+    if accept is None or accept == _USUAL_ACCEPT:
+        return  # no Accept header accepts anything (RFC 9110)
+    accepted = _media_types(accept)
+    if "*/*" in accepted:
+        return
+    for media_type in offered:
+        if media_type in accepted or media_type.split("/")[0] + "/*" in accepted:
+            return
+    raise NotAcceptable(f"Not Acceptable: Accept must allow {' or '.join(offered)}")
+
+
+async def read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
+        raise BodyTooLarge(f"Body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("Client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > _DRAIN_LIMIT:
+            break
+        if not message.get("more_body", False):
+            break
+    if size > limit:
+        # Read (and dropped) up to _DRAIN_LIMIT first: answering while the client is
+        # still sending makes the kernel reset the connection, and the 413 is lost.
+        raise BodyTooLarge(f"Body larger than {limit} bytes")
+    return b"".join(chunks)

@@ -1,0 +1,1 @@
+"""What the gateway tells operators: the audit stream (metrics and logs follow)."""

@@ -1,0 +1,93 @@
+"""Every tool-call decision, appended to the audit stream in the session store (contract 10).
+
+Entries are buffered and written in the background, a batch at a time, so a
+decision costs the request no store round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+
+from agentgw.errors import StoreUnavailable
+from agentgw.sessions.store import SessionStore
+
+log = logging.getLogger("agentgw.audit")
+
+FLUSH_INTERVAL = 0.2
+# While the store is down, at most this many entries wait; the oldest are dropped first.
+MAX_BUFFERED = 10_000
+
+
+def hash_session(session_id: str | None) -> str | None:
+    """Audit lines and logs carry a hash of the session id, never the id itself."""
+    return None if session_id is None else hashlib.sha256(session_id.encode()).hexdigest()[:16]
+
+
+class AuditLog:
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self._buffer: deque[str] = deque(maxlen=MAX_BUFFERED)
+        self._task: asyncio.Task[None] | None = None
+
+    def record(
+        self,
+        *,
+        subject: str | None,
+        session_id: str | None,
+        target: str,
+        tool: str,
+        decision: str,
+        reason: str | None,
+        method: str = "tools/call",
+    ) -> None:
+        entry = {
+            "time": round(time.time(), 3),
+            "subject": subject,
+            "session": hash_session(session_id),
+            "target": target,
+            "method": method,
+            "tool": tool,
+            "decision": decision,
+            "reason": reason,
+        }
+        self._buffer.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+
+    async def tail(self, count: int) -> list[dict[str, object]]:
+        await self.flush()
+        return [json.loads(line) for line in await self._store.audit_tail(count)]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.flush()
+        except StoreUnavailable:
+            log.warning("audit entries lost at shutdown: the session store is unreachable")
+
+    async def flush(self) -> None:
+        if not self._buffer:
+            return
+        batch = list(self._buffer)
+        self._buffer.clear()
+        try:
+            await self._store.append_audit(batch)
+        except StoreUnavailable:
+            self._buffer.extendleft(reversed(batch))  # kept for the next flush
+            raise
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self.flush()
+            except StoreUnavailable:
+                log.warning("audit flush failed; %d entries wait", len(self._buffer))
