@@ -1,21 +1,30 @@
-"""agentgw serve | ... : the command line (contract section 2)."""
+"""agentgw serve | policy | token | tools | audit: the command line (contract section 2).
+
+Exit 2 with one line on stderr for a bad command line or a config that fails
+validation. The operator commands (tools, audit) talk to the running
+gateway's admin API on its metrics port.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 
 import uvicorn
 
 from agentgw.config import Settings, config_path, load_settings, split_host_port
-from agentgw.policy.loader import load_policies
+from agentgw.policy.loader import load_policies, policy_files
 from agentgw.policy.model import PolicySet
-from agentgw.typed_yaml import ConfigError
+from agentgw.typed_yaml import ConfigError, Duration, parse_duration
 
 USAGE_ERROR = 2
+ADMIN_TIMEOUT = 10.0
 # uvloop and httptools for speed; no proxy-header rewriting, access log, Server or
 # Date header: per-request work the gateway does not need.
 _UVICORN_OPTIONS: dict[str, Any] = {
@@ -28,25 +37,79 @@ _UVICORN_OPTIONS: dict[str, Any] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one clear line, exit 2
+        print(f"{self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentgw", description="MCP/A2A agent gateway")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="agentgw.yaml (default: $AGENTGW_CONFIG, then ./agentgw.yaml)")
+    config_help = "agentgw.yaml (default: $AGENTGW_CONFIG, then ./agentgw.yaml)"
+    # --config may stand before or after the command; given after, it must not be reset to None.
+    common = _Parser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    parser = _Parser(prog="agentgw", description="MCP/A2A agent gateway")
+    parser.add_argument("--config", default=None, help=config_help)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    commands.add_parser("serve", help="run the gateway", parents=[common])
+
+    policy = commands.add_parser("policy", help="validate and explain policies").add_subparsers(
+        dest="policy_command", required=True, parser_class=_Parser
+    )
+    check = policy.add_parser("check", help="validate policy files; exit 1 listing every problem", parents=[common])
+    check.add_argument("paths", nargs="+")
+    explain = policy.add_parser(
+        "explain", help="print allow/deny for a tool call and the rule that decided", parents=[common]
+    )
+    explain.add_argument("--policies", action="append", help="policy file or folder (default: the config's)")
+    explain.add_argument("--scopes", default="", help='the caller\'s scopes, space-separated: "a b"')
+    explain.add_argument("--tool", required=True)
+    explain.add_argument("--target", default=None, help="MCP target (default: the config's first)")
+
+    token = commands.add_parser("token", help="mint an HS256 dev token", parents=[common])
+    token.add_argument("--secret-env", required=True, help="environment variable holding the secret")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--scope", default="", help='space-separated scopes: "read:documents write:email"')
+    token.add_argument("--ttl", default="1h", help="lifetime: 30s, 5m, 1h")
+    token.add_argument("--iss")
+    token.add_argument("--aud")
+
+    tools = commands.add_parser("tools", help="tool fingerprints and quarantines").add_subparsers(
+        dest="tools_command", required=True, parser_class=_Parser
+    )
+    tools.add_parser("list", help="show a target's tools", parents=[common]).add_argument("target")
+    approve = tools.add_parser("approve", help="lift a quarantine after a tool definition changed", parents=[common])
+    approve.add_argument("target")
+    approve.add_argument("tool")
+
+    audit = commands.add_parser("audit", help="tool-call decisions").add_subparsers(
+        dest="audit_command", required=True, parser_class=_Parser
+    )
+    tail = audit.add_parser("tail", help="print the latest decisions", parents=[common])
+    tail.add_argument("-n", type=int, default=20)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "policy" and args.policy_command == "check":
+            return policy_check(args.paths)
+        if args.command == "token":
+            return token(args)
         settings = load_settings(config_path(args.config, os.environ))
-        policies = load_policies(settings.policies)
+        if args.command == "serve":
+            policies = load_policies(settings.policies)
+            return serve(settings, policies, args.config)
+        if args.command == "policy":
+            return policy_explain(settings, args)
+        if args.command == "tools":
+            return tools_command(settings, args)
+        return audit_tail(settings, args.n)
     except ConfigError as exc:
         print(f"agentgw: {exc}", file=sys.stderr)
         return USAGE_ERROR
-    if args.command == "serve":
-        return serve(settings, policies, args.config)
-    return USAGE_ERROR
 
 
 def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> int:
@@ -68,16 +131,103 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
         return 0
     from agentgw.app import create_app
 
-    try:
-        app = create_app(settings, policies)
-    except ConfigError as exc:
-        print(f"agentgw: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        **_UVICORN_OPTIONS,
-        log_level="info",
-    )
+    app = create_app(settings, policies)
+    uvicorn.run(app, host=host, port=port, **_UVICORN_OPTIONS, log_level="info")
     return 0
+
+
+def policy_check(paths: list[str]) -> int:
+    """Every file checked on its own, so one run names every broken file; then all together."""
+    problems: list[str] = []
+    try:
+        files = policy_files(paths)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for path in files:
+        try:
+            load_policies([str(path)])
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if not problems:
+        try:
+            load_policies([str(p) for p in files])
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{len(files)} policy files: ok")
+    return 0
+
+
+def policy_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from agentgw.policy.engine import PolicyEngine
+
+    policies = load_policies(args.policies or settings.policies)
+    target = args.target or (settings.mcp.targets[0].name if settings.mcp.targets else "default")
+    decision = PolicyEngine(policies.tools).decide(target, "tool", args.tool, frozenset(args.scopes.split()))
+    verdict = "allow" if decision.allowed else f"deny ({decision.reason})"
+    print(f"{verdict}: tool {args.tool!r} on target {target!r}")
+    if decision.policy:
+        print(f"policy: {decision.policy}")
+    print(f"rule: {decision.rule}")
+    if decision.required_scopes:
+        print(f"scopes that would allow it: {' '.join(decision.required_scopes)}")
+    return 0 if decision.allowed else 1
+
+
+def token(args: argparse.Namespace) -> int:
+    from agentgw.auth.jwt import mint_token
+
+    secret = os.environ.get(args.secret_env)
+    if not secret:
+        print(f"agentgw: environment variable {args.secret_env} is not set", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        ttl: Duration = parse_duration(args.ttl)
+    except ValueError as exc:
+        print(f"agentgw: --ttl: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    print(mint_token(secret, args.sub, args.scope.split(), ttl, issuer=args.iss, audience=args.aud))
+    return 0
+
+
+def tools_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.tools_command == "list":
+        answer = _admin(settings, "GET", f"/admin/tools/{args.target}")
+        for name, entry in answer["tools"].items():
+            state = "QUARANTINED" if entry["quarantined"] else "ok"
+            reason = f"  ({entry['reason']})" if entry["reason"] else ""
+            print(f"{name:<32} {state:<12} {entry['current'][:16]}{reason}")
+        return 0
+    answer = _admin(settings, "POST", f"/admin/tools/{args.target}/{args.tool}/approve")
+    print(f"approved {answer['tool']} of target {answer['target']}: {answer['entry']['current'][:16]}")
+    return 0
+
+
+def audit_tail(settings: Settings, count: int) -> int:
+    for entry in _admin(settings, "GET", f"/admin/audit?n={count}")["entries"]:
+        print(json.dumps(entry, ensure_ascii=False))
+    return 0
+
+
+def _admin(settings: Settings, method: str, path: str) -> Any:
+    listen = settings.server.metrics_listen
+    if not listen:
+        raise ConfigError(settings.source, 0, "server.metrics_listen is off: the admin API is not served")
+    host, port = split_host_port(listen)
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        print(f"agentgw: {detail}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"agentgw: cannot reach the gateway's admin API at {url}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,11 +1,13 @@
 """Talk to an MCP server through agentgw with the MCP Python SDK client.
 
-.venv/bin/python examples/mcp_client.py [URL]
+    export AGENTGW_TOKEN=...   # the dev token `make run` prints
+    .venv/bin/python examples/mcp_client.py [URL]
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import httpx2
@@ -15,7 +17,9 @@ from mcp.types import TextContent
 
 
 async def main(url: str) -> None:
-    async with httpx2.AsyncClient() as http:
+    token = os.environ.get("AGENTGW_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers) as http:
         async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
             tools = await client.list_tools()
             print("tools:", ", ".join(tool.name for tool in tools.tools))

@@ -126,8 +126,17 @@ class Gateway:
         self.process.restart()
 
 
-def gateway(tmp: Path, config: dict[str, Any], policies: str | None = None, name: str = "gateway") -> Gateway:
-    """Write a config (and optionally a policy file) under `tmp` and start a gateway on a free port."""
+def gateway(
+    tmp: Path,
+    config: dict[str, Any],
+    policies: str | None = None,
+    name: str = "gateway",
+    env: dict[str, str] | None = None,
+) -> Gateway:
+    """Write a config (and optionally a policy file) under `tmp` and start a gateway on a free port.
+
+    `env` adds environment variables for the gateway process (a policy's secretEnv, say).
+    """
     port = free_port()
     policy_dir = tmp / f"{name}-policies"
     policy_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +147,7 @@ def gateway(tmp: Path, config: dict[str, Any], policies: str | None = None, name
     config_file = tmp / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     args = [sys.executable, "-m", "agentgw", "serve", "--config", str(config_file)]
-    process = Process(args, port, log=tmp / f"{name}.log")
+    process = Process(args, port, env=env, log=tmp / f"{name}.log")
     return Gateway(process.start(), config_file)
 
 
