@@ -13,7 +13,12 @@ import json
 import secrets
 import sys
 
-TOOLS = {"tools": [{"name": "add", "description": "Add two integers", "inputSchema": {"type": "object"}}]}
+ADD_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+    "required": ["a", "b"],
+}
+TOOLS = {"tools": [{"name": "add", "description": "Add two integers", "inputSchema": ADD_SCHEMA}]}
 
 
 def answer(body: bytes) -> tuple[int, bytes, bytes]:

@@ -6,6 +6,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["Mcp-Session-Id"] = os.getenv("SESSION_ID")
 wrk.headers["MCP-Protocol-Version"] = "2025-11-25"
+if os.getenv("TOKEN") and os.getenv("TOKEN") ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
+end
 
 done = function(summary, latency, requests)
   io.write(string.format(

@@ -169,5 +169,7 @@ class ToolCatalogue:
                 validator = self._validators[entry.current] = cls(entry.input_schema)
             except jsonschema.SchemaError:
                 return []  # a schema the backend itself cannot mean; it validates its own input
+        if validator.is_valid(arguments):
+            return []
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         return [f"/{'/'.join(str(p) for p in error.absolute_path)}: {error.message}" for error in errors[:5]]
