@@ -108,7 +108,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
         admin = None
         if settings.server.metrics_listen:
-            admin_app = create_admin_app(target_names, catalogue, audit)
+            admin_app = create_admin_app(target_names, catalogue, audit, live.detection)
             admin = await start_listener(admin_app, settings.server.metrics_listen)
         _log_urls(settings, upstream)
         try:

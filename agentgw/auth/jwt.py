@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import PyJWK, PyJWKSet
 
 from agentgw.auth.principal import Principal
@@ -29,8 +32,10 @@ from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, Upstr
 log = logging.getLogger("agentgw.auth")
 
 JWKS_TIMEOUT = 5.0
-# An unknown `kid` refetches the JWKS at most this often, so random kids cannot hammer the issuer.
-JWKS_REFETCH_MIN_INTERVAL = 5.0
+# An unknown `kid` refetches the JWKS once; random kids cannot hammer the issuer, since
+# each kid is refetched for once per refresh and all of them share this many per window.
+JWKS_REFETCH_BUDGET = 5
+JWKS_REFETCH_WINDOW = 10.0
 TOKEN_CACHE_SIZE = 10_000
 
 
@@ -45,18 +50,30 @@ class _Jwks:
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self._refetched_for: set[str | None] = set()
+        self._refetches: list[float] = []
 
     async def key(self, kid: str | None) -> PyJWK:
-        now = time.monotonic()
-        if now - self._fetched_at > self._refresh_interval:
+        if time.monotonic() - self._fetched_at > self._refresh_interval:
             await self._fetch()
+            self._refetched_for.clear()
         key = self._find(kid)
-        if key is None and time.monotonic() - self._fetched_at > JWKS_REFETCH_MIN_INTERVAL:
+        if key is None and self._may_refetch(kid):
             await self._fetch()  # the issuer may have rotated its keys
             key = self._find(kid)
         if key is None:
             raise InvalidToken("Invalid token: unknown signing key")
         return key
+
+    def _may_refetch(self, kid: str | None) -> bool:
+        now = time.monotonic()
+        self._refetches = [t for t in self._refetches if now - t < JWKS_REFETCH_WINDOW]
+        if kid in self._refetched_for or len(self._refetches) >= JWKS_REFETCH_BUDGET:
+            return False
+        if len(self._refetched_for) < TOKEN_CACHE_SIZE:
+            self._refetched_for.add(kid)
+        self._refetches.append(now)
+        return True
 
     def _find(self, kid: str | None) -> PyJWK | None:
         if kid is not None:
@@ -101,7 +118,7 @@ class IssuerVerifier:
         self.policy_name = policy.metadata.name
         self.issuer = validation.issuer
         self.audiences = validation.audiences
-        self.algorithms = validation.allowed_algorithms
+        self.algorithms = validation.allowed_algorithms  # narrowed below to what a key file can verify
         self.cache_for = float(policy.spec.session_binding.refresh_interval)
         self.binds_sessions = policy.spec.session_binding.enabled
         self._static_key: Any = None
@@ -112,7 +129,7 @@ class IssuerVerifier:
                 raise ConfigError(self.policy_name, 0, f"secretEnv {validation.secret_env} is not set")
             self._static_key = secret.encode()
         elif validation.public_key_file:
-            self._static_key = _public_key(validation.public_key_file, self.algorithms)
+            self._static_key, self.algorithms = _public_key(validation.public_key_file, validation.algorithms)
         else:
             self._jwks = _Jwks(validation.jwks_uri, self.issuer, self.cache_for, http)
 
@@ -136,6 +153,8 @@ class IssuerVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"Invalid token: {_reason(exc)}") from None
+        except (TypeError, ValueError):  # a key that does not fit the token's algorithm
+            raise InvalidToken("Invalid token: rejected") from None
         return _principal(claims)
 
 
@@ -209,15 +228,30 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
-def _public_key(path: str, algorithms: list[str]) -> Any:
+def _public_key(path: str, algorithms: list[str] | None) -> tuple[Any, list[str]]:
+    """The key in a PEM file and the algorithms it can verify (of those the policy allows)."""
     try:
-        pem = Path(path).read_bytes()
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
     except OSError as exc:
         raise ConfigError(path, 0, f"cannot read publicKeyFile: {exc}") from None
-    try:
-        return jwt.get_algorithm_by_name(algorithms[0]).prepare_key(pem)
-    except (ValueError, TypeError, jwt.PyJWTError) as exc:
-        raise ConfigError(path, 0, f"publicKeyFile is not a usable public key: {exc}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(path, 0, f"publicKeyFile is not a PEM public key: {exc}") from None
+    fitting = _algorithms_for(key)
+    usable = [a for a in (algorithms or fitting[:1]) if a in fitting]
+    if not usable:
+        raise ConfigError(path, 0, f"publicKeyFile holds a key for {', '.join(fitting) or 'no JWT algorithm'}")
+    return key, usable
+
+
+def _algorithms_for(key: Any) -> list[str]:
+    if isinstance(key, rsa.RSAPublicKey):
+        return ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        by_curve = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        return [by_curve[key.curve.name]] if key.curve.name in by_curve else []
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return ["EdDSA"]
+    return []
 
 
 def _reason(exc: jwt.PyJWTError) -> str:

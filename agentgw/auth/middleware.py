@@ -6,13 +6,17 @@ is in force. The verified caller goes into the ASGI scope for the endpoints.
 
 from __future__ import annotations
 
+import logging
 import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentgw.auth.principal import SCOPE_KEY
+from agentgw.auth.jwt import Authenticator
+from agentgw.auth.principal import SCOPE_KEY, Principal
 from agentgw.errors import InvalidToken
 from agentgw.policy.live import LivePolicies
+
+log = logging.getLogger("agentgw.auth")
 
 PROTECTED_PREFIXES = ("/mcp/v1", "/a2a/v1", "/v1/")
 WELL_KNOWN_METADATA = "/.well-known/oauth-protected-resource"
@@ -50,9 +54,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            if _TOKEN_IN_QUERY.search(scope.get("query_string", b"")):
-                raise InvalidToken("Invalid token: credentials in the query string are refused")
-            scope[SCOPE_KEY] = await authenticator.authenticate(_bearer_token(scope))
+            scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
         except InvalidToken as exc:
             exc.headers["www-authenticate"] = challenge(scope)
             if scope["type"] == "websocket":
@@ -62,6 +64,18 @@ class AuthMiddleware:
             await exc.send(send)
             return
         await self.app(scope, receive, send)
+
+
+async def _authenticate(scope: Scope, authenticator: Authenticator) -> Principal:
+    if _TOKEN_IN_QUERY.search(scope.get("query_string", b"")):
+        raise InvalidToken("Invalid token: credentials in the query string are refused")
+    try:
+        return await authenticator.authenticate(_bearer_token(scope))
+    except InvalidToken:
+        raise
+    except Exception as exc:  # fail closed: whatever went wrong, the token is not accepted
+        log.exception("token verification failed unexpectedly")
+        raise InvalidToken("Invalid token: rejected") from exc
 
 
 def _bearer_token(scope: Scope) -> str:

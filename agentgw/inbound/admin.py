@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import asdict
 
 import uvicorn
@@ -21,20 +22,27 @@ from starlette.routing import Route
 from agentgw.config import split_host_port
 from agentgw.errors import StoreUnavailable
 from agentgw.observability.audit import AuditLog
-from agentgw.policy.poisoning import ToolCatalogue
+from agentgw.policy.model import PoisoningDetection
+from agentgw.policy.poisoning import ToolCatalogue, ToolEntry
 
 log = logging.getLogger("agentgw.admin")
 
 MAX_AUDIT_LINES = 10_000
 
 
-def create_admin_app(targets: list[str], catalogue: ToolCatalogue, audit: AuditLog) -> Starlette:
+def create_admin_app(
+    targets: list[str], catalogue: ToolCatalogue, audit: AuditLog, detection: Callable[[str], PoisoningDetection]
+) -> Starlette:
+    def describe(target: str, entry: ToolEntry) -> dict[str, object]:
+        reason = entry.quarantine_reason(detection(target))
+        return {**asdict(entry), "quarantined": reason is not None, "reason": reason}
+
     async def tools(request: Request) -> JSONResponse:
         target = request.path_params["target"]
         if target not in targets:
             return JSONResponse({"error": f"unknown target {target!r}"}, status_code=404)
         await catalogue.refresh(target)
-        entries = {name: asdict(entry) for name, entry in sorted(catalogue.entries(target).items())}
+        entries = {name: describe(target, entry) for name, entry in sorted(catalogue.entries(target).items())}
         return JSONResponse({"target": target, "tools": entries})
 
     async def approve(request: Request) -> JSONResponse:
@@ -45,7 +53,7 @@ def create_admin_app(targets: list[str], catalogue: ToolCatalogue, audit: AuditL
         if entry is None:
             return JSONResponse({"error": f"target {target!r} has never listed a tool {tool!r}"}, status_code=404)
         log.warning("tool %s of target %s approved by an operator", tool, target)
-        return JSONResponse({"target": target, "tool": tool, "entry": asdict(entry)})
+        return JSONResponse({"target": target, "tool": tool, "entry": describe(target, entry)})
 
     async def audit_tail(request: Request) -> JSONResponse:
         try:

@@ -85,8 +85,9 @@ class McpGuard:
         if not decision.allowed or kind != "tool":
             return decision, []
         entry = self.catalogue.entry(target, name)
-        if entry is not None and entry.quarantined:
-            return Decision(False, kind, name, "quarantined", decision.policy, rule=entry.reason), []
+        quarantined = entry.quarantine_reason(self.live.detection(target)) if entry is not None else None
+        if quarantined is not None:
+            return Decision(False, kind, name, "quarantined", decision.policy, rule=quarantined), []
         errors = self.catalogue.argument_errors(target, name, message.get("params", {}).get("arguments", {}))
         if errors:
             return Decision(False, kind, name, "invalid_arguments", decision.policy, rule="inputSchema"), errors
@@ -106,7 +107,7 @@ class McpGuard:
             if not isinstance(tools, list):
                 return message
             named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
-            await self.catalogue.observe(target, named, self.live.detection(target))
+            await self.catalogue.observe(target, named)
             result["tools"] = [t for t in named if self._listable(target, t["name"], scopes)]
             return message
 
@@ -116,7 +117,7 @@ class McpGuard:
         if not TOOL_NAME.match(name):
             return False
         entry = self.catalogue.entry(target, name)
-        if entry is not None and entry.quarantined:
+        if entry is not None and entry.quarantine_reason(self.live.detection(target)) is not None:
             return False
         return self.live.engine.decide(target, "tool", name, scopes).allowed
 

@@ -33,6 +33,7 @@ class LivePolicies:
         self.policies = policies
         self.engine = PolicyEngine(policies.tools)
         self.authenticator = self._authenticator(policies)
+        self._detection: dict[str, PoisoningDetection] = {}
         self._seen = self._snapshot()
 
     def _authenticator(self, policies: PolicySet) -> Authenticator | None:
@@ -40,6 +41,12 @@ class LivePolicies:
 
     def detection(self, target: str) -> PoisoningDetection:
         """Poisoning detection for a target: on, and quarantining, unless every policy that applies says otherwise."""
+        detection = self._detection.get(target)
+        if detection is None:
+            detection = self._detection[target] = self._detection_of(target)
+        return detection
+
+    def _detection_of(self, target: str) -> PoisoningDetection:
         specs = [
             p.spec.poisoning_detection
             for p in self.policies.tools
@@ -62,6 +69,7 @@ class LivePolicies:
         self.policies = policies
         self.engine = PolicyEngine(policies.tools)
         self.authenticator = authenticator
+        self._detection = {}
         log.info("policies reloaded from %d files", len(policies.sources))
         return True
 

@@ -77,18 +77,32 @@ def _strings(value: Any) -> list[str]:
 
 @dataclass
 class ToolEntry:
-    approved: str  # the fingerprint an operator (or first sight) accepted
+    """What the gateway knows of one listed tool. Whether it is quarantined follows from these
+    facts and the detection policy in force, so a policy change applies to tools already seen."""
+
+    approved: str  # the fingerprint accepted: at first sight, or by an operator
     current: str  # the fingerprint last listed
-    quarantined: bool
-    reason: str | None
+    findings: list[str]  # what the scan found in the current definition, unless an operator approved it
     input_schema: dict[str, Any] | None
+
+    def quarantine_reason(self, detection: PoisoningDetection) -> str | None:
+        if not detection.enabled or detection.action != "quarantine":
+            return None
+        if self.current != self.approved:
+            return "definition changed after first sight"
+        if self.findings:
+            return "suspicious: " + ", ".join(self.findings)
+        return None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> ToolEntry:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str) -> ToolEntry | None:
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return None  # written by another version: the tool is judged again when next listed
 
 
 class ToolCatalogue:
@@ -98,6 +112,8 @@ class ToolCatalogue:
         self._store = store
         self._entries: dict[str, dict[str, ToolEntry]] = {}
         self._validators: dict[str, Validator] = {}
+        # Bumped by every local write, so a refresh that raced one does not undo it.
+        self._writes = 0
 
     def entry(self, target: str, name: str) -> ToolEntry | None:
         return self._entries.get(target, {}).get(name)
@@ -106,53 +122,36 @@ class ToolCatalogue:
         return dict(self._entries.get(target, {}))
 
     async def refresh(self, target: str) -> None:
+        writes = self._writes
         stored = await self._store.tool_entries(target)
-        self._entries[target] = {name: ToolEntry.from_json(text) for name, text in stored.items()}
+        if writes != self._writes:
+            return  # a newer local write may be missing from what was read: the next refresh catches up
+        entries = {name: ToolEntry.from_json(text) for name, text in stored.items()}
+        self._entries[target] = {name: entry for name, entry in entries.items() if entry is not None}
 
-    async def observe(self, target: str, tools: list[dict[str, Any]], detection: PoisoningDetection) -> None:
-        """Record a listing: new tools are scanned, changed ones quarantined (or only logged, under `warn`)."""
+    async def observe(self, target: str, tools: list[dict[str, Any]]) -> None:
+        """Record a listing: new tools are scanned, changed ones remembered as changed."""
         known = self._entries.setdefault(target, {})
         changed: dict[str, ToolEntry] = {}
         for tool in tools:
             name = tool.get("name")
             if not isinstance(name, str):
                 continue
-            entry = self._judge(target, tool, known.get(name), detection)
+            entry = _judge(target, tool, known.get(name))
             if entry is not None:
                 known[name] = changed[name] = entry
         if changed:
+            self._writes += 1
             await self._store.put_tool_entries(target, {name: e.to_json() for name, e in changed.items()})
-
-    def _judge(
-        self, target: str, tool: dict[str, Any], entry: ToolEntry | None, detection: PoisoningDetection
-    ) -> ToolEntry | None:
-        """The new entry for a listed tool, or None when nothing changed."""
-        current = fingerprint(tool)
-        if entry is not None and entry.current == current:
-            return None
-        schema = tool.get("inputSchema") if isinstance(tool.get("inputSchema"), dict) else None
-        quarantine = detection.enabled and detection.action == "quarantine"
-        if entry is None:
-            findings = scan(tool) if detection.enabled else []
-            if findings:
-                log.warning("tool %s of target %s: %s", tool["name"], target, ", ".join(findings))
-            reason = "suspicious: " + ", ".join(findings) if findings else None
-            return ToolEntry(current, current, quarantine and bool(findings), reason, schema)
-        if detection.enabled:
-            log.warning("tool %s of target %s changed its definition after first sight", tool["name"], target)
-        if current == entry.approved and not entry.quarantined:
-            return ToolEntry(entry.approved, current, False, None, schema)
-        stays_quarantined = entry.quarantined or quarantine
-        reason = entry.reason if entry.quarantined else "definition changed after first sight"
-        return ToolEntry(entry.approved, current, stays_quarantined, reason, schema)
 
     async def approve(self, target: str, name: str) -> ToolEntry | None:
         await self.refresh(target)
         entry = self.entry(target, name)
         if entry is None:
             return None
-        approved = ToolEntry(entry.current, entry.current, False, None, entry.input_schema)
+        approved = ToolEntry(entry.current, entry.current, [], entry.input_schema)
         self._entries[target][name] = approved
+        self._writes += 1
         await self._store.put_tool_entries(target, {name: approved.to_json()})
         return approved
 
@@ -173,3 +172,19 @@ class ToolCatalogue:
             return []
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         return [f"/{'/'.join(str(p) for p in error.absolute_path)}: {error.message}" for error in errors[:5]]
+
+
+def _judge(target: str, tool: dict[str, Any], entry: ToolEntry | None) -> ToolEntry | None:
+    """The new entry for a listed tool, or None when its definition is the one already known."""
+    current = fingerprint(tool)
+    if entry is not None and entry.current == current:
+        return None
+    schema = tool.get("inputSchema") if isinstance(tool.get("inputSchema"), dict) else None
+    findings = scan(tool)
+    if findings:
+        log.warning("tool %s of target %s: %s", tool["name"], target, ", ".join(findings))
+    if entry is None:
+        return ToolEntry(current, current, findings, schema)
+    if current != entry.approved:
+        log.warning("tool %s of target %s changed its definition after first sight", tool["name"], target)
+    return ToolEntry(entry.approved, current, findings, schema)

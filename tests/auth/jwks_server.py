@@ -1,0 +1,36 @@
+"""A JWKS endpoint on loopback that serves whatever a file holds at the moment it is asked.
+
+A test rotates an issuer's keys by rewriting the file; the gateway sees the
+new set the next time it fetches.
+
+    python tests/auth/jwks_server.py PORT JWKS_FILE
+"""
+
+from __future__ import annotations
+
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def serve(port: int, jwks_file: Path) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/jwks.json":
+                self.send_error(404)
+                return
+            body = jwks_file.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), Path(sys.argv[2]))
