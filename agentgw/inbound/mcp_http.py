@@ -32,9 +32,6 @@ from agentgw.errors import (
 from agentgw.inbound.mcp_policy import McpGuard
 from agentgw.inbound.mcp_request import (
     DEFAULT_STATEFUL_VERSION,
-    MCP_PROTOCOL_VERSION,
-    MCP_SESSION_ID,
-    X_MCP_SESSION_ID,
     InboundRequest,
     check_accept,
     check_content_type,
@@ -44,14 +41,12 @@ from agentgw.inbound.mcp_request import (
     read_headers,
 )
 from agentgw.inbound.relay import Rewrite, relay, relay_rewritten
+from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_MCP_SESSION_ID
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
-from agentgw.upstream.http import UpstreamConnectionError, UpstreamTimeoutError
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 log = logging.getLogger("agentgw.inbound.mcp")
-
-_INITIALIZED = jsonrpc.serialise({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 
 class McpHttpEndpoint:
@@ -113,15 +108,22 @@ class McpHttpEndpoint:
                 if batch:
                     raise InvalidRequest("Batches are not part of MCP 2026-07-28")
                 check_routing_headers(request, messages[0])
-                self.guard.check(scope, target, messages, request.principal, request.session_id, batch)
-                await self._post_modern(request, pool, messages[0], receive, send)
+                await self._post_modern(scope, request, pool, messages[0], receive, send)
             elif not batch and messages[0].get("method") == "initialize":
                 await self._initialize(request, pool, messages[0], receive, send)
             else:
                 if batch and any(m.get("method") in ("initialize", "tools/list") for m in messages):
                     raise InvalidRequest("initialize and tools/list must be sent alone, not in a batch")
                 record = await self._session(request, pool)
-                self.guard.check(scope, target, messages, request.principal, record.id, batch)
+                session_headers = {MCP_PROTOCOL_VERSION: request.protocol_version or record.protocol_version}
+                if record.backend_session_id is not None:
+                    session_headers[MCP_SESSION_ID] = record.backend_session_id
+
+                async def discover() -> None:
+                    tools = await self.upstream.list_tools(record.backend, session_headers, None, pool.target.timeout)
+                    await self.guard.observe(target, tools)
+
+                await self.guard.check(scope, target, messages, request.principal, record.id, batch, discover)
                 rewrite = None if batch else self._rewrite(request, pool, messages[0])
                 await self._forward_in_session(
                     request, pool, record, jsonrpc.serialise(payload), receive, send, rewrite
@@ -182,16 +184,31 @@ class McpHttpEndpoint:
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} is reachable")
 
     async def _post_modern(
-        self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        request: InboundRequest,
+        pool: BackendPool,
+        message: jsonrpc.Message,
+        receive: Receive,
+        send: Send,
     ) -> None:
         record = await self._pinned(request, pool)
-        body = jsonrpc.serialise(message)
-        rewrite = self._rewrite(request, pool, message)
-        headers = request.forwarded_headers()
         now = time.time()
         candidates = await pool.candidates(self.store, now)
         if record is not None:
             candidates = [record.backend] + [url for url in candidates if url != record.backend]
+
+        async def discover() -> None:
+            meta = message.get("params", {}).get("_meta")
+            modern = {MCP_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSIONS[-1], MCP_METHOD: "tools/list"}
+            tools = await self.upstream.list_tools(candidates[0], modern, meta, pool.target.timeout)
+            await self.guard.observe(pool.target.name, tools)
+
+        handle = record.id if record is not None else None
+        await self.guard.check(scope, pool.target.name, [message], request.principal, handle, False, discover)
+        body = jsonrpc.serialise(message)
+        rewrite = self._rewrite(request, pool, message)
+        headers = request.forwarded_headers()
         for url in candidates:
             try:
                 response = await self.upstream.send("POST", url, headers, body, timeout=pool.target.timeout)
@@ -344,7 +361,9 @@ class McpHttpEndpoint:
         if pool.target.failover == "reinitialize" and record.initialize is not None:
             for url in await pool.candidates(self.store, time.time()):
                 try:
-                    backend_session_id = await self._replay_initialize(pool, url, record)
+                    backend_session_id = await self.upstream.initialize(
+                        url, record.initialize.encode(), record.protocol_version, pool.target.timeout
+                    )
                 except UpstreamUnavailable:
                     continue
                 record.backend = url
@@ -353,26 +372,6 @@ class McpHttpEndpoint:
                 return record
         await self.store.delete(record.id)
         raise SessionNotFound("Session ended: its backend is gone; initialize a new session")
-
-    async def _replay_initialize(self, pool: BackendPool, url: str, record: SessionRecord) -> str | None:
-        assert record.initialize is not None
-        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-        timeout = pool.target.timeout
-        response = await self.upstream.send("POST", url, headers, record.initialize.encode(), timeout=timeout)
-        try:
-            await response.read(timeout)
-            backend_session_id = response.header(MCP_SESSION_ID)
-            if response.status != 200:
-                raise UpstreamUnavailable("Backend refused the replayed initialize")
-        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise UpstreamUnavailable("Backend failed during the replayed initialize") from exc
-        finally:
-            response.release()
-        headers[MCP_PROTOCOL_VERSION] = record.protocol_version
-        if backend_session_id is not None:
-            headers[MCP_SESSION_ID] = backend_session_id
-        (await self.upstream.send("POST", url, headers, _INITIALIZED, timeout=timeout)).release()
-        return backend_session_id
 
 
 def _session_headers(session_id: str) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ is forwarded, whatever its form (request, notification, batch element);
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Scope
@@ -37,7 +38,7 @@ class McpGuard:
         self.audit = audit
         self.enabled = enabled
 
-    def check(
+    async def check(
         self,
         scope: Scope,
         target: str,
@@ -45,10 +46,17 @@ class McpGuard:
         principal: Principal | None,
         session_id: str | None,
         batch: bool,
+        discover: Callable[[], Awaitable[None]],
     ) -> None:
-        """Raise PolicyDenied (BatchDenied for a batch) unless every named call is allowed."""
+        """Raise PolicyDenied (BatchDenied for a batch) unless every named call is allowed.
+
+        A call to a tool this gateway has never seen listed first has the backend's
+        tools listed (`discover`), so no definition reaches a model unscanned.
+        """
         if not self.enabled:
             return
+        if any(self._unseen_tool(target, m) for m in messages):
+            await discover()
         denied: list[tuple[jsonrpc.Message, Decision, list[str]]] = []
         for message in messages:
             kind = KIND_OF_METHOD.get(message.get("method", ""))
@@ -75,6 +83,16 @@ class McpGuard:
             raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
         message, decision, errors = denied[0]
         raise _denial(scope, message, decision, errors)
+
+    def _unseen_tool(self, target: str, message: jsonrpc.Message) -> bool:
+        if message.get("method") != "tools/call":
+            return False
+        return self.catalogue.entry(target, message["params"]["name"]) is None
+
+    async def observe(self, target: str, tools: list[Any]) -> None:
+        await self.catalogue.observe(
+            target, [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        )
 
     def _decide(
         self, target: str, message: jsonrpc.Message, name: str, principal: Principal | None
@@ -107,7 +125,7 @@ class McpGuard:
             if not isinstance(tools, list):
                 return message
             named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
-            await self.catalogue.observe(target, named)
+            await self.observe(target, named)
             result["tools"] = [t for t in named if self._listable(target, t["name"], scopes)]
             return message
 

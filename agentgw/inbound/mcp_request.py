@@ -23,14 +23,16 @@ from agentgw.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
+from agentgw.mcp_headers import (
+    LAST_EVENT_ID,
+    MCP_METHOD,
+    MCP_NAME,
+    MCP_PARAM_PREFIX,
+    MCP_PROTOCOL_VERSION,
+    MCP_SESSION_ID,
+    X_MCP_SESSION_ID,
+)
 
-MCP_SESSION_ID = "mcp-session-id"
-X_MCP_SESSION_ID = "x-mcp-session-id"
-MCP_PROTOCOL_VERSION = "mcp-protocol-version"
-MCP_METHOD = "mcp-method"
-MCP_NAME = "mcp-name"
-MCP_PARAM_PREFIX = "mcp-param-"
-LAST_EVENT_ID = "last-event-id"
 # A stateful request without the version header speaks 2025-03-26 (MCP transport spec).
 DEFAULT_STATEFUL_VERSION = "2025-03-26"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
+from agentgw import sse
 from agentgw.errors import UpstreamUnavailable
 from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
@@ -101,19 +102,10 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
 
 
 async def _rewrite_events(body: bytes, rewrite: Rewrite) -> bytes:
-    events = body.replace(b"\r\n", b"\n").split(b"\n\n")
     out = []
-    for event in events:
-        if not event.strip():
-            continue
-        lines = event.split(b"\n")
-        data = b"\n".join(line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:"))
-        try:
-            message = json.loads(data) if data else None
-        except ValueError:
-            message = None
+    for lines, message in sse.events(body):
         if message is None:
-            out.append(event)
+            out.append(b"\n".join(lines))
             continue
         others = [line for line in lines if not line.startswith(b"data:")]
         out.append(b"\n".join([*others, b"data: " + _dump(await rewrite(message))]))

@@ -7,15 +7,23 @@ import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from agentgw import jsonrpc, sse
 from agentgw.config import McpTargetConfig
 from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
+from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.sessions.store import SessionStore
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.upstream.mcp")
 
 HEALTH_CHECK_TIMEOUT = 1.0
+ACCEPT = "application/json, text/event-stream"
+# The gateway's own tools/list: sent before a tool it has never seen listed may be called.
+_LIST_ID = "agentgw-tool-discovery"
+MAX_TOOL_PAGES = 20
+_INITIALIZED = jsonrpc.serialise({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 
 @dataclass
@@ -94,6 +102,56 @@ class McpUpstream:
             for pool in self.pools.values():
                 pool.mark_down(url)
             raise UpstreamUnavailable("Backend unreachable") from exc
+
+    async def initialize(self, url: str, initialize: bytes, protocol_version: str, timeout: float) -> str | None:
+        """Open a backend session as the client once did (failover: reinitialize); its session id."""
+        headers = {"content-type": "application/json", "accept": ACCEPT}
+        _, response = await self._exchange(url, headers, initialize, timeout)
+        if response.status != 200:
+            raise UpstreamUnavailable("Backend refused the replayed initialize")
+        backend_session_id = response.header(MCP_SESSION_ID)
+        headers[MCP_PROTOCOL_VERSION] = protocol_version
+        if backend_session_id is not None:
+            headers[MCP_SESSION_ID] = backend_session_id
+        await self._exchange(url, headers, _INITIALIZED, timeout)
+        return backend_session_id
+
+    async def list_tools(self, url: str, headers: dict[str, str], meta: Any, timeout: float) -> list[Any]:
+        """A backend's tools, listed as a client would (all pages); empty when it cannot say."""
+        headers = {**headers, "content-type": "application/json", "accept": ACCEPT}
+        tools: list[Any] = []
+        cursor = None
+        for _ in range(MAX_TOOL_PAGES):
+            params: dict[str, Any] = {} if meta is None else {"_meta": meta}
+            if cursor is not None:
+                params["cursor"] = cursor
+            request = {"jsonrpc": "2.0", "id": _LIST_ID, "method": "tools/list", "params": params}
+            try:
+                body, response = await self._exchange(url, headers, jsonrpc.serialise(request), timeout)
+            except UpstreamUnavailable:
+                return tools
+            event_stream = (response.header("content-type") or "").startswith("text/event-stream")
+            answers = [m for m in sse.messages_in(body, event_stream) if isinstance(m, dict)]
+            result = next((m.get("result") for m in answers if m.get("id") == _LIST_ID), None)
+            if response.status != 200 or not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                return tools
+            tools += result["tools"]
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str):
+                return tools
+        return tools
+
+    async def _exchange(
+        self, url: str, headers: dict[str, str], body: bytes, timeout: float
+    ) -> tuple[bytes, UpstreamResponse]:
+        """One POST whose answer is read whole."""
+        response = await self.send("POST", url, headers, body, timeout=timeout)
+        try:
+            return await response.read(timeout), response
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+            raise UpstreamUnavailable("Backend failed while answering") from exc
+        finally:
+            response.release()
 
     async def _health_loop(self, pool: BackendPool) -> None:
         while True:

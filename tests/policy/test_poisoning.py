@@ -8,6 +8,7 @@ a refused call leaves none.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -27,9 +28,11 @@ from tests.support import (
     RawResponse,
     free_port,
     gateway,
+    mcp_headers,
     mcp_target,
     poll,
     raw_call,
+    raw_request,
     raw_session,
     tool_text,
 )
@@ -284,3 +287,43 @@ async def test_switching_from_warn_to_quarantine_quarantines_poisoned_tools_alre
         assert evil.ran() == []
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("protocol", ["2025-11-25", "2026-07-28"])
+async def test_a_tool_never_listed_is_scanned_before_its_first_call(tmp: Path, evil: EvilServer, protocol: str) -> None:
+    """An attacker's client skips tools/list: the gateway lists the backend's tools itself first."""
+    gw = evil_gateway(tmp, evil)
+    try:
+        for tool in sorted(POISONED):
+            if protocol == "2025-11-25":
+                response = await raw_call(gw.port, await raw_session(gw.port), tool, ARGUMENTS[tool])
+            else:
+                response = await modern_call(gw.port, tool, ARGUMENTS[tool])
+            assert_quarantined(response, tool)
+        assert evil.ran() == []
+        # The honest tool, equally never listed by a client, still runs.
+        honest = await raw_call(gw.port, await raw_session(gw.port), "honest_tool", ARGUMENTS["honest_tool"])
+        assert "honest_tool" in tool_text(honest)
+        assert evil.ran() == ["honest_tool"]
+    finally:
+        gw.stop()
+
+
+async def modern_call(port: int, tool: str, arguments: dict[str, Any]) -> RawResponse:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = mcp_headers(
+        port, ("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/call"), ("Mcp-Name", tool)
+    )
+    return await raw_request(port, "POST", "/mcp/v1", headers, json.dumps(body).encode())

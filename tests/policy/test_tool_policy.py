@@ -42,7 +42,6 @@ STATEFUL = "2025-11-25"
 MODERN = "2026-07-28"
 POLICY_DENIED = -32051
 INVALID_REQUEST = -32600
-NEVER_ALLOWED = ("exec_shell", "read_credentials", "get_secret_key")
 
 POLICIES = """\
 apiVersion: agentgw.dev/v1alpha1
