@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agentgw.typed_yaml import ConfigError, Duration, build, coerce, compose_documents
+from agentgw.typed_yaml import ConfigError, Duration, build_document, coerce, compose_documents
 
 DEFAULT_CONFIG_FILE = "agentgw.yaml"
 
@@ -149,7 +149,7 @@ def _read(path: Path) -> Settings:
         return Settings(source=file)
     if len(documents) > 1:
         raise ConfigError(file, documents[1].start_mark.line + 1, "expected one YAML document")
-    settings: Settings = build(documents[0], Settings, file, "")
+    settings: Settings = build_document(documents[0], Settings, file)
     return dataclasses.replace(settings, source=file)
 
 

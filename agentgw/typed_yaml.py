@@ -50,11 +50,23 @@ def compose_documents(text: str, file: str) -> list[yaml.Node]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError(file, line, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(file, 1, "invalid YAML: nested too deeply") from None
+
+
+def build_document(node: yaml.Node, tp: Any, file: str) -> Any:
+    """A whole YAML document as `tp`; every failure is a ConfigError."""
+    try:
+        return build(node, tp, file, "")
+    except RecursionError:
+        raise ConfigError(file, node.start_mark.line + 1, "nested too deeply") from None
 
 
 def build(node: yaml.Node, tp: Any, file: str, where: str) -> Any:
     """Convert a YAML node to `tp`, naming file, line and key on any mismatch."""
     line = node.start_mark.line + 1
+    if not node.tag.startswith(_STANDARD_TAG):
+        raise ConfigError(file, line, f"{where or 'top level'}: YAML tag {node.tag!r} is not supported")
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(node, tp, file, where)
@@ -80,6 +92,9 @@ def build(node: yaml.Node, tp: Any, file: str, where: str) -> Any:
             raise ConfigError(file, line, f"{where}: {value!r} is not one of {allowed}")
         return value
     return _scalar(node, tp, file, where)
+
+
+_STANDARD_TAG = "tag:yaml.org,2002:"
 
 
 def _union_option(node: yaml.Node, options: list[Any]) -> Any:
@@ -109,6 +124,8 @@ def _build_dataclass(node: yaml.Node, cls: Any, file: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for key_node, value_node in node.value:
+        if key_node.tag == _STANDARD_TAG + "merge":
+            raise ConfigError(file, key_node.start_mark.line + 1, "merge keys (<<) are not supported")
         key = _scalar(key_node, str, file, where)
         path = f"{where}.{key}" if where else key
         field = fields.get(key)
@@ -129,7 +146,10 @@ def _scalar(node: yaml.Node, tp: Any, file: str, where: str) -> Any:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.ScalarNode):
         raise ConfigError(file, line, f"{where}: expected a single value")
-    value = _construct(node)
+    try:
+        value = _construct(node)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        raise ConfigError(file, line, f"{where}: cannot read value: {exc}") from None
     try:
         return coerce(value, tp)
     except (TypeError, ValueError) as exc:

@@ -101,11 +101,6 @@ def test_policy_check_names_every_broken_file_with_its_line(tmp: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="typed_yaml._construct lets yaml's ConstructorError (merge key, unknown tag) and ValueError "
-    "(`!!int abc`) escape as non-ConfigError exceptions: policy check dies with a traceback",
-)
 @pytest.mark.parametrize(
     "line",
     [
@@ -122,11 +117,6 @@ def test_policy_check_names_yaml_that_cannot_be_constructed(tmp: Path, line: str
     assert one_line(result.stderr).startswith(f"{path}:9:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy_files() rglobs into the hidden `..<timestamp>/` folder of a Kubernetes ConfigMap mount, "
-    "so every file is loaded twice: the SessionPolicy counts as a second one and the folder is refused",
-)
 def test_policy_check_reads_a_configmap_mount_once(tmp: Path) -> None:
     # The layout kubelet gives a ConfigMap volume: the real files in a hidden timestamped
     # folder, `..data` pointing at it, and one symlink per key.
@@ -289,11 +279,6 @@ def test_agentgw_config_variable_stands_in_for_the_option(tmp: Path) -> None:
     assert "only-adders" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a config value YAML cannot construct (`!!int abc`) raises ValueError out of typed_yaml._construct: "
-    "a traceback and exit 1 instead of exit 2 with one `file:line` line",
-)
 def test_a_config_yaml_cannot_construct_exits_2_naming_file_and_line(tmp: Path) -> None:
     config = tmp / "agentgw.yaml"
     config.write_text("server:\n  listen: 127.0.0.1:0\n  workers: !!int abc\n")

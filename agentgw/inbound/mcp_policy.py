@@ -132,7 +132,7 @@ class McpGuard:
         return rewrite
 
     def _listable(self, target: str, name: str, scopes: frozenset[str]) -> bool:
-        if not TOOL_NAME.match(name):
+        if not TOOL_NAME.fullmatch(name):
             return False
         entry = self.catalogue.entry(target, name)
         if entry is not None and entry.quarantine_reason(self.live.detection(target)) is not None:

@@ -21,7 +21,7 @@ log = logging.getLogger("agentgw.policy")
 Kind = Literal["tool", "prompt", "resource"]
 KIND_OF_METHOD: dict[str, Kind] = {"tools/call": "tool", "prompts/get": "prompt", "resources/read": "resource"}
 # MCP's tool-name rule; a name outside it is never called and never listed.
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # used with fullmatch: `$` would let a final newline in
 _DECISION_CACHE_SIZE = 50_000
 
 
@@ -109,11 +109,12 @@ class PolicyEngine:
 
     def _decide(self, target: str, kind: Kind, name: str, scopes: frozenset[str]) -> Decision:
         policies = self._applicable(target)
+        first = policies[0].name if policies else None
+        # MCP's naming rule holds with or without a policy: such a name is never a tool.
+        if has_invisible(name) or (kind == "tool" and not TOOL_NAME.fullmatch(name)):
+            return Decision(False, kind, name, "not_allowed", first, rule="name breaks MCP's naming rule")
         if not policies:
             return Decision(True, kind, name, rule="no ToolPolicy applies to this target")
-        first = policies[0].name
-        if has_invisible(name) or (kind == "tool" and not TOOL_NAME.match(name)):
-            return Decision(False, kind, name, "not_allowed", first, rule="name breaks MCP's naming rule")
         folded = normalise(name)
         for policy in policies:
             for pattern in policy.deny:

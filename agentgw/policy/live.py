@@ -20,7 +20,7 @@ from agentgw.upstream.http import ConnectionPool
 
 log = logging.getLogger("agentgw.policy")
 
-RELOAD_INTERVAL = 1.0
+RELOAD_INTERVAL = 0.5
 
 
 class LivePolicies:
@@ -66,6 +66,9 @@ class LivePolicies:
         except ConfigError as exc:
             log.error("policy change refused, previous policies stay in force: %s", exc)
             return False
+        except Exception:  # whatever a file holds, the watcher lives on and the old policies stay
+            log.exception("policy change refused, previous policies stay in force")
+            return False
         self.policies = policies
         self.engine = PolicyEngine(policies.tools)
         self.authenticator = authenticator
@@ -74,12 +77,19 @@ class LivePolicies:
         return True
 
     async def watch(self) -> None:
+        """Reload once a change has stood still for one interval, so a file being written
+        (an editor saving in place) is never read half-way."""
+        pending: dict[str, tuple[float, int]] | None = None
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
             snapshot = self._snapshot()
-            if snapshot != self._seen:
+            if snapshot == self._seen:
+                pending = None
+            elif snapshot == pending:
                 self._seen = snapshot
                 self.reload()
+            else:
+                pending = snapshot
 
     def _snapshot(self) -> dict[str, tuple[float, int]]:
         try:

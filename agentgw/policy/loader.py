@@ -16,7 +16,7 @@ from agentgw.policy.model import (
     SessionPolicy,
     ToolPolicy,
 )
-from agentgw.typed_yaml import ConfigError, build, compose_documents
+from agentgw.typed_yaml import ConfigError, build_document, compose_documents
 
 _KINDS: dict[str, Any] = {
     "SessionPolicy": SessionPolicy,
@@ -32,12 +32,19 @@ def policy_files(paths: list[str]) -> list[Path]:
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+            files.extend(sorted(p for p in path.rglob("*") if _is_policy_file(p, path)))
         elif path.exists():
             files.append(path)
         else:
             raise ConfigError(entry, 0, "policy path does not exist")
     return files
+
+
+def _is_policy_file(path: Path, root: Path) -> bool:
+    """YAML files, skipping hidden ones and hidden folders: a Kubernetes ConfigMap mount keeps
+    every file a second time under `..<timestamp>/`, and editors keep swap files there too."""
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and path.suffix in (".yaml", ".yml") and path.is_file()
 
 
 def load_policies(paths: list[str]) -> PolicySet:
@@ -78,7 +85,7 @@ def _load_file(path: Path) -> list[tuple[str, str, Any]]:
     for document in compose_documents(text, file):
         kind = _kind_of(document, file)
         where = f"{file}:{document.start_mark.line + 1}"
-        policies.append((where, kind, build(document, _KINDS[kind], file, "")))
+        policies.append((where, kind, build_document(document, _KINDS[kind], file)))
     return policies
 
 

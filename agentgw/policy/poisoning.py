@@ -131,6 +131,10 @@ class ToolCatalogue:
 
     async def observe(self, target: str, tools: list[dict[str, Any]]) -> None:
         """Record a listing: new tools are scanned, changed ones remembered as changed."""
+        if any(tool.get("name") not in self._entries.get(target, {}) for tool in tools):
+            # Another replica may have seen them already (and quarantined one): never judge
+            # a tool as first seen before reading what the shared catalogue says of it.
+            await self.refresh(target)
         known = self._entries.setdefault(target, {})
         changed: dict[str, ToolEntry] = {}
         for tool in tools:
