@@ -101,37 +101,50 @@ class McpHttpEndpoint:
         body = await read_body(request.headers, receive, self.settings.server.max_body_bytes)
         payload = jsonrpc.parse(body)
         messages = check_messages(payload)
+        # What is checked is what is forwarded: the gateway's own serialisation, made (and
+        # refused, for a lone surrogate) before any policy looks at the message.
+        forwarded = jsonrpc.serialise(payload)
         batch = isinstance(payload, list)
-        target = pool.target.name
         try:
             if request.is_modern:
                 if batch:
                     raise InvalidRequest("Batches are not part of MCP 2026-07-28")
                 check_routing_headers(request, messages[0])
-                await self._post_modern(scope, request, pool, messages[0], receive, send)
+                await self._post_modern(scope, request, pool, messages[0], forwarded, receive, send)
             elif not batch and messages[0].get("method") == "initialize":
-                await self._initialize(request, pool, messages[0], receive, send)
+                await self._initialize(request, pool, messages[0], forwarded, receive, send)
             else:
                 if batch and any(m.get("method") in ("initialize", "tools/list") for m in messages):
                     raise InvalidRequest("initialize and tools/list must be sent alone, not in a batch")
-                record = await self._session(request, pool)
-                session_headers = {MCP_PROTOCOL_VERSION: request.protocol_version or record.protocol_version}
-                if record.backend_session_id is not None:
-                    session_headers[MCP_SESSION_ID] = record.backend_session_id
-
-                async def discover() -> None:
-                    tools = await self.upstream.list_tools(record.backend, session_headers, None, pool.target.timeout)
-                    await self.guard.observe(target, tools)
-
-                await self.guard.check(scope, target, messages, request.principal, record.id, batch, discover)
-                rewrite = None if batch else self._rewrite(request, pool, messages[0])
-                await self._forward_in_session(
-                    request, pool, record, jsonrpc.serialise(payload), receive, send, rewrite
-                )
+                await self._post_in_session(scope, request, pool, messages, batch, forwarded, receive, send)
         except GatewayError as exc:
             if exc.request_id is None and isinstance(payload, dict):
                 exc.request_id = payload.get("id")
             raise
+
+    async def _post_in_session(
+        self,
+        scope: Scope,
+        request: InboundRequest,
+        pool: BackendPool,
+        messages: list[jsonrpc.Message],
+        batch: bool,
+        forwarded: bytes,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        record = await self._session(request, pool)
+        session_headers = {MCP_PROTOCOL_VERSION: request.protocol_version or record.protocol_version}
+        if record.backend_session_id is not None:
+            session_headers[MCP_SESSION_ID] = record.backend_session_id
+
+        async def discover() -> None:
+            tools = await self.upstream.list_tools(record.backend, session_headers, None, pool.target.timeout)
+            await self.guard.observe(pool.target.name, tools)
+
+        await self.guard.check(scope, pool.target.name, messages, request.principal, record.id, batch, discover)
+        rewrite = None if batch else self._rewrite(request, pool, messages[0])
+        await self._forward_in_session(request, pool, record, forwarded, receive, send, rewrite)
 
     def _rewrite(self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message) -> Rewrite | None:
         """How the answer must be changed before the client sees it: only `tools/list` is trimmed."""
@@ -140,11 +153,16 @@ class McpHttpEndpoint:
         return self.guard.tools_list_rewrite(pool.target.name, request.principal, message["id"])
 
     async def _initialize(
-        self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message, receive: Receive, send: Send
+        self,
+        request: InboundRequest,
+        pool: BackendPool,
+        message: jsonrpc.Message,
+        body: bytes,
+        receive: Receive,
+        send: Send,
     ) -> None:
         if request.session_id is not None:
             raise InvalidRequest("initialize must not carry a session id")
-        body = jsonrpc.serialise(message)
         headers = request.forwarded_headers()
         now = time.time()
         for url in await pool.candidates(self.store, now):
@@ -189,6 +207,7 @@ class McpHttpEndpoint:
         request: InboundRequest,
         pool: BackendPool,
         message: jsonrpc.Message,
+        body: bytes,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -206,7 +225,6 @@ class McpHttpEndpoint:
 
         handle = record.id if record is not None else None
         await self.guard.check(scope, pool.target.name, [message], request.principal, handle, False, discover)
-        body = jsonrpc.serialise(message)
         rewrite = self._rewrite(request, pool, message)
         headers = request.forwarded_headers()
         for url in candidates:
