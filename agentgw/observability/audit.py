@@ -28,10 +28,14 @@ def hash_session(session_id: str | None) -> str | None:
     return None if session_id is None else hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
+_Decision = tuple[float, str | None, str | None, str, str, str, str, str | None]
+
+
 class AuditLog:
     def __init__(self, store: SessionStore) -> None:
         self._store = store
-        self._buffer: deque[str] = deque(maxlen=MAX_BUFFERED)
+        # Decisions as recorded; hashed and serialised when flushed, off the request's path.
+        self._buffer: deque[_Decision] = deque(maxlen=MAX_BUFFERED)
         self._task: asyncio.Task[None] | None = None
 
     def record(
@@ -45,17 +49,7 @@ class AuditLog:
         reason: str | None,
         method: str = "tools/call",
     ) -> None:
-        entry = {
-            "time": round(time.time(), 3),
-            "subject": subject,
-            "session": hash_session(session_id),
-            "target": target,
-            "method": method,
-            "tool": tool,
-            "decision": decision,
-            "reason": reason,
-        }
-        self._buffer.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+        self._buffer.append((time.time(), subject, session_id, target, method, tool, decision, reason))
 
     async def tail(self, count: int) -> list[dict[str, object]]:
         await self.flush()
@@ -79,7 +73,7 @@ class AuditLog:
         batch = list(self._buffer)
         self._buffer.clear()
         try:
-            await self._store.append_audit(batch)
+            await self._store.append_audit([_line(decision) for decision in batch])
         except StoreUnavailable:
             self._buffer.extendleft(reversed(batch))  # kept for the next flush
             raise
@@ -91,3 +85,18 @@ class AuditLog:
                 await self.flush()
             except StoreUnavailable:
                 log.warning("audit flush failed; %d entries wait", len(self._buffer))
+
+
+def _line(decision: _Decision) -> str:
+    at, subject, session_id, target, method, tool, verdict, reason = decision
+    entry = {
+        "time": round(at, 3),
+        "subject": subject,
+        "session": hash_session(session_id),
+        "target": target,
+        "method": method,
+        "tool": tool,
+        "decision": verdict,
+        "reason": reason,
+    }
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))

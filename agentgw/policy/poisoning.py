@@ -24,6 +24,8 @@ from agentgw.sessions.store import SessionStore
 
 log = logging.getLogger("agentgw.poisoning")
 
+_VALIDITY_CACHE_SIZE = 10_000
+
 _MARKERS = [
     (re.compile(r"<\s*/?\s*important\s*>", re.IGNORECASE), "hidden-instruction marker <IMPORTANT>"),
     (
@@ -112,6 +114,8 @@ class ToolCatalogue:
         self._store = store
         self._entries: dict[str, dict[str, ToolEntry]] = {}
         self._validators: dict[str, Validator] = {}
+        # Validity is a pure function of (definition, arguments): agents repeat calls, so remember it.
+        self._valid: dict[tuple[str, str], bool] = {}
         # Bumped by every local write, so a refresh that raced one does not undo it.
         self._writes = 0
 
@@ -172,7 +176,13 @@ class ToolCatalogue:
                 validator = self._validators[entry.current] = cls(entry.input_schema)
             except jsonschema.SchemaError:
                 return []  # a schema the backend itself cannot mean; it validates its own input
-        if validator.is_valid(arguments):
+        key = (entry.current, json.dumps(arguments, sort_keys=True, separators=(",", ":")))
+        valid = self._valid.get(key)
+        if valid is None:
+            if len(self._valid) >= _VALIDITY_CACHE_SIZE:
+                self._valid.clear()
+            valid = self._valid[key] = validator.is_valid(arguments)
+        if valid:
             return []
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         return [f"/{'/'.join(str(p) for p in error.absolute_path)}: {error.message}" for error in errors[:5]]
