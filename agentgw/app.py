@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentgw.auth.middleware import WELL_KNOWN_METADATA, AuthMiddleware, base_url
 from agentgw.config import Settings, split_host_port
 from agentgw.errors import GatewayError, NotFound, StoreUnavailable
+from agentgw.inbound.a2a import A2A_PREFIX, A2AEndpoint
 from agentgw.inbound.admin import create_admin_app, start_listener
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.inbound.mcp_policy import McpGuard
@@ -61,6 +62,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
     audit = AuditLog(store)
     guard = McpGuard(live, catalogue, audit, enabled=settings.mcp.tool_validation)
     mcp = McpHttpEndpoint(settings, store, upstream, live, guard)
+    a2a = A2AEndpoint(settings, store, live, http) if settings.a2a.agents else None
     target_names = [t.name for t in targets]
 
     async def healthz(request: Request) -> JSONResponse:
@@ -131,7 +133,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         Route(WELL_KNOWN_METADATA + "/{path:path}", protected_resource, methods=["GET"]),
     ]
     host, _ = split_host_port(settings.server.listen)
-    app: ASGIApp = ProtocolRouter(mcp if targets else None, Starlette(routes=routes, lifespan=lifespan))
+    app: ASGIApp = ProtocolRouter(mcp if targets else None, a2a, Starlette(routes=routes, lifespan=lifespan))
     # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
     # even whether a token is valid), then authentication, then the protocol endpoints.
     app = AuthMiddleware(app, live)
@@ -159,11 +161,15 @@ class ProtocolRouter:
     exception middleware, which cost more per request than the proxying itself.
     """
 
-    def __init__(self, mcp: McpHttpEndpoint | None, other: ASGIApp) -> None:
+    def __init__(self, mcp: McpHttpEndpoint | None, a2a: A2AEndpoint | None, other: ASGIApp) -> None:
         self.mcp = mcp
+        self.a2a = a2a
         self.other = other
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.a2a is not None and scope["path"].startswith(A2A_PREFIX + "/"):
+            await self.a2a(scope, receive, send)
+            return
         if scope["type"] == "http" and self.mcp is not None:
             path: str = scope["path"]
             if path == MCP_PREFIX or path.startswith(MCP_PREFIX + "/"):

@@ -33,6 +33,7 @@ NOT_RELAYED = frozenset(
 )
 
 Rewrite = Callable[[Any], Awaitable[Any]]
+Tap = Callable[[bytes], Awaitable[None]]
 
 
 def _head(response: UpstreamResponse, extra_headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -45,16 +46,24 @@ def is_event_stream(response: UpstreamResponse) -> bool:
 
 
 async def relay(
-    response: UpstreamResponse, extra_headers: list[tuple[str, str]], receive: Receive, send: Send, timeout: float
+    response: UpstreamResponse,
+    extra_headers: list[tuple[str, str]],
+    receive: Receive,
+    send: Send,
+    timeout: float,
+    tap: Tap | None = None,
 ) -> None:
-    """Relay a backend response: JSON whole, an event stream event by event as it arrives."""
+    """Relay a backend response: JSON whole, an event stream event by event as it arrives.
+
+    `tap` sees every chunk of an event stream right after the client got it.
+    """
     headers = _head(response, extra_headers)
     if not is_event_stream(response):
         body = await read_body(response, timeout)
         await _send_whole(send, response.status, headers, body)
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    events = asyncio.ensure_future(_relay_events(response, send))
+    events = asyncio.ensure_future(_relay_events(response, send, tap))
     disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
     try:
         await asyncio.wait((events, disconnect), return_when=asyncio.FIRST_COMPLETED)
@@ -116,11 +125,13 @@ def _dump(message: Any) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def _relay_events(response: UpstreamResponse, send: Send) -> None:
+async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None) -> None:
     try:
         # No read timeout: an event stream may rightly stay quiet for a long time.
         async for chunk in response.chunks(None):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if tap is not None:
+                await tap(chunk)
     except UpstreamConnectionError:
         pass  # the backend went away mid-stream; the client sees the stream end
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, OrderedDict, deque
 
 from agentgw.sessions.store import SessionRecord
@@ -17,6 +18,7 @@ class MemorySessionStore:
         self._per_backend: Counter[tuple[str, str]] = Counter()
         self._tools: dict[str, dict[str, str]] = {}
         self._audit: deque[str] = deque(maxlen=AUDIT_LENGTH)
+        self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         self._drop_expired(record.created_at)
@@ -61,6 +63,18 @@ class MemorySessionStore:
 
     async def audit_tail(self, count: int) -> list[str]:
         return list(self._audit)[-count:] if count > 0 else []
+
+    async def get_value(self, key: str) -> str | None:
+        entry = self._values.get(key)
+        if entry is None or entry[1] <= time.time():
+            return None
+        return entry[0]
+
+    async def put_value(self, key: str, value: str, ttl: float) -> None:
+        self._values[key] = (value, time.time() + ttl)
+        self._values.move_to_end(key)
+        while len(self._values) > self._max_sessions:
+            self._values.popitem(last=False)
 
     async def ping(self) -> None:
         return None

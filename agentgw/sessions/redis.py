@@ -145,6 +145,13 @@ class RedisSessionStore:
         latest: Any = await _call(lambda: self._redis.xrevrange(f"{self._prefix}audit", count=count))
         return [str(fields["entry"]) for _, fields in reversed(latest)]
 
+    async def get_value(self, key: str) -> str | None:
+        value: Any = await _call(lambda: self._redis.get(f"{self._prefix}{key}"))
+        return None if value is None else str(value)
+
+    async def put_value(self, key: str, value: str, ttl: float) -> None:
+        await _call(lambda: self._redis.set(f"{self._prefix}{key}", value, px=int(ttl * 1000)))
+
     async def ping(self) -> None:
         await _call(self._redis.ping)
 
