@@ -250,9 +250,13 @@ def initialize_body(request_id: int = 1, version: str = "2025-11-25") -> bytes:
     ).encode()
 
 
-async def raw_session(port: int, path: str = "/mcp/v1") -> str:
-    """Initialize a stateful session over raw HTTP; the gateway's session id."""
-    response = await raw_request(port, "POST", path, mcp_headers(port), initialize_body())
+def bearer(token: str) -> tuple[str, str]:
+    return ("Authorization", f"Bearer {token}")
+
+
+async def raw_session(port: int, path: str = "/mcp/v1", *extra: tuple[str, str]) -> str:
+    """Initialize a stateful session over raw HTTP (with `extra` headers, a token say); its id."""
+    response = await raw_request(port, "POST", path, mcp_headers(port, *extra), initialize_body())
     assert response.status == 200, response.body
     session_id = response.header("mcp-session-id")
     assert session_id is not None
@@ -260,7 +264,7 @@ async def raw_session(port: int, path: str = "/mcp/v1") -> str:
         port,
         "POST",
         path,
-        mcp_headers(port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25")),
+        mcp_headers(port, *extra, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25")),
         b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
     )
     assert notified.status == 202, notified.body

@@ -26,6 +26,7 @@ from tests.support import (
     Gateway,
     Process,
     RawResponse,
+    bearer,
     free_port,
     gateway,
     initialize_body,
@@ -33,6 +34,7 @@ from tests.support import (
     mcp_target,
     poll,
     raw_request,
+    raw_session,
     tool_call,
     tool_text,
 )
@@ -108,28 +110,11 @@ def tampered() -> str:
     return f"{header}.{segment(claims(sub='admin', scope='admin'))}.{signature}"
 
 
-def bearer(token: str) -> tuple[str, str]:
-    return ("Authorization", f"Bearer {token}")
-
-
 # -- requests -------------------------------------------------------------------
 
 
 async def open_session(port: int, token: str) -> str:
-    """Initialize a stateful session over raw HTTP with this token; the gateway's session id."""
-    response = await raw_request(port, "POST", "/mcp/v1", mcp_headers(port, bearer(token)), initialize_body())
-    assert response.status == 200, response.body
-    session_id = response.header("mcp-session-id")
-    assert session_id is not None
-    notified = await raw_request(
-        port,
-        "POST",
-        "/mcp/v1",
-        mcp_headers(port, bearer(token), ("Mcp-Session-Id", session_id), PROTOCOL),
-        b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
-    )
-    assert notified.status == 202, notified.body
-    return session_id
+    return await raw_session(port, "/mcp/v1", bearer(token))
 
 
 async def call_add(port: int, session_id: str, *auth: tuple[str, str], path: str = "/mcp/v1") -> RawResponse:

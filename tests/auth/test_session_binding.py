@@ -17,12 +17,13 @@ from tests.support import (
     Gateway,
     Process,
     RawResponse,
+    bearer,
     free_port,
     gateway,
-    initialize_body,
     mcp_headers,
     mcp_target,
     raw_request,
+    raw_session,
     tool_call,
     tool_text,
 )
@@ -76,10 +77,6 @@ def token(subject: str, issuer: str = ISSUER, **extra: Any) -> str:
     return jwt.encode(claims, SECRET if issuer == ISSUER else OTHER_SECRET, algorithm="HS256")
 
 
-def bearer(value: str) -> tuple[str, str]:
-    return ("Authorization", f"Bearer {value}")
-
-
 class Trace:
     """The trace backend's record of which tools actually ran."""
 
@@ -117,19 +114,7 @@ def ran(trace: tuple[Process, Trace]) -> Trace:
 
 
 async def open_session(port: int, bearer_token: str) -> str:
-    response = await raw_request(port, "POST", "/mcp/v1", mcp_headers(port, bearer(bearer_token)), initialize_body())
-    assert response.status == 200, response.body
-    session_id = response.header("mcp-session-id")
-    assert session_id is not None
-    notified = await raw_request(
-        port,
-        "POST",
-        "/mcp/v1",
-        mcp_headers(port, bearer(bearer_token), ("Mcp-Session-Id", session_id), PROTOCOL),
-        b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
-    )
-    assert notified.status == 202, notified.body
-    return session_id
+    return await raw_session(port, "/mcp/v1", bearer(bearer_token))
 
 
 async def call(port: int, session_id: str, bearer_token: str, tool: str, arguments: dict[str, Any]) -> RawResponse:
