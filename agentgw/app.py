@@ -22,6 +22,7 @@ from agentgw.inbound.a2a import A2A_PREFIX, A2AEndpoint
 from agentgw.inbound.admin import create_admin_app, start_listener
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.inbound.mcp_policy import McpGuard
+from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
 from agentgw.policy.live import LivePolicies
@@ -32,6 +33,7 @@ from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionStore
 from agentgw.upstream.http import ConnectionPool
+from agentgw.upstream.llm.router import LlmRouter
 from agentgw.upstream.mcp import McpUpstream
 
 log = logging.getLogger("agentgw")
@@ -40,6 +42,7 @@ CONNECT_TIMEOUT = 3.0
 # Other replicas' catalogue changes (quarantines, approvals) reach this process within this time.
 CATALOGUE_REFRESH_INTERVAL = 1.0
 MCP_PREFIX = "/mcp/v1"
+CHAT_PREFIX = "/v1/"
 
 
 def create_store(settings: Settings) -> SessionStore:
@@ -63,6 +66,9 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
     guard = McpGuard(live, catalogue, audit, enabled=settings.mcp.tool_validation)
     mcp = McpHttpEndpoint(settings, store, upstream, live, guard)
     a2a = A2AEndpoint(settings, store, live, http) if settings.a2a.agents else None
+    chat = None
+    if settings.llm.providers:
+        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, settings.server.max_body_bytes)
     target_names = [t.name for t in targets]
 
     async def healthz(request: Request) -> JSONResponse:
@@ -133,7 +139,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         Route(WELL_KNOWN_METADATA + "/{path:path}", protected_resource, methods=["GET"]),
     ]
     host, _ = split_host_port(settings.server.listen)
-    app: ASGIApp = ProtocolRouter(mcp if targets else None, a2a, Starlette(routes=routes, lifespan=lifespan))
+    app: ASGIApp = ProtocolRouter(mcp if targets else None, a2a, chat, Starlette(routes=routes, lifespan=lifespan))
     # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
     # even whether a token is valid), then authentication, then the protocol endpoints.
     app = AuthMiddleware(app, live)
@@ -161,12 +167,18 @@ class ProtocolRouter:
     exception middleware, which cost more per request than the proxying itself.
     """
 
-    def __init__(self, mcp: McpHttpEndpoint | None, a2a: A2AEndpoint | None, other: ASGIApp) -> None:
+    def __init__(
+        self, mcp: McpHttpEndpoint | None, a2a: A2AEndpoint | None, chat: ChatEndpoint | None, other: ASGIApp
+    ) -> None:
         self.mcp = mcp
         self.a2a = a2a
+        self.chat = chat
         self.other = other
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.chat is not None and scope["path"].startswith(CHAT_PREFIX):
+            await self.chat(scope, receive, send)
+            return
         if scope["type"] == "http" and self.a2a is not None and scope["path"].startswith(A2A_PREFIX + "/"):
             await self.a2a(scope, receive, send)
             return

@@ -36,6 +36,7 @@ class SessionStoreConfig:
 
 _SIXTY_SECONDS = Duration(60.0)
 _TWO_SECONDS = Duration(2.0)
+_THIRTY_SECONDS = Duration(30.0)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class LlmProviderConfig:
     type: str
     base_url: str | None = None
     api_key_env: str | None = None
+    timeout: Duration = _SIXTY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,17 @@ class LlmModelAliasConfig:
 
 
 @dataclass(frozen=True)
+class CircuitBreakerConfig:
+    failures: int = 5  # consecutive failures that open the breaker
+    open_for: Duration = _THIRTY_SECONDS  # then half-open
+    probes: int = 3  # requests let through while half-open
+
+
+@dataclass(frozen=True)
 class LlmConfig:
     providers: list[LlmProviderConfig] = field(default_factory=list)
     models: list[LlmModelAliasConfig] = field(default_factory=list)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,11 @@ def _principal(claims: dict[str, Any]) -> Principal:
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise InvalidToken("Invalid token: sub must be a non-empty string")
     return Principal(
-        issuer=claims["iss"], subject=claims["sub"], scopes=_scopes(claims), expires_at=float(claims["exp"])
+        issuer=claims["iss"],
+        subject=claims["sub"],
+        scopes=_scopes(claims),
+        expires_at=float(claims["exp"]),
+        claims=claims,
     )
 
 

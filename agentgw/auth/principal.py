@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.types import Scope
 
@@ -16,6 +17,7 @@ class Principal:
     subject: str
     scopes: frozenset[str]
     expires_at: float
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def principal_of(scope: Scope) -> Principal | None:

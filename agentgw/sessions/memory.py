@@ -76,6 +76,16 @@ class MemorySessionStore:
         while len(self._values) > self._max_sessions:
             self._values.popitem(last=False)
 
+    async def add(self, key: str, amount: int, ttl: float) -> int:
+        entry = self._values.get(key)
+        now = time.time()
+        if entry is None or entry[1] <= now:
+            entry = ("0", now + ttl)
+        total = int(entry[0]) + amount
+        self._values[key] = (str(total), entry[1])
+        self._values.move_to_end(key)
+        return total
+
     async def ping(self) -> None:
         return None
 

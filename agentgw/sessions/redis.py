@@ -152,6 +152,17 @@ class RedisSessionStore:
     async def put_value(self, key: str, value: str, ttl: float) -> None:
         await _call(lambda: self._redis.set(f"{self._prefix}{key}", value, px=int(ttl * 1000)))
 
+    async def add(self, key: str, amount: int, ttl: float) -> int:
+        async def add() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                # Created with its lifetime on first use (SET NX works on every Redis version).
+                pipe.set(f"{self._prefix}{key}", 0, px=int(ttl * 1000), nx=True)
+                pipe.incrby(f"{self._prefix}{key}", amount)
+                return await pipe.execute()
+
+        _, total = await _call(add)
+        return int(total)
+
     async def ping(self) -> None:
         await _call(self._redis.ping)
 

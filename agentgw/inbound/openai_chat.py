@@ -1,0 +1,262 @@
+"""OpenAI-compatible chat (contract 9): `/v1/chat/completions` and `/v1/models`.
+
+Errors here are OpenAI-shaped (`{"error": {"message", "type", "code"}}`), as
+OpenAI SDKs expect. A model alias is a fallback chain: a connection error,
+timeout, 429 or 5xx moves on to the next entry, for a stream only before its
+first chunk reached the client; after that a failure ends the stream with an
+error event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from agentgw import jsonrpc
+from agentgw.auth.principal import Principal, principal_of
+from agentgw.errors import GatewayError
+from agentgw.inbound.mcp_request import check_content_type, read_body
+from agentgw.policy.live import LivePolicies
+from agentgw.policy.model import RateLimitTier
+from agentgw.sessions.store import SessionStore
+from agentgw.upstream.llm.provider import ChatChunk, ProviderError, usage_of
+from agentgw.upstream.llm.router import LlmRouter, Route, UnknownModel
+
+log = logging.getLogger("agentgw.inbound.chat")
+
+MODEL_COMMAND = "/model "
+WINDOW = 60.0  # rate limits count per minute
+
+
+class ChatError(Exception):
+    """An OpenAI-shaped error answer."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+        self.headers = headers or {}
+
+    async def send(self, send: Send) -> None:
+        body = _dump({"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ChatEndpoint:
+    def __init__(self, router: LlmRouter, store: SessionStore, live: LivePolicies, max_body: int) -> None:
+        self.router = router
+        self.store = store
+        self.live = live
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            if scope["path"].rstrip("/") == "/v1/models" and scope["method"] == "GET":
+                await self._models(send)
+            elif scope["path"].rstrip("/") == "/v1/chat/completions" and scope["method"] == "POST":
+                await self._complete(scope, receive, send)
+            else:
+                raise ChatError(404, "Unknown endpoint", "invalid_request_error", "not_found")
+        except ChatError as exc:
+            await exc.send(send)
+        except GatewayError as exc:  # bad input, store down: the same status, OpenAI's shape
+            await ChatError(exc.http_status, exc.message, "invalid_request_error", "invalid_request").send(send)
+        except Exception:
+            log.exception("unexpected error in the chat endpoint")
+            await ChatError(500, "Internal error", "server_error", "internal_error").send(send)
+
+    async def _models(self, send: Send) -> None:
+        data = [
+            {"id": i, "object": "model", "created": 0, "owned_by": owner} for i, owner in await self.router.model_ids()
+        ]
+        await _send_json(send, 200, {"object": "list", "data": data})
+
+    async def _complete(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        check_content_type(headers)
+        request = jsonrpc.parse(await read_body(headers, receive, self.max_body))
+        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+            raise ChatError(400, "messages must be a list", "invalid_request_error", "invalid_request")
+        if not isinstance(request.get("model"), str):
+            raise ChatError(400, "model must be a string", "invalid_request_error", "invalid_request")
+        principal = principal_of(scope)
+        tier = self._tier(principal)
+        subject = principal.subject if principal is not None else "anonymous"
+        await self._admit(subject, tier)
+        model = _apply_model_command(request)
+        try:
+            routes = self.router.routes(model)
+        except UnknownModel:
+            raise ChatError(
+                404, f"The model {model!r} does not exist", "invalid_request_error", "model_not_found"
+            ) from None
+        if request.get("stream"):
+            await self._stream(request, routes, subject, send)
+        else:
+            answer = await self._first_answer(request, routes)
+            await self._count(subject, answer)
+            await _send_json(send, 200, answer)
+
+    # -- limits ---------------------------------------------------------------
+
+    def _tier(self, principal: Principal | None) -> RateLimitTier | None:
+        for policy in self.live.policies.rate_limits:
+            spec = policy.spec
+            if "llm" not in spec.applies_to:
+                continue
+            claimed = principal.claims.get(spec.tier_claim) if principal is not None else None
+            name = claimed if isinstance(claimed, str) and claimed in spec.tiers else spec.default_tier
+            if name is not None:
+                return spec.tiers[name]
+        return None
+
+    async def _admit(self, subject: str, tier: RateLimitTier | None) -> None:
+        """Requests and tokens per minute, counted in the session store: N replicas share one limit."""
+        if tier is None:
+            return
+        window = int(time.time() // WINDOW)
+        retry_after = str(int(WINDOW - time.time() % WINDOW) + 1)
+        if tier.requests_per_minute is not None:
+            used = await self.store.add(f"ratelimit:{subject}:requests:{window}", 1, WINDOW * 2)
+            if used > tier.requests_per_minute:
+                raise _rate_limited("requests", tier.requests_per_minute, retry_after)
+        if tier.tokens_per_minute is not None:
+            used = await self.store.add(f"ratelimit:{subject}:tokens:{window}", 0, WINDOW * 2)
+            if used >= tier.tokens_per_minute:
+                raise _rate_limited("tokens", tier.tokens_per_minute, retry_after)
+
+    async def _count(self, subject: str, answer: dict[str, Any]) -> None:
+        prompt, completion = usage_of(answer)
+        if prompt + completion:
+            window = int(time.time() // WINDOW)
+            await self.store.add(f"ratelimit:{subject}:tokens:{window}", prompt + completion, WINDOW * 2)
+
+    # -- forwarding -------------------------------------------------------------
+
+    async def _first_answer(self, request: dict[str, Any], routes: list[Route]) -> dict[str, Any]:
+        last: ProviderError | None = None
+        for route in routes:
+            if not route.breaker.allow():
+                continue
+            try:
+                answer = await route.provider.complete(request, route.model)
+            except ProviderError as exc:
+                last = exc
+                if not exc.retryable:
+                    route.breaker.succeeded()  # the provider answered; the request was at fault
+                    raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
+                route.breaker.failed()
+                log.warning("provider %s failed (%s); trying the next route", route.name, exc)
+                continue
+            route.breaker.succeeded()
+            return answer
+        raise _all_failed(last)
+
+    async def _stream(self, request: dict[str, Any], routes: list[Route], subject: str, send: Send) -> None:
+        last: ProviderError | None = None
+        for route in routes:
+            if not route.breaker.allow():
+                continue
+            chunks = route.provider.stream(request, route.model)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            except ProviderError as exc:
+                last = exc
+                if not exc.retryable:
+                    route.breaker.succeeded()
+                    raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
+                route.breaker.failed()
+                log.warning("provider %s failed before streaming (%s); trying the next route", route.name, exc)
+                continue
+            await self._relay_stream(route, first, chunks, subject, send)
+            return
+        raise _all_failed(last)
+
+    async def _relay_stream(
+        self, route: Route, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], subject: str, send: Send
+    ) -> None:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        usage = (0, 0)
+        try:
+            if first is not None:
+                usage = _add(usage, first)
+                await _send_event(send, first)
+                async for chunk in chunks:
+                    usage = _add(usage, chunk)
+                    await _send_event(send, chunk)
+            route.breaker.succeeded()
+        except ProviderError as exc:
+            # The client already has part of the answer: no fallback now, but a clean error, not a cut.
+            route.breaker.failed()
+            error = {
+                "error": {
+                    "message": f"provider failed mid-stream: {exc}",
+                    "type": "server_error",
+                    "code": "upstream_error",
+                }
+            }
+            await send({"type": "http.response.body", "body": b"data: " + _dump(error) + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        if usage != (0, 0):
+            await self._count(subject, {"usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}})
+
+
+def _apply_model_command(request: dict[str, Any]) -> str:
+    """`/model provider,model` on the first line of the first user message switches the model; the line goes."""
+    for message in request["messages"]:
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str) and content.startswith(MODEL_COMMAND):
+            line, _, rest = content.partition("\n")
+            provider, _, model = line[len(MODEL_COMMAND) :].strip().partition(",")
+            if provider and model:
+                message["content"] = rest
+                return f"{provider.strip()}/{model.strip()}"
+        break
+    return str(request["model"])
+
+
+def _add(usage: tuple[int, int], chunk: ChatChunk) -> tuple[int, int]:
+    prompt, completion = usage_of(chunk)
+    return (usage[0] + prompt, usage[1] + completion)
+
+
+def _rate_limited(what: str, limit: int, retry_after: str) -> ChatError:
+    return ChatError(
+        429,
+        f"Rate limit reached: {limit} {what} per minute",
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        headers={"retry-after": retry_after},
+    )
+
+
+def _all_failed(last: ProviderError | None) -> ChatError:
+    detail = f": {last}" if last is not None else " (every provider's circuit is open)"
+    return ChatError(503, f"No provider could answer{detail}", "server_error", "upstream_unavailable")
+
+
+async def _send_event(send: Send, chunk: ChatChunk) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + _dump(chunk) + b"\n\n", "more_body": True})
+
+
+async def _send_json(send: Send, status: int, value: Any) -> None:
+    body = _dump(value)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,1 @@
+"""LLM providers behind one small protocol; each provider type is a module (contract 9)."""

@@ -1,0 +1,87 @@
+"""The `openai` provider: any OpenAI-compatible base URL (OpenAI, vLLM, Ollama, OpenRouter, ...)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agentgw.config import LlmProviderConfig
+from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
+from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse, ProviderError
+from agentgw.upstream.llm.sse_client import events
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIProvider:
+    def __init__(self, config: LlmProviderConfig, http: ConnectionPool) -> None:
+        self.name = config.name
+        self._base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._timeout = float(config.timeout)
+        self._http = http
+        key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        self._headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        if key:
+            self._headers["authorization"] = f"Bearer {key}"
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        response = await self._post("/chat/completions", {**request, "model": model, "stream": False})
+        answer: ChatResponse = await _json(response, self._timeout)
+        return answer
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatChunk]:
+        body = {**request, "model": model, "stream": True}
+        response = await self._post("/chat/completions", body)
+        try:
+            async for _, chunk in events(response, self._timeout):
+                yield chunk
+        finally:
+            response.release()
+
+    async def models(self) -> list[str]:
+        try:
+            response = await self._http.request("GET", self._base + "/models", self._headers, None, self._timeout)
+            listed = await _json(response, self._timeout)
+        except (ProviderError, UpstreamConnectionError, UpstreamTimeoutError):
+            return []
+        return [str(m["id"]) for m in listed.get("data", []) if isinstance(m, dict) and "id" in m]
+
+    async def _post(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
+        return await post(self._http, self._base + path, self._headers, body, self._timeout)
+
+
+async def post(
+    http: ConnectionPool, url: str, headers: dict[str, str], body: dict[str, Any], timeout: float
+) -> UpstreamResponse:
+    """POST and check the status: connection errors, timeouts, 429 and 5xx are retryable ProviderErrors."""
+    try:
+        response = await http.request("POST", url, headers, json.dumps(body).encode(), timeout)
+    except UpstreamTimeoutError as exc:
+        raise ProviderError("provider timed out", status=504) from exc
+    except UpstreamConnectionError as exc:
+        raise ProviderError(f"provider unreachable: {exc}", status=502) from exc
+    if response.status >= 400:
+        try:
+            detail = (await response.read(timeout))[:300].decode("utf-8", "replace")
+        except (UpstreamConnectionError, UpstreamTimeoutError):
+            detail = ""
+        finally:
+            response.release()
+        retryable = response.status in (408, 429) or response.status >= 500
+        raise ProviderError(
+            f"provider answered {response.status}: {detail}", status=response.status, retryable=retryable
+        )
+    return response
+
+
+async def _json(response: UpstreamResponse, timeout: float) -> Any:
+    try:
+        return json.loads(await response.read(timeout))
+    except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+        raise ProviderError(f"provider broke off: {exc}") from exc
+    except ValueError:
+        raise ProviderError("provider answered something that is not JSON") from None
+    finally:
+        response.release()

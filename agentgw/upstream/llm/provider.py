@@ -1,0 +1,60 @@
+"""The LLMProvider protocol, its errors, and where provider types come from."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from agentgw.config import LlmProviderConfig
+from agentgw.upstream.http import ConnectionPool
+
+ENTRY_POINT_GROUP = "agentgw.llm_providers"
+
+ChatRequest = dict[str, Any]  # the OpenAI chat-completions request body
+ChatResponse = dict[str, Any]  # an OpenAI chat.completion
+ChatChunk = dict[str, Any]  # an OpenAI chat.completion.chunk
+
+
+class ProviderError(Exception):
+    """A provider failed. `retryable` failures (connection, timeout, 429, 5xx) move on to the next route."""
+
+    def __init__(self, message: str, *, status: int = 502, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class LLMProvider(Protocol):
+    """One configured provider (`llm.providers[]`); `model` is the part after `provider/`."""
+
+    name: str
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse: ...
+
+    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatChunk]:
+        """Chunks as the provider sends them; raises ProviderError before or during the stream."""
+        ...
+
+    async def models(self) -> list[str]: ...
+
+
+class ProviderFactory(Protocol):
+    def __call__(self, config: LlmProviderConfig, http: ConnectionPool) -> LLMProvider: ...
+
+
+def provider_types() -> dict[str, ProviderFactory]:
+    """Built-in provider types, then any registered under the `agentgw.llm_providers` entry-point group."""
+    from agentgw.upstream.llm.anthropic import AnthropicProvider
+    from agentgw.upstream.llm.echo import EchoProvider
+    from agentgw.upstream.llm.openai import OpenAIProvider
+
+    types: dict[str, ProviderFactory] = {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "echo": EchoProvider}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        types.setdefault(entry_point.name, entry_point.load())
+    return types
+
+
+def usage_of(response: ChatResponse) -> tuple[int, int]:
+    usage = response.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
