@@ -1,7 +1,7 @@
 """Talk to an MCP server through agentgw with the MCP Python SDK client.
 
-    export AGENTGW_TOKEN=...   # the dev token `make run` prints
-    .venv/bin/python examples/mcp_client.py [URL]
+export AGENTGW_TOKEN=...   # the dev token `make run` prints
+.venv/bin/python examples/mcp_client.py [URL]
 """
 
 from __future__ import annotations

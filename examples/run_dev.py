@@ -63,12 +63,14 @@ def main() -> None:
         print(
             f"\nagentgw is serving:\n"
             f"  MCP (Streamable HTTP)  {GATEWAY}/mcp/v1      (target 'docs': {GATEWAY}/mcp/v1/docs)\n"
+            f"  OpenAI-compatible chat {GATEWAY}/v1/chat/completions  (models: default, echo/echo)\n"
             f"  health / readiness     {GATEWAY}/healthz  {GATEWAY}/ready\n"
             f"  example backend        http://127.0.0.1:{BACKEND_PORT}/mcp (behind the gateway)\n"
             f"  admin API              http://127.0.0.1:9090/admin/ (agentgw tools / audit)\n"
             f"\nDev token (sub=dev, scopes: {' '.join(DEV_SCOPES)}, valid 12h):\n"
             f"  export AGENTGW_TOKEN={token}\n"
             f"Try it:  .venv/bin/python examples/mcp_client.py\n"
+            f"         .venv/bin/python examples/openai_client.py\n"
             f"Ctrl-C stops both.\n",
             flush=True,
         )

@@ -1,0 +1,22 @@
+"""Chat through agentgw with the OpenAI Python SDK.
+
+export AGENTGW_TOKEN=...   # the dev token `make run` prints
+.venv/bin/python examples/openai_client.py
+"""
+
+from __future__ import annotations
+
+import os
+
+from openai import OpenAI
+
+client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=os.environ.get("AGENTGW_TOKEN", "no-token"))
+answer = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hello, gateway"}])
+print("answer:", answer.choices[0].message.content)
+stream = client.chat.completions.create(
+    model="echo/echo", messages=[{"role": "user", "content": "one two three"}], stream=True
+)
+print(
+    "stream:", [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+)
+print("models:", [model.id for model in client.models.list()])
