@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -144,7 +145,8 @@ class A2AEndpoint:
             task_id, context_id = _named_ids(method, message.get("params", {}))
             replicas = await self._replicas_for(agent, task_id, context_id, principal)
             upstream_headers = {k: headers[k] for k in _FORWARDED if k in headers}
-            await self._forward(agent, replicas, upstream_headers, forwarded, method, principal, receive, send)
+            call = _Call(agent, method, principal, f"{base_url(scope)}{A2A_PREFIX}/{agent.name}")
+            await self._forward(call, replicas, upstream_headers, forwarded, receive, send)
         except GatewayError as exc:
             if exc.request_id is None:
                 exc.request_id = message.get("id")
@@ -182,15 +184,14 @@ class A2AEndpoint:
 
     async def _forward(
         self,
-        agent: AgentReplicas,
+        call: _Call,
         replicas: list[Replica],
         headers: dict[str, str],
         body: bytes,
-        method: str,
-        principal: Principal | None,
         receive: Receive,
         send: Send,
     ) -> None:
+        agent = call.agent
         for replica in replicas:
             try:
                 url = await agent.rpc_url(replica)
@@ -198,30 +199,24 @@ class A2AEndpoint:
             except UpstreamTimeoutError as exc:
                 raise UpstreamTimeout(f"Agent {agent.name!r} did not answer in time") from exc
             except (UpstreamConnectionError, UpstreamUnavailable):
-                replica.down = True
+                replica.mark_down()
                 if len(replicas) == 1:
                     break  # the replica holding the task is gone: there is nowhere else to ask
                 continue  # a new task may start on the next replica
-            replica.down = False
+            replica.mark_up()
             try:
-                pins = _Pins(self.store, agent.name, replica.base_url, principal)
+                pins = _Pins(self.store, agent.name, replica.base_url, call.principal)
                 if is_event_stream(response):
                     await relay(response, [], receive, send, CALL_TIMEOUT, tap=pins.feed)
                 else:
-                    await self._relay_json(response, method, pins, principal, agent.name, send)
+                    await self._relay_json(call, response, replica, pins, send)
                 return
             finally:
                 response.release()
         raise UpstreamUnavailable(f"Agent {agent.name!r} is unreachable")
 
     async def _relay_json(
-        self,
-        response: UpstreamResponse,
-        method: str,
-        pins: _Pins,
-        principal: Principal | None,
-        agent: str,
-        send: Send,
+        self, call: _Call, response: UpstreamResponse, replica: Replica, pins: _Pins, send: Send
     ) -> None:
         body = await read_response_body(response, CALL_TIMEOUT)
         try:
@@ -229,8 +224,16 @@ class A2AEndpoint:
         except ValueError:
             answer = None
         if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
-            await pins.record(answer["result"])
-            if method == "ListTasks" and await self._hide_foreign_tasks(answer["result"], principal, agent):
+            result = answer["result"]
+            await pins.record(result)
+            changed = False
+            if call.method == "ListTasks":
+                changed = await self._hide_foreign_tasks(result, call.principal, call.agent.name)
+            elif call.method == "GetExtendedAgentCard":
+                # The extended card names endpoints too: they point at the gateway like the public card's.
+                answer["result"] = rewrite_card(result, replica.base_url, call.gateway_url, call.principal)
+                changed = True
+            if changed:
                 body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
         headers = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in NOT_RELAYED]
         headers.append((b"content-length", str(len(body)).encode()))
@@ -250,6 +253,16 @@ class A2AEndpoint:
                 kept.append(task)
         result["tasks"] = kept
         return True
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One A2A request on its way: to which agent, which method, for whom, behind which URL."""
+
+    agent: AgentReplicas
+    method: str
+    principal: Principal | None
+    gateway_url: str
 
 
 class _Pins:

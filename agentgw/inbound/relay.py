@@ -55,7 +55,7 @@ async def relay(
 ) -> None:
     """Relay a backend response: JSON whole, an event stream event by event as it arrives.
 
-    `tap` sees every chunk of an event stream right after the client got it.
+    `tap` sees every chunk of an event stream just before the client gets it.
     """
     headers = _head(response, extra_headers)
     if not is_event_stream(response):
@@ -129,9 +129,9 @@ async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None)
     try:
         # No read timeout: an event stream may rightly stay quiet for a long time.
         async for chunk in response.chunks(None):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if tap is not None:
                 await tap(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamConnectionError:
         pass  # the backend went away mid-stream; the client sees the stream end
 

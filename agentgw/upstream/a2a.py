@@ -16,6 +16,8 @@ CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
 CARD_TIMEOUT = 5.0
 # A cached card is revalidated (If-None-Match) after this long.
 CARD_FRESH_FOR = 30.0
+# A replica that could not be reached gets no new tasks for this long, then is tried again.
+RETRY_DOWN_AFTER = 2.0
 
 
 @dataclass
@@ -24,8 +26,18 @@ class Replica:
     card: dict[str, Any] | None = None
     etag: str | None = None
     checked_at: float = 0.0
-    down: bool = False
+    down_until: float = 0.0  # a replica that failed is tried again for new tasks after this
     rpc_url: str | None = field(default=None)
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    def mark_down(self) -> None:
+        self.down_until = time.monotonic() + RETRY_DOWN_AFTER
+
+    def mark_up(self) -> None:
+        self.down_until = 0.0
 
 
 class AgentReplicas:
@@ -61,9 +73,9 @@ class AgentReplicas:
                 finally:
                     response.release()
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-                replica.down = True
+                replica.mark_down()
                 raise UpstreamUnavailable(f"Agent {self.name!r} unreachable") from exc
-            replica.down = False
+            replica.mark_up()
             if response.status == 304 and replica.card is not None:
                 replica.checked_at = time.monotonic()
                 return replica.card

@@ -516,11 +516,6 @@ async def test_with_one_agent_down_new_tasks_go_to_the_other(tmp: Path) -> None:
             replica.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a replica once marked down is tried again only when every other replica fails: "
-    "AgentReplicas.order() puts it last and nothing (no health check, no card refresh) clears `down`",
-)
 async def test_a_replica_that_comes_back_gets_new_tasks_again(tmp: Path) -> None:
     replicas = [a2a_agent(free_port(), name, tmp / f"{name}.log").start() for name in REPLICAS]
     running = gateway(tmp, a2a_config(*(r.port for r in replicas)))
