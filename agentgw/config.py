@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agentgw.typed_yaml import ConfigError, Duration, build_document, coerce, compose_documents
+from agentgw.typed_yaml import ConfigError, Duration, build_document, coerce, compose_documents, line_of
 
 DEFAULT_CONFIG_FILE = "agentgw.yaml"
 
@@ -197,18 +197,41 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(file, 0, "server.workers: more than 1 worker needs session_store.type redis")
     if settings.server.max_body_bytes < 1024:
         raise ConfigError(file, 0, "server.max_body_bytes: must be at least 1024")
+    _validate_llm(settings)
     names: set[str] = set()
     for target in settings.mcp.targets:
         if not _TARGET_NAME.match(target.name) or target.name == "ws":
-            raise ConfigError(file, 0, f"mcp.targets: invalid target name {target.name!r}")
+            raise ConfigError(file, line_of(target), f"mcp.targets: invalid target name {target.name!r}")
         if target.name in names:
-            raise ConfigError(file, 0, f"mcp.targets: duplicate target name {target.name!r}")
+            raise ConfigError(file, line_of(target), f"mcp.targets: duplicate target name {target.name!r}")
         names.add(target.name)
         if not target.backends:
-            raise ConfigError(file, 0, f"mcp.targets.{target.name}.backends: at least one backend is needed")
+            raise ConfigError(
+                file, line_of(target), f"mcp.targets.{target.name}.backends: at least one backend is needed"
+            )
         for backend in target.backends:
             if not backend.url.startswith(("http://", "https://")):
-                raise ConfigError(file, 0, f"mcp.targets.{target.name}.backends: {backend.url!r} is not an http(s) URL")
+                raise ConfigError(
+                    file, line_of(backend), f"mcp.targets.{target.name}.backends: {backend.url!r} is not an http(s) URL"
+                )
+
+
+def _validate_llm(settings: Settings) -> None:
+    from agentgw.upstream.llm.provider import provider_types
+
+    file, llm = settings.source, settings.llm
+    types = provider_types()
+    for provider in llm.providers:
+        if provider.type not in types:
+            known = ", ".join(sorted(types))
+            message = f"llm.providers.{provider.name}.type: unknown provider type {provider.type!r} ({known})"
+            raise ConfigError(file, line_of(provider), message)
+    names = {p.name for p in llm.providers}
+    for alias in llm.models:
+        for entry in alias.route:
+            if entry.partition("/")[0] not in names or not entry.partition("/")[2]:
+                message = f"llm.models.{alias.name}.route: {entry!r} names no configured provider/model"
+                raise ConfigError(file, line_of(alias), message)
 
 
 def split_host_port(listen: str, file: str = "config") -> tuple[str, int]:

@@ -95,6 +95,13 @@ def build(node: yaml.Node, tp: Any, file: str, where: str) -> Any:
 
 
 _STANDARD_TAG = "tag:yaml.org,2002:"
+_LINE = "_yaml_line"
+
+
+def line_of(value: Any) -> int:
+    """The line a config object was read from; 0 for defaults and env overrides."""
+    line: int = getattr(value, _LINE, 0)
+    return line
 
 
 def _union_option(node: yaml.Node, options: list[Any]) -> Any:
@@ -135,7 +142,9 @@ def _build_dataclass(node: yaml.Node, cls: Any, file: str, where: str) -> Any:
             raise ConfigError(file, key_node.start_mark.line + 1, f"duplicate key '{path}'")
         values[field.name] = build(value_node, hints[field.name], file, path)
     try:
-        return cls(**values)
+        built = cls(**values)
+        object.__setattr__(built, _LINE, line)  # frozen, yet validation after the build can name the line
+        return built
     except TypeError as exc:
         raise ConfigError(file, line, f"{where or 'top level'}: {exc}") from None
     except ValueError as exc:

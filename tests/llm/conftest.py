@@ -70,11 +70,14 @@ class StubProvider:
 
 @pytest.fixture
 def stub(tmp: Path) -> Iterator[Callable[..., StubProvider]]:
-    """`stub("name=a", "status=500")` starts a stub provider with those modes; all are stopped after the test."""
+    """`stub("name=a", "status=500")` starts a stub provider with those modes (on `port=` if given).
+
+    All are stopped after the test.
+    """
     started: list[StubProvider] = []
 
-    def start(*modes: str) -> StubProvider:
-        port = free_port()
+    def start(*modes: str, port: int | None = None) -> StubProvider:
+        port = port or free_port()
         log = tmp / f"stub-{port}.log"
         provider = StubProvider(Process([sys.executable, str(STUB), str(port), *modes], port, log=log).start())
         started.append(provider)

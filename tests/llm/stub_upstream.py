@@ -6,7 +6,9 @@ Modes (also replaceable at run time with `POST /_modes {"modes": [...]}`):
   name=X      the label in every answer ("X says <last user message>"); default "stub"
   status=N    answer every chat request with HTTP N and an error body
   delay=S     wait S seconds before answering a chat request
-  cut=N       on a stream, send N chunks then drop the connection without ending the body
+  cut=N       on a stream, send N events then drop the connection without ending the body
+  stall=N     on a stream, send N events then go silent with the connection open
+  end=N       on a stream, send N events then end the body cleanly (no `[DONE]`, no `message_stop`)
   models=a,b  what GET /v1/models lists; default "x,y"
 
 Every request outside `/_...` is recorded (method, path, lower-cased headers, JSON body)
@@ -45,6 +47,8 @@ class Stub:
         self.status = int(options["status"]) if "status" in options else None
         self.delay = float(options.get("delay", 0))
         self.cut = int(options["cut"]) if "cut" in options else None
+        self.stall = int(options["stall"]) if "stall" in options else None
+        self.end = int(options["end"]) if "end" in options else None
         self.models = [m for m in options.get("models", "x,y").split(",") if m]
 
     async def record(self, request: Request) -> dict[str, Any] | None:
@@ -84,6 +88,10 @@ class Stub:
             for sent, event in enumerate(events):
                 if self.cut is not None and sent == self.cut:
                     raise ConnectionDropped(f"{self.name} drops the connection after {sent} events")
+                if self.stall is not None and sent == self.stall:
+                    await asyncio.sleep(3600)
+                if self.end is not None and sent == self.end:
+                    return
                 yield event
 
         return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
@@ -155,7 +163,10 @@ class Stub:
         start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
         events: list[tuple[str, dict[str, Any]]] = [
             ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
         ]
         for index, word in enumerate(words):
             delta = {"type": "text_delta", "text": word if index == 0 else " " + word}
@@ -203,7 +214,14 @@ def create_app(stub: Stub) -> Starlette:
 
 def main() -> None:
     port, *modes = sys.argv[1:]
-    uvicorn.run(create_app(Stub(modes)), host="127.0.0.1", port=int(port), log_level="warning", http="httptools")
+    uvicorn.run(
+        create_app(Stub(modes)),
+        host="127.0.0.1",
+        port=int(port),
+        log_level="warning",
+        http="httptools",
+        timeout_graceful_shutdown=1,  # a stalled or delayed answer must not hold up the test's teardown
+    )
 
 
 if __name__ == "__main__":

@@ -49,11 +49,13 @@ class AnthropicProvider:
         response = await post(self._http, self._base + "/messages", self._headers, body, self._timeout)
         translate = StreamTranslation(model)
         try:
-            async for name, event in events(response, self._timeout):
+            async for name, event in events(response, self._timeout, until_done=False):
                 for chunk in translate(name, event):
                     yield chunk
         finally:
             response.release()
+        if not translate.finished:
+            raise ProviderError("provider stream ended without message_stop")
 
     async def models(self) -> list[str]:
         return []
@@ -112,6 +114,7 @@ class StreamTranslation:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.prompt_tokens = 0
+        self.finished = False
 
     def __call__(self, name: str | None, event: dict[str, Any]) -> list[ChatChunk]:
         kind = event.get("type", name)
@@ -132,6 +135,9 @@ class StreamTranslation:
                 "total_tokens": self.prompt_tokens + completion,
             }
             return [chunk]
+        if kind == "message_stop":
+            self.finished = True
+            return []
         if kind == "error":
             raise ProviderError(f"provider error: {(event.get('error') or {}).get('message', 'unknown')}")
         return []

@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 
 from agentgw.config import CircuitBreakerConfig, LlmConfig
-from agentgw.typed_yaml import ConfigError
 from agentgw.upstream.http import ConnectionPool
 from agentgw.upstream.llm.provider import LLMProvider, provider_types
 
@@ -56,20 +55,11 @@ class UnknownModel(Exception):
 
 class LlmRouter:
     def __init__(self, config: LlmConfig, http: ConnectionPool) -> None:
+        # The config was validated at load: every type is known, every route names a provider.
         types = provider_types()
-        self.providers: dict[str, LLMProvider] = {}
-        for provider in config.providers:
-            factory = types.get(provider.type)
-            if factory is None:
-                known = ", ".join(sorted(types))
-                raise ConfigError("llm.providers", 0, f"{provider.name}: unknown type {provider.type!r} ({known})")
-            self.providers[provider.name] = factory(provider, http)
+        self.providers: dict[str, LLMProvider] = {p.name: types[p.type](p, http) for p in config.providers}
         self.breakers = {name: CircuitBreaker(config.circuit_breaker) for name in self.providers}
         self.aliases = {alias.name: alias.route for alias in config.models}
-        for alias, chain in self.aliases.items():
-            for entry in chain:
-                if entry.partition("/")[0] not in self.providers:
-                    raise ConfigError("llm.models", 0, f"{alias}: {entry!r} names no configured provider")
 
     def routes(self, model: str) -> list[Route]:
         """The fallback chain for a model name or alias; UnknownModel when it names nothing."""

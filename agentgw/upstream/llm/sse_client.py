@@ -10,8 +10,14 @@ from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, Ups
 from agentgw.upstream.llm.provider import ProviderError
 
 
-async def events(response: UpstreamResponse, timeout: float) -> AsyncIterator[tuple[str | None, Any]]:
-    """(event name, JSON data) for each event; `[DONE]` ends the stream. A cut stream raises ProviderError."""
+async def events(
+    response: UpstreamResponse, timeout: float, until_done: bool = True
+) -> AsyncIterator[tuple[str | None, Any]]:
+    """(event name, JSON data) for each event; `[DONE]` ends the stream.
+
+    A stream that breaks, or (with `until_done`) ends without `[DONE]`, raises
+    ProviderError: a truncated answer must never pass for a complete one.
+    """
     pending = b""
     event: str | None = None
     try:
@@ -33,3 +39,5 @@ async def events(response: UpstreamResponse, timeout: float) -> AsyncIterator[tu
                     event = None
     except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
         raise ProviderError(f"provider stream broke: {exc}") from exc
+    if until_done:
+        raise ProviderError("provider stream ended without [DONE]")

@@ -1,0 +1,149 @@
+"""RateLimitPolicy on chat: requests and tokens per minute per subject, shared across replicas (contract 9)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import openai
+import pytest
+
+from tests.llm.conftest import AUTH_POLICY, client, llm_config, token
+from tests.support import Gateway
+
+T = TypeVar("T")
+ECHO = {"name": "echo", "type": "echo"}
+LIMITS = (
+    AUTH_POLICY
+    + """\
+---
+apiVersion: agentgw.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: llm-limits}
+spec:
+  appliesTo: [llm]
+  tierClaim: tier
+  defaultTier: free
+  tiers:
+    free: {requestsPerMinute: 5}
+    pro: {requestsPerMinute: 50}
+    tiny: {tokensPerMinute: 10}
+"""
+)
+
+
+def within_one_window(attempt: Callable[[], T]) -> T:
+    """Run `attempt` (which uses a fresh subject) until one run falls inside a single rate-limit minute."""
+    for _ in range(3):
+        window = int(time.time() // 60)
+        result = attempt()
+        if int(time.time() // 60) == window:
+            return result
+    raise AssertionError("three attempts in a row crossed a minute boundary")
+
+
+def status_of(gw: Gateway, bearer: str, stream: bool = False, text: str = "hi") -> int:
+    try:
+        answer = client(gw, api_key=bearer).chat.completions.create(
+            model="echo/echo", messages=[{"role": "user", "content": text}], stream=stream
+        )
+        if stream:
+            list(answer)
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    return 200
+
+
+def assert_rate_limited(error: openai.RateLimitError) -> None:
+    assert error.status_code == 429
+    retry_after = error.response.headers["retry-after"]
+    assert retry_after.isdigit() and 1 <= int(retry_after) <= 61
+    assert error.response.headers["content-type"].startswith("application/json")
+    body = error.response.json()
+    assert set(body) == {"error"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_sixth_request_in_a_minute_is_429_with_retry_after(serve: Callable[..., Gateway]) -> None:
+    gw = serve(llm_config(ECHO), policies=LIMITS)
+
+    def attempt() -> tuple[list[int], openai.RateLimitError]:
+        bearer = token()
+        statuses = [status_of(gw, bearer) for _ in range(5)]
+        with pytest.raises(openai.RateLimitError) as limited:
+            client(gw, api_key=bearer).chat.completions.create(
+                model="echo/echo", messages=[{"role": "user", "content": "one more"}]
+            )
+        return statuses, limited.value
+
+    statuses, error = within_one_window(attempt)
+
+    assert statuses == [200] * 5
+    assert_rate_limited(error)
+
+
+def test_request_limit_counts_streams_and_is_per_subject(serve: Callable[..., Gateway]) -> None:
+    gw = serve(llm_config(ECHO), policies=LIMITS)
+
+    def attempt() -> tuple[list[int], int]:
+        alice, bob = token(), token()
+        statuses = [status_of(gw, alice, stream=True) for _ in range(6)]
+        return statuses, status_of(gw, bob)
+
+    alice_statuses, bob_status = within_one_window(attempt)
+
+    assert alice_statuses == [200] * 5 + [429]
+    assert bob_status == 200
+
+
+def test_tier_claim_selects_the_callers_tier(serve: Callable[..., Gateway]) -> None:
+    gw = serve(llm_config(ECHO), policies=LIMITS)
+
+    statuses = within_one_window(lambda: [status_of(gw, token(tier="pro")) for _ in range(8)])
+
+    assert statuses == [200] * 8
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_tokens_per_minute_refuses_once_the_usage_reaches_the_limit(
+    serve: Callable[..., Gateway], stream: bool
+) -> None:
+    gw = serve(llm_config(ECHO), policies=LIMITS)
+
+    def attempt() -> list[int]:
+        bearer = token(tier="tiny")
+        # The echo provider counts words: 6 prompt + 6 completion tokens, 12 of the tier's 10.
+        first = status_of(gw, bearer, stream=stream, text="one two three four five six")
+        return [first, status_of(gw, bearer, stream=stream)]
+
+    assert within_one_window(attempt) == [200, 429]
+
+
+def test_limit_is_shared_by_two_gateways_on_one_redis(serve: Callable[..., Gateway], redis_url: str) -> None:
+    config = {
+        **llm_config(ECHO),
+        "session_store": {"type": "redis", "url": redis_url, "key_prefix": f"llm-{uuid.uuid4().hex}:"},
+    }
+    first, second = serve(config, policies=LIMITS, name="first"), serve(config, policies=LIMITS, name="second")
+
+    def attempt() -> tuple[list[int], openai.RateLimitError, openai.RateLimitError]:
+        bearer = token()
+        statuses = [status_of(first if i % 2 == 0 else second, bearer) for i in range(5)]
+        refused = []
+        for gw in (second, first):  # the sixth and seventh, one through each replica
+            with pytest.raises(openai.RateLimitError) as limited:
+                client(gw, api_key=bearer).chat.completions.create(
+                    model="echo/echo", messages=[{"role": "user", "content": "more"}]
+                )
+            refused.append(limited.value)
+        return statuses, refused[0], refused[1]
+
+    statuses, *errors = within_one_window(attempt)
+
+    assert statuses == [200] * 5
+    for error in errors:
+        assert_rate_limited(error)
