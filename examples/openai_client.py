@@ -10,7 +10,7 @@ import os
 
 from openai import OpenAI
 
-client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=os.environ.get("AGENTGW_TOKEN", "no-token"))
+client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=os.environ.get("AGENTGW_TOKEN") or "no-token")
 answer = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hello, gateway"}])
 print("answer:", answer.choices[0].message.content)
 stream = client.chat.completions.create(

@@ -12,7 +12,7 @@ from typing import Any
 from agentgw.config import LlmProviderConfig
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
 from agentgw.upstream.llm.openai import post
-from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse, ProviderError
+from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse, ProviderError, content_text
 from agentgw.upstream.llm.sse_client import events
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
@@ -63,9 +63,11 @@ class AnthropicProvider:
 
 def to_messages(request: ChatRequest, model: str) -> dict[str, Any]:
     """An OpenAI chat request as a Messages API request."""
-    system = [_text(m.get("content")) for m in request.get("messages", []) if m.get("role") in ("system", "developer")]
+    system = [
+        content_text(m.get("content")) for m in request.get("messages", []) if m.get("role") in ("system", "developer")
+    ]
     messages = [
-        {"role": m["role"], "content": _text(m.get("content"))}
+        {"role": m["role"], "content": content_text(m.get("content"))}
         for m in request.get("messages", [])
         if m.get("role") in ("user", "assistant")
     ]
@@ -150,11 +152,3 @@ class StreamTranslation:
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from agentgw.config import LlmProviderConfig
 from agentgw.upstream.http import ConnectionPool
-from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse
+from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse, content_text
 
 MODELS = ["echo"]
 
@@ -51,17 +51,9 @@ class EchoProvider:
 
 def _prompt_and_answer(request: ChatRequest) -> tuple[str, str]:
     messages = request.get("messages") or []
-    texts = [_text(m.get("content")) for m in messages if isinstance(m, dict)]
-    users = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    texts = [content_text(m.get("content"), " ") for m in messages if isinstance(m, dict)]
+    users = [content_text(m.get("content"), " ") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     return " ".join(texts), (users[-1] if users else "") or "(nothing to echo)"
-
-
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
 
 
 def _usage(prompt: str, answer: str) -> dict[str, int]:

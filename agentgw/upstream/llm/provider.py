@@ -55,6 +55,15 @@ def provider_types() -> dict[str, ProviderFactory]:
     return types
 
 
+def content_text(content: Any, separator: str = "") -> str:
+    """The text of a chat message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return separator.join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
 def usage_of(response: ChatResponse) -> tuple[int, int]:
     usage = response.get("usage") or {}
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
