@@ -12,7 +12,9 @@ from tests.support import (
     Process,
     free_port,
     gateway,
+    initialize_body,
     mcp_backend,
+    mcp_headers,
     mcp_target,
     poll,
     raw_call,
@@ -117,8 +119,6 @@ async def test_ready_turns_503_when_a_target_has_no_healthy_backend(tmp: Path, r
         assert body["targets"] == {"docs": "no healthy backend"}
         assert (await raw_request(gw.port, "GET", "/healthz", host)).status == 200
         # With every backend gone, an initialize gets a clear 503, not a hang.
-        from tests.support import initialize_body, mcp_headers
-
         response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
         assert response.status == 503
         assert response.json()["error"]["code"] == -32000
