@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from prometheus_client.core import Metric
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,6 +27,8 @@ from agentgw.inbound.mcp_policy import McpGuard
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
+from agentgw.observability.metrics import Metrics, gauge
+from agentgw.observability.requests import RequestObserver, without_credentials
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
@@ -63,13 +67,32 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
     upstream = McpUpstream(targets, http)
     catalogue = ToolCatalogue(store)
     audit = AuditLog(store)
-    guard = McpGuard(live, catalogue, audit, enabled=settings.mcp.tool_validation)
+    metrics = Metrics(_configured_models(settings))
+    guard = McpGuard(live, catalogue, audit, metrics, enabled=settings.mcp.tool_validation)
     mcp = McpHttpEndpoint(settings, store, upstream, live, guard)
     a2a = A2AEndpoint(settings, store, live, http) if settings.a2a.agents else None
     chat = None
     if settings.llm.providers:
-        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, settings.server.max_body_bytes)
+        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, metrics, settings.server.max_body_bytes)
     target_names = [t.name for t in targets]
+
+    async def live_metrics() -> list[Metric]:
+        up: dict[tuple[str, ...], float] = {
+            (name, without_credentials(b.url)): float(b.healthy)
+            for name, pool in upstream.pools.items()
+            for b in pool.backends
+        }
+        gauges = [gauge("agentgw_backend_up", "1 while the backend passes health checks", ["target", "backend"], up)]
+        try:
+            sessions = 0
+            for name, pool in upstream.pools.items():
+                counts = await store.count_by_backend(name, [b.url for b in pool.backends], time.time())
+                sessions += sum(counts.values())
+        except StoreUnavailable:
+            return gauges  # the scrape still answers; the missing series says the store did not
+        return [*gauges, gauge("agentgw_sessions_active", "Live MCP sessions in the session store", [], {(): sessions})]
+
+    scraped = metrics.add_live(live_metrics)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -116,7 +139,7 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
         admin = None
         if settings.server.metrics_listen:
-            admin_app = create_admin_app(target_names, catalogue, audit, live.detection)
+            admin_app = create_admin_app(target_names, catalogue, audit, live.detection, metrics, scraped)
             admin = await start_listener(admin_app, settings.server.metrics_listen)
         _log_urls(settings, upstream)
         try:
@@ -143,12 +166,23 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
     # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
     # even whether a token is valid), then authentication, then the protocol endpoints.
     app = AuthMiddleware(app, live)
-    return OriginGuard(
+    app = OriginGuard(
         app,
         listen_host=host,
         allowed_hosts=settings.server.allowed_hosts,
         allowed_origins=settings.server.allowed_origins,
     )
+    return RequestObserver(app, metrics)
+
+
+def _configured_models(settings: Settings) -> dict[str, set[str]]:
+    """provider -> the models the config names: always metric labels of their own."""
+    models: dict[str, set[str]] = {p.name: set() for p in settings.llm.providers}
+    for alias in settings.llm.models:
+        for entry in alias.route:
+            provider, _, model = entry.partition("/")
+            models.setdefault(provider, set()).add(model)
+    return models
 
 
 def _log_urls(settings: Settings, upstream: McpUpstream) -> None:

@@ -37,6 +37,7 @@ class SessionStoreConfig:
 _SIXTY_SECONDS = Duration(60.0)
 _TWO_SECONDS = Duration(2.0)
 _THIRTY_SECONDS = Duration(30.0)
+_TWO_HUNDRED_MS = Duration(0.2)
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,18 @@ class CircuitBreakerConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = 2  # tries of one provider before the next route (when one is left)
+    backoff: Duration = _TWO_HUNDRED_MS  # before the first retry; doubled for each further one
+    deadline: Duration = _THIRTY_SECONDS  # no retry starts later than this after the request came in
+
+
+@dataclass(frozen=True)
 class LlmConfig:
     providers: list[LlmProviderConfig] = field(default_factory=list)
     models: list[LlmModelAliasConfig] = field(default_factory=list)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
 
 @dataclass(frozen=True)
@@ -232,6 +241,14 @@ def _validate_llm(settings: Settings) -> None:
             if entry.partition("/")[0] not in names or not entry.partition("/")[2]:
                 message = f"llm.models.{alias.name}.route: {entry!r} names no configured provider/model"
                 raise ConfigError(file, line_of(alias), message)
+    counts = {
+        "llm.retry.attempts": (llm.retry, llm.retry.attempts),
+        "llm.circuit_breaker.failures": (llm.circuit_breaker, llm.circuit_breaker.failures),
+        "llm.circuit_breaker.probes": (llm.circuit_breaker, llm.circuit_breaker.probes),
+    }
+    for key, (section, value) in counts.items():
+        if value < 1:
+            raise ConfigError(file, line_of(section), f"{key}: must be at least 1")
 
 
 def split_host_port(listen: str, file: str = "config") -> tuple[str, int]:

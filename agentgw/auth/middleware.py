@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentgw.auth.jwt import Authenticator
 from agentgw.auth.principal import SCOPE_KEY, Principal
 from agentgw.errors import InvalidToken
+from agentgw.observability.requests import request_info
 from agentgw.policy.live import LivePolicies
 
 log = logging.getLogger("agentgw.auth")
@@ -54,7 +55,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
+            principal = scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
         except InvalidToken as exc:
             exc.headers["www-authenticate"] = challenge(scope)
             if scope["type"] == "websocket":
@@ -63,6 +64,7 @@ class AuthMiddleware:
                 return
             await exc.send(send)
             return
+        request_info(scope).subject = principal.subject
         await self.app(scope, receive, send)
 
 

@@ -14,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agentgw.config import split_host_port
 from agentgw.errors import StoreUnavailable
 from agentgw.observability.audit import AuditLog
+from agentgw.observability.metrics import LiveMetrics, Metrics
 from agentgw.policy.model import PoisoningDetection
 from agentgw.policy.poisoning import ToolCatalogue, ToolEntry
 
@@ -31,7 +33,12 @@ MAX_AUDIT_LINES = 10_000
 
 
 def create_admin_app(
-    targets: list[str], catalogue: ToolCatalogue, audit: AuditLog, detection: Callable[[str], PoisoningDetection]
+    targets: list[str],
+    catalogue: ToolCatalogue,
+    audit: AuditLog,
+    detection: Callable[[str], PoisoningDetection],
+    metrics: Metrics,
+    live_metrics: LiveMetrics,
 ) -> Starlette:
     def describe(target: str, entry: ToolEntry) -> dict[str, object]:
         reason = entry.quarantine_reason(detection(target))
@@ -63,11 +70,16 @@ def create_admin_app(
         count = max(0, min(count, MAX_AUDIT_LINES))
         return JSONResponse({"entries": await audit.tail(count)})
 
+    async def scrape(request: Request) -> Response:
+        await live_metrics.refresh()
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": "session store unavailable"}, status_code=503)
 
     return Starlette(
         routes=[
+            Route("/metrics", scrape, methods=["GET"]),
             Route("/admin/tools/{target}", tools, methods=["GET"]),
             Route("/admin/tools/{target}/{tool}/approve", approve, methods=["POST"]),
             Route("/admin/audit", audit_tail, methods=["GET"]),

@@ -70,6 +70,7 @@ class McpHttpEndpoint:
         try:
             pool = self._pool(scope)
             request = read_headers(scope)
+            request.info.target, request.info.session_id = pool.target.name, request.session_id
             if request.method == "POST":
                 await self._post(scope, request, pool, receive, send)
             elif request.method == "GET":
@@ -101,6 +102,7 @@ class McpHttpEndpoint:
         body = await read_body(request.headers, receive, self.settings.server.max_body_bytes)
         payload = jsonrpc.parse(body)
         messages = check_messages(payload)
+        request.info.rpc_method = "batch" if isinstance(payload, list) else messages[0].get("method")
         # What is checked is what is forwarded: the gateway's own serialisation, made (and
         # refused, for a lone surrogate) before any policy looks at the message.
         forwarded = jsonrpc.serialise(payload)
@@ -195,6 +197,7 @@ class McpHttpEndpoint:
                     scopes=sorted(principal.scopes) if principal else [],
                 )
                 await self.store.create(record, self._ttl)
+                request.info.session_id, request.info.backend = record.id, url
                 await relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
                 return
             finally:
@@ -236,6 +239,7 @@ class McpHttpEndpoint:
                 continue  # nothing arrived, and the revision keeps no state at the backend
             try:
                 record = await self._pin_modern(request, record, pool, url, now)
+                request.info.session_id, request.info.backend = record.id, url
                 await self._relay(response, [(X_MCP_SESSION_ID, record.id)], receive, send, pool, rewrite)
                 return
             finally:
@@ -354,6 +358,7 @@ class McpHttpEndpoint:
                     # The backend no longer knows its session: it restarted or expired it.
                     record = await self._failover(pool, record)
                     continue
+                request.info.backend = record.backend
                 await self._relay(response, _session_headers(record.id), receive, send, pool, rewrite)
                 return
             finally:

@@ -18,9 +18,14 @@ from agentgw.auth.principal import Principal
 from agentgw.errors import BatchDenied, PolicyDenied
 from agentgw.inbound.relay import Rewrite
 from agentgw.observability.audit import AuditLog
+from agentgw.observability.metrics import Metrics
+from agentgw.observability.requests import request_info
 from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.poisoning import ToolCatalogue
+
+# A tool name is client input: the log line keeps its start only.
+MAX_LOGGED_NAME = 128
 
 _REASON_WORDS = {
     "deny_list": "it is on a deny list",
@@ -32,10 +37,13 @@ _REASON_WORDS = {
 
 
 class McpGuard:
-    def __init__(self, live: LivePolicies, catalogue: ToolCatalogue, audit: AuditLog, enabled: bool) -> None:
+    def __init__(
+        self, live: LivePolicies, catalogue: ToolCatalogue, audit: AuditLog, metrics: Metrics, enabled: bool
+    ) -> None:
         self.live = live
         self.catalogue = catalogue
         self.audit = audit
+        self.metrics = metrics
         self.enabled = enabled
 
     async def check(
@@ -66,14 +74,7 @@ class McpGuard:
             assert name is not None  # check_message made sure of it
             decision, errors = self._decide(target, message, name, principal)
             if kind == "tool":
-                self.audit.record(
-                    subject=principal.subject if principal else None,
-                    session_id=session_id,
-                    target=target,
-                    tool=name,
-                    decision="allow" if decision.allowed else "deny",
-                    reason=decision.reason,
-                )
+                self._record(scope, target, name, decision, principal, session_id)
             if not decision.allowed:
                 denied.append((message, decision, errors))
         if not denied:
@@ -83,6 +84,23 @@ class McpGuard:
             raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
         message, decision, errors = denied[0]
         raise _denial(scope, message, decision, errors)
+
+    def _record(
+        self, scope: Scope, target: str, tool: str, decision: Decision, principal: Principal | None, session: str | None
+    ) -> None:
+        verdict = "allow" if decision.allowed else "deny"
+        self.audit.record(
+            subject=principal.subject if principal else None,
+            session_id=session,
+            target=target,
+            tool=tool,
+            decision=verdict,
+            reason=decision.reason,
+        )
+        known = self.catalogue.entry(target, tool) is not None
+        self.metrics.tool_call(target, tool if known else None, verdict)
+        info = request_info(scope)
+        info.tool, info.decision = tool[:MAX_LOGGED_NAME], verdict
 
     def _unseen_tool(self, target: str, message: jsonrpc.Message) -> bool:
         if message.get("method") != "tools/call":

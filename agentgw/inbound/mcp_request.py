@@ -32,6 +32,7 @@ from agentgw.mcp_headers import (
     MCP_SESSION_ID,
     X_MCP_SESSION_ID,
 )
+from agentgw.observability.requests import RequestInfo, request_info
 
 # A stateful request without the version header speaks 2025-03-26 (MCP transport spec).
 DEFAULT_STATEFUL_VERSION = "2025-03-26"
@@ -50,6 +51,7 @@ class InboundRequest:
     session_id: str | None
     protocol_version: str | None
     principal: Principal | None
+    info: RequestInfo  # what the access log and metrics learn about this request
 
     def forwarded_headers(self) -> dict[str, str]:
         return {k: v for k, v in self.headers.items() if k in _FORWARDED or k.startswith(MCP_PARAM_PREFIX)}
@@ -82,6 +84,7 @@ def read_headers(scope: Scope) -> InboundRequest:
         session_id=next(iter(session_ids), None),
         protocol_version=version,
         principal=principal_of(scope),
+        info=request_info(scope),
     )
 
 

@@ -9,11 +9,13 @@ error event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
@@ -21,6 +23,8 @@ from agentgw import jsonrpc
 from agentgw.auth.principal import Principal, principal_of
 from agentgw.errors import GatewayError
 from agentgw.inbound.mcp_request import check_content_type, read_body
+from agentgw.observability.metrics import Metrics
+from agentgw.observability.requests import RequestInfo, request_info
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.model import RateLimitTier
 from agentgw.sessions.store import SessionStore
@@ -29,7 +33,11 @@ from agentgw.upstream.llm.router import LlmRouter, Route, UnknownModel
 
 log = logging.getLogger("agentgw.inbound.chat")
 
+T = TypeVar("T")
+
 MODEL_COMMAND = "/model "
+# A model name is client input: the log line keeps its start only.
+MAX_LOGGED_MODEL = 128
 WINDOW = 60.0  # rate limits count per minute
 
 
@@ -50,10 +58,13 @@ class ChatError(Exception):
 
 
 class ChatEndpoint:
-    def __init__(self, router: LlmRouter, store: SessionStore, live: LivePolicies, max_body: int) -> None:
+    def __init__(
+        self, router: LlmRouter, store: SessionStore, live: LivePolicies, metrics: Metrics, max_body: int
+    ) -> None:
         self.router = router
         self.store = store
         self.live = live
+        self.metrics = metrics
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,11 +108,13 @@ class ChatEndpoint:
             raise ChatError(
                 404, f"The model {model!r} does not exist", "invalid_request_error", "model_not_found"
             ) from None
+        info = request_info(scope)
         if request.get("stream"):
-            await self._stream(request, routes, subject, send)
+            await self._stream(request, routes, subject, info, send)
         else:
-            answer = await self._first_answer(request, routes)
-            await self._count(subject, answer)
+            route, answer = await self._first_answer(request, routes)
+            _note_route(info, route)
+            await self._count(subject, route, *usage_of(answer))
             await _send_json(send, 200, answer)
 
     # -- limits ---------------------------------------------------------------
@@ -132,53 +145,68 @@ class ChatEndpoint:
             if used >= tier.tokens_per_minute:
                 raise _rate_limited("tokens", tier.tokens_per_minute, retry_after)
 
-    async def _count(self, subject: str, answer: dict[str, Any]) -> None:
-        prompt, completion = usage_of(answer)
+    async def _count(self, subject: str, route: Route, prompt: int, completion: int) -> None:
+        """Usage per provider and model in the metrics, per subject in the store (the token limits read it)."""
         if prompt + completion:
+            self.metrics.llm_tokens(route.provider.name, route.model, prompt, completion)
             window = int(time.time() // WINDOW)
             await self.store.add(f"ratelimit:{subject}:tokens:{window}", prompt + completion, WINDOW * 2)
 
     # -- forwarding -------------------------------------------------------------
 
-    async def _first_answer(self, request: dict[str, Any], routes: list[Route]) -> dict[str, Any]:
-        last: ProviderError | None = None
-        for route in routes:
-            if not route.breaker.allow():
-                continue
-            try:
-                answer = await route.provider.complete(request, route.model)
-            except ProviderError as exc:
-                last = exc
-                if not exc.retryable:
-                    route.breaker.succeeded()  # the provider answered; the request was at fault
-                    raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
-                route.breaker.failed()
-                log.warning("provider %s failed (%s); trying the next route", route.name, exc)
-                continue
-            route.breaker.succeeded()
-            return answer
-        raise _all_failed(last)
+    async def _first_answer(self, request: dict[str, Any], routes: list[Route]) -> tuple[Route, dict[str, Any]]:
+        async def complete(route: Route) -> dict[str, Any]:
+            return await route.provider.complete(request, route.model)
 
-    async def _stream(self, request: dict[str, Any], routes: list[Route], subject: str, send: Send) -> None:
-        last: ProviderError | None = None
-        for route in routes:
-            if not route.breaker.allow():
-                continue
+        return await self._first_success(routes, complete)
+
+    async def _stream(
+        self, request: dict[str, Any], routes: list[Route], subject: str, info: RequestInfo, send: Send
+    ) -> None:
+        async def open_stream(route: Route) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
             chunks = route.provider.stream(request, route.model)
             try:
-                first = await anext(chunks)
+                return await anext(chunks), chunks
             except StopAsyncIteration:
-                first = None
-            except ProviderError as exc:
-                last = exc
-                if not exc.retryable:
-                    route.breaker.succeeded()
-                    raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
-                route.breaker.failed()
-                log.warning("provider %s failed before streaming (%s); trying the next route", route.name, exc)
-                continue
-            await self._relay_stream(route, first, chunks, subject, send)
-            return
+                return None, chunks
+
+        route, (first, chunks) = await self._first_success(routes, open_stream)
+        _note_route(info, route)
+        await self._relay_stream(route, first, chunks, subject, send)
+
+    async def _first_success(self, routes: list[Route], call: Callable[[Route], Awaitable[T]]) -> tuple[Route, T]:
+        """The first route that answers: each in turn, and the last one retried with backoff.
+
+        While another route is left, a failure moves on at once (the fallback is
+        the better retry). No retry starts after the deadline.
+        """
+        retry = self.router.retry
+        deadline = time.monotonic() + retry.deadline
+        last: ProviderError | None = None
+        for index, route in enumerate(routes):
+            attempts = retry.attempts if index == len(routes) - 1 else 1
+            for attempt in range(attempts):
+                if attempt:
+                    pause = retry.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+                    if time.monotonic() + pause > deadline:
+                        break
+                    await asyncio.sleep(pause)
+                if not await route.breaker.admit(max(0.0, deadline - time.monotonic())):
+                    break
+                try:
+                    answer = await call(route)
+                except ProviderError as exc:
+                    if not exc.retryable:
+                        route.breaker.done(True)  # the provider answered; the request was at fault
+                        raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
+                    route.breaker.done(False)
+                    last = exc
+                    log.warning("provider %s failed (%s)", route.name, exc)
+                    if exc.timed_out:
+                        break
+                    continue
+                route.breaker.done(True)
+                return route, answer
         raise _all_failed(last)
 
     async def _relay_stream(
@@ -194,10 +222,9 @@ class ChatEndpoint:
                 async for chunk in chunks:
                     usage = _add(usage, chunk)
                     await _send_event(send, chunk)
-            route.breaker.succeeded()
         except ProviderError as exc:
             # The client already has part of the answer: no fallback now, but a clean error, not a cut.
-            route.breaker.failed()
+            route.breaker.failed_later()
             error = {
                 "error": {
                     "message": f"provider failed mid-stream: {exc}",
@@ -207,8 +234,7 @@ class ChatEndpoint:
             }
             await send({"type": "http.response.body", "body": b"data: " + _dump(error) + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-        if usage != (0, 0):
-            await self._count(subject, {"usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}})
+        await self._count(subject, route, *usage)
 
 
 def _apply_model_command(request: dict[str, Any]) -> str:
@@ -225,6 +251,10 @@ def _apply_model_command(request: dict[str, Any]) -> str:
                 return f"{provider.strip()}/{model.strip()}"
         break
     return str(request["model"])
+
+
+def _note_route(info: RequestInfo, route: Route) -> None:
+    info.target, info.backend = route.provider.name, route.name[:MAX_LOGGED_MODEL]
 
 
 def _add(usage: tuple[int, int], chunk: ChatChunk) -> tuple[int, int]:

@@ -5,6 +5,7 @@
 Modes (also replaceable at run time with `POST /_modes {"modes": [...]}`):
   name=X      the label in every answer ("X says <last user message>"); default "stub"
   status=N    answer every chat request with HTTP N and an error body
+  failfirst=N answer the next N chat requests with HTTP `status` (default 503), then normally
   delay=S     wait S seconds before answering a chat request
   cut=N       on a stream, send N events then drop the connection without ending the body
   stall=N     on a stream, send N events then go silent with the connection open
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,6 +47,9 @@ class Stub:
         options = dict(mode.partition("=")[::2] for mode in modes)
         self.name = options.get("name", "stub")
         self.status = int(options["status"]) if "status" in options else None
+        self.fail_first = int(options.get("failfirst", 0))
+        if self.fail_first and self.status is None:
+            self.status = 503
         self.delay = float(options.get("delay", 0))
         self.cut = int(options["cut"]) if "cut" in options else None
         self.stall = int(options["stall"]) if "stall" in options else None
@@ -61,6 +66,7 @@ class Stub:
             {
                 "method": request.method,
                 "path": request.url.path,
+                "at": time.time(),
                 "headers": {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers.raw},
                 "body": body,
             }
@@ -72,6 +78,10 @@ class Stub:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.status is not None:
+            if self.fail_first:
+                self.fail_first -= 1
+                if not self.fail_first:
+                    self.status = None  # this answer is the last failure
             error = {"error": {"message": f"{self.name} fails on purpose", "type": "server_error", "code": None}}
             return JSONResponse(error, status_code=self.status)
         return None

@@ -55,6 +55,32 @@ def test_breaker_opens_after_five_failures_and_spares_the_provider(
     assert len(a.chat_requests()) == 5
 
 
+@pytest.mark.parametrize("retries", [1, 2], ids=["no-retry", "retry"])
+async def test_a_concurrent_burst_costs_a_dead_provider_no_more_than_five_requests(
+    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], retries: int
+) -> None:
+    a = stub("name=a", "status=500", "delay=0.2")  # all twelve arrive before any failure is counted
+    config = llm_config(openai_provider("a", a), retry={"attempts": retries}, **breaker(open_for="30s"))
+    gw = serve(config)
+    async with async_client(gw) as sdk:
+        statuses = await asyncio.gather(*(ask_async(sdk) for _ in range(12)))
+
+    assert statuses == [503] * 12
+    assert len(a.chat_requests()) == 5
+
+
+async def test_a_concurrent_burst_at_a_healthy_provider_is_answered_in_full(
+    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+) -> None:
+    a = stub("name=a", "delay=0.2")
+    gw = serve(llm_config(openai_provider("a", a), **breaker(open_for="30s")))
+    async with async_client(gw) as sdk:
+        statuses = await asyncio.gather(*(ask_async(sdk) for _ in range(12)))
+
+    assert statuses == [200] * 12
+    assert len(a.chat_requests()) == 12
+
+
 async def test_open_breaker_probes_the_provider_again_after_its_half_open_delay(
     serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
 ) -> None:

@@ -59,7 +59,7 @@ async def post(
     try:
         response = await http.request("POST", url, headers, json.dumps(body).encode(), timeout)
     except UpstreamTimeoutError as exc:
-        raise ProviderError("provider timed out", status=504) from exc
+        raise ProviderError("provider timed out", status=504, timed_out=True) from exc
     except UpstreamConnectionError as exc:
         raise ProviderError(f"provider unreachable: {exc}", status=502) from exc
     if response.status >= 400:

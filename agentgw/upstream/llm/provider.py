@@ -17,12 +17,17 @@ ChatChunk = dict[str, Any]  # an OpenAI chat.completion.chunk
 
 
 class ProviderError(Exception):
-    """A provider failed. `retryable` failures (connection, timeout, 429, 5xx) move on to the next route."""
+    """A provider failed. `retryable` failures (connection, timeout, 429, 5xx) move on to the next route.
 
-    def __init__(self, message: str, *, status: int = 502, retryable: bool = True) -> None:
+    A provider that `timed_out` has used up its time already: the next route is
+    tried rather than the same provider again.
+    """
+
+    def __init__(self, message: str, *, status: int = 502, retryable: bool = True, timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.timed_out = timed_out
 
 
 class LLMProvider(Protocol):

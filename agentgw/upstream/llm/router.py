@@ -2,38 +2,70 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
-from agentgw.config import CircuitBreakerConfig, LlmConfig
+from agentgw.config import CircuitBreakerConfig, LlmConfig, RetryConfig
 from agentgw.upstream.http import ConnectionPool
 from agentgw.upstream.llm.provider import LLMProvider, provider_types
 
 
 class CircuitBreaker:
-    """Open after `failures` consecutive failures; half-open after `open_for` with up to `probes` requests."""
+    """Open after `failures` consecutive failures; half-open after `open_for` with up to `probes` requests.
+
+    While a provider is unproven (nothing has succeeded since start or since its
+    last failure) it takes at most as many concurrent requests as failures would
+    open the breaker; the rest wait for their outcome. So a burst sent at a dead
+    provider costs it no more requests than a sequence would.
+    """
 
     def __init__(self, config: CircuitBreakerConfig) -> None:
         self._config = config
         self._failures = 0
         self._opened_at: float | None = None
         self._probes = 0
+        self._proven = False
+        self._in_flight = 0
+        self._outcome = asyncio.Event()
 
-    def allow(self) -> bool:
-        if self._opened_at is None:
-            return True
-        if time.monotonic() - self._opened_at < self._config.open_for:
-            return False
-        if self._probes >= self._config.probes:
+    async def admit(self, wait: float) -> bool:
+        """True when a request may go to the provider (then report it with `done`); waits up to `wait` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self._opened_at is not None:
+                return self._admit_half_open()
+            if (self._proven and self._failures == 0) or self._failures + self._in_flight < self._config.failures:
+                self._in_flight += 1
+                return True
+            outcome = self._outcome
+            try:
+                await asyncio.wait_for(outcome.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                return False
+
+    def _admit_half_open(self) -> bool:
+        assert self._opened_at is not None
+        if time.monotonic() - self._opened_at < self._config.open_for or self._probes >= self._config.probes:
             return False
         self._probes += 1
+        self._in_flight += 1
         return True
 
-    def succeeded(self) -> None:
-        self._failures, self._opened_at, self._probes = 0, None, 0
+    def done(self, ok: bool) -> None:
+        """The outcome of an admitted request: the provider answered (`ok`), or failed."""
+        self._in_flight -= 1
+        if ok:
+            self._failures, self._opened_at, self._probes, self._proven = 0, None, 0, True
+        else:
+            self.failed_later()
+        self._outcome.set()
+        self._outcome = asyncio.Event()
 
-    def failed(self) -> None:
+    def failed_later(self) -> None:
+        """A failure after the request was reported done (a stream that broke off)."""
         self._failures += 1
+        self._proven = False
         if self._opened_at is not None or self._failures >= self._config.failures:
             self._opened_at, self._probes = time.monotonic(), 0  # (re)opened: a failed probe waits again
 
@@ -60,6 +92,7 @@ class LlmRouter:
         self.providers: dict[str, LLMProvider] = {p.name: types[p.type](p, http) for p in config.providers}
         self.breakers = {name: CircuitBreaker(config.circuit_breaker) for name in self.providers}
         self.aliases = {alias.name: alias.route for alias in config.models}
+        self.retry: RetryConfig = config.retry
 
     def routes(self, model: str) -> list[Route]:
         """The fallback chain for a model name or alias; UnknownModel when it names nothing."""

@@ -1,0 +1,146 @@
+"""Per request: one JSON log line and the request metrics (contract 10).
+
+The observer is the outermost middleware. It puts a `RequestInfo` into the
+ASGI scope; the layers below fill in what they learn (subject, session,
+target, backend, tool, decision), and the observer logs and counts it when
+the answer is complete. Tokens, secrets and message contents never get into
+a RequestInfo, so they cannot reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentgw.observability.audit import hash_session
+from agentgw.observability.metrics import Metrics
+
+INFO_KEY = "agentgw.request"
+REQUEST_ID_HEADER = b"x-request-id"
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+access_log = logging.getLogger("agentgw.access")
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    route: str
+    method: str
+    request_id: str
+    rpc_method: str | None = None  # the JSON-RPC method, when the request carries one
+    subject: str | None = None
+    session_id: str | None = None  # logged hashed
+    target: str | None = None
+    backend: str | None = None
+    tool: str | None = None
+    decision: str | None = None
+    status: int = 0
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """The scope's RequestInfo; outside an observed request, a throwaway one."""
+    info: RequestInfo | None = scope.get(INFO_KEY)
+    return info if info is not None else RequestInfo("", "", "")
+
+
+def route_of(path: str, websocket: bool) -> str:
+    """A fixed route name for a path: metrics label values must come from a bounded set."""
+    if path == "/mcp/v1" or path.startswith("/mcp/v1/"):
+        return "mcp_ws" if websocket else "mcp"
+    if path.startswith("/a2a/v1/"):
+        return "a2a_card" if path.endswith("agent-card.json") or path.endswith("agent.json") else "a2a"
+    if path.startswith("/v1/"):
+        return "chat" if path.rstrip("/") == "/v1/chat/completions" else "models" if path == "/v1/models" else "other"
+    if path.startswith("/.well-known/oauth-protected-resource"):
+        return "oauth_metadata"
+    return {"/healthz": "healthz", "/ready": "ready"}.get(path, "other")
+
+
+def without_credentials(url: str) -> str:
+    """A backend URL fit for a log line or a label: any user:password@ removed."""
+    if "@" not in url:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        info = RequestInfo(route_of(scope["path"], kind == "websocket"), scope.get("method", "GET"), _request_id(scope))
+        scope[INFO_KEY] = info
+        request_id_header = (REQUEST_ID_HEADER, info.request_id.encode())
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            elif message["type"] == "websocket.accept":
+                info.status = 101
+            elif message["type"] == "websocket.close" and not info.status:
+                info.status = 403  # refused before the handshake completed
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            seconds = time.perf_counter() - started
+            status = info.status or 500
+            self.metrics.request(info.route, status, seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(_log_line(info, status, seconds))
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-Id when it is a sane one, so logs join up across hops; else a new one."""
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER and _CLIENT_REQUEST_ID.fullmatch(value):
+            return str(value.decode())
+    return os.urandom(8).hex()
+
+
+def _log_line(info: RequestInfo, status: int, seconds: float) -> str:
+    return json.dumps(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": info.request_id,
+            "route": info.route,
+            "method": info.rpc_method or info.method,
+            "http_method": info.method,
+            "session": hash_session(info.session_id),
+            "subject": info.subject,
+            "target": info.target,
+            "backend": without_credentials(info.backend) if info.backend else None,
+            "tool": info.tool,
+            "decision": info.decision,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+        },
+        ensure_ascii=False,
+    )
+
+
+def configure_access_log() -> None:
+    """Access lines go to stderr as bare JSON, one per line, whatever the root logger's format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.handlers = [handler]
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
