@@ -21,14 +21,14 @@ from agentgw.auth.middleware import WELL_KNOWN_METADATA, AuthMiddleware, base_ur
 from agentgw.config import Settings, split_host_port
 from agentgw.errors import GatewayError, NotFound, StoreUnavailable
 from agentgw.inbound.a2a import A2A_PREFIX, A2AEndpoint
-from agentgw.inbound.admin import create_admin_app, start_listener
+from agentgw.inbound.admin import Operated, create_admin_app, start_listener
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.inbound.mcp_policy import McpGuard
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import Metrics, gauge
-from agentgw.observability.requests import RequestObserver, without_credentials
+from agentgw.observability.requests import RequestObserver, configure_access_log, without_credentials
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
@@ -139,7 +139,8 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
         admin = None
         if settings.server.metrics_listen:
-            admin_app = create_admin_app(target_names, catalogue, audit, live.detection, metrics, scraped)
+            operated = Operated(store, upstream, catalogue, audit, live.detection, metrics, scraped)
+            admin_app = create_admin_app(operated)
             admin = await start_listener(admin_app, settings.server.metrics_listen)
         _log_urls(settings, upstream)
         try:
@@ -233,4 +234,6 @@ def app_from_environment() -> ASGIApp:
     """Factory for uvicorn worker processes (`server.workers` > 1)."""
     from agentgw.config import config_path, load_settings
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_access_log()
     return create_app(load_settings(config_path(None, os.environ)))

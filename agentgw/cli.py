@@ -1,24 +1,31 @@
-"""agentgw serve | policy | token | tools | audit: the command line (contract section 2).
+"""agentgw serve | policy | token | sessions | tools | audit: the command line (contract section 2).
 
 Exit 2 with one line on stderr for a bad command line or a config that fails
-validation. The operator commands (tools, audit) talk to the running
+validation. The operator commands (sessions, tools, audit) talk to the running
 gateway's admin API on its metrics port.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import uvicorn
 
 from agentgw.config import Settings, config_path, load_settings, split_host_port
+from agentgw.observability.metrics import MULTIPROCESS_ENV
+from agentgw.observability.requests import configure_access_log
 from agentgw.policy.loader import load_policies, policy_files
 from agentgw.policy.model import PolicySet
 from agentgw.typed_yaml import ConfigError, Duration, parse_duration
@@ -83,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("target")
     approve.add_argument("tool")
 
+    sessions = commands.add_parser("sessions", help="the running gateway's MCP sessions").add_subparsers(
+        dest="sessions_command", required=True, parser_class=_Parser
+    )
+    listing = sessions.add_parser("list", help="live sessions, the most recently used first", parents=[common])
+    listing.add_argument("--target", default=None)
+    listing.add_argument("-n", type=int, default=100, help="at most this many")
+    sessions.add_parser("show", help="one session's record", parents=[common]).add_argument("session_id")
+    revoke = sessions.add_parser("revoke", help="end a session on every replica", parents=[common])
+    revoke.add_argument("session_id")
+
     audit = commands.add_parser("audit", help="tool-call decisions").add_subparsers(
         dest="audit_command", required=True, parser_class=_Parser
     )
@@ -106,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return policy_explain(settings, args)
         if args.command == "tools":
             return tools_command(settings, args)
+        if args.command == "sessions":
+            return sessions_command(settings, args)
         return audit_tail(settings, args.n)
     except ConfigError as exc:
         print(f"agentgw: {exc}", file=sys.stderr)
@@ -114,11 +133,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_access_log()
     host, port = split_host_port(settings.server.listen)
     if settings.server.workers > 1:
         # Workers import the app themselves; they find the same config through the environment.
         if config_file:
             os.environ["AGENTGW_CONFIG"] = config_file
+        # Any worker may answer a scrape: counters are shared through files (prometheus-client's multiprocess mode).
+        metrics_dir = tempfile.mkdtemp(prefix="agentgw-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
+        os.environ[MULTIPROCESS_ENV] = metrics_dir
         uvicorn.run(
             "agentgw.app:app_from_environment",
             factory=True,
@@ -204,6 +228,22 @@ def tools_command(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     answer = _admin(settings, "POST", f"/admin/tools/{args.target}/{args.tool}/approve")
     print(f"approved {answer['tool']} of target {answer['target']}: {answer['entry']['current'][:16]}")
+    return 0
+
+
+def sessions_command(settings: Settings, args: argparse.Namespace) -> int:
+    session = urllib.parse.quote(getattr(args, "session_id", ""), safe="")
+    if args.sessions_command == "show":
+        print(json.dumps(_admin(settings, "GET", f"/admin/sessions/{session}"), indent=2, ensure_ascii=False))
+        return 0
+    if args.sessions_command == "revoke":
+        answer = _admin(settings, "DELETE", f"/admin/sessions/{session}")
+        print(f"revoked session {answer['revoked']} (target {answer['target']})")
+        return 0
+    query = urllib.parse.urlencode({"limit": args.n, **({"target": args.target} if args.target else {})})
+    for entry in _admin(settings, "GET", f"/admin/sessions?{query}")["sessions"]:
+        seen = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["last_seen"]))
+        print(f"{entry['id']}  {entry['target']:<16} {entry['subject'] or '-':<24} {seen}  {entry['backend']}")
     return 0
 
 

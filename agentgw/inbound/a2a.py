@@ -33,6 +33,7 @@ from agentgw.inbound.a2a_card import rewrite_card
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import NOT_RELAYED, is_event_stream, relay
 from agentgw.inbound.relay import read_body as read_response_body
+from agentgw.observability.requests import RequestInfo, request_info
 from agentgw.policy.agents import AgentPolicyEngine, v1_method
 from agentgw.policy.engine import Decision
 from agentgw.policy.live import LivePolicies
@@ -86,6 +87,7 @@ class A2AEndpoint:
             agent = self.agents.get(name)
             if agent is None:
                 raise NotFound("Unknown agent")
+            request_info(scope).target = agent.name
             if "/" + rest in CARD_PATHS:
                 if scope["method"] != "GET":
                     raise MethodNotAllowed("Method not allowed", headers={"allow": "GET"})
@@ -141,11 +143,14 @@ class A2AEndpoint:
             forwarded = jsonrpc.serialise(message)
             principal = principal_of(scope)
             method = v1_method(message["method"])
+            info = request_info(scope)
+            info.rpc_method = method
             self._authorize(scope, agent.name, method, principal)
+            info.decision = "allow"
             task_id, context_id = _named_ids(method, message.get("params", {}))
             replicas = await self._replicas_for(agent, task_id, context_id, principal)
             upstream_headers = {k: headers[k] for k in _FORWARDED if k in headers}
-            call = _Call(agent, method, principal, f"{base_url(scope)}{A2A_PREFIX}/{agent.name}")
+            call = _Call(agent, method, principal, f"{base_url(scope)}{A2A_PREFIX}/{agent.name}", info)
             await self._forward(call, replicas, upstream_headers, forwarded, receive, send)
         except GatewayError as exc:
             if exc.request_id is None:
@@ -159,6 +164,7 @@ class A2AEndpoint:
         scopes = principal.scopes if principal is not None else frozenset()
         decision = self._engine.decide(agent, method, scopes)
         if not decision.allowed:
+            request_info(scope).decision = "deny"
             raise _denial(scope, agent, decision)
 
     async def _replicas_for(
@@ -204,6 +210,7 @@ class A2AEndpoint:
                     break  # the replica holding the task is gone: there is nowhere else to ask
                 continue  # a new task may start on the next replica
             replica.mark_up()
+            call.info.backend = replica.base_url
             try:
                 pins = _Pins(self.store, agent.name, replica.base_url, call.principal)
                 if is_event_stream(response):
@@ -263,6 +270,7 @@ class _Call:
     method: str
     principal: Principal | None
     gateway_url: str
+    info: RequestInfo
 
 
 class _Pins:

@@ -1,7 +1,8 @@
-"""The admin API behind the operator commands, on the metrics port only (contract 4).
+"""The metrics port: `/metrics`, and the admin API behind the operator commands (contract 4).
 
 It is served by a second listener inside the gateway process, so it reads the
-same catalogue and audit stream; with Redis every replica answers alike. It
+same sessions, catalogue and audit stream; with Redis every replica answers
+alike, and a session revoked through one replica is gone for all of them. It
 has no authentication of its own: keep the metrics port internal (the
 Kubernetes manifests do, with a NetworkPolicy).
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,58 +27,100 @@ from agentgw.config import split_host_port
 from agentgw.errors import StoreUnavailable
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import LiveMetrics, Metrics
+from agentgw.observability.requests import without_credentials
 from agentgw.policy.model import PoisoningDetection
 from agentgw.policy.poisoning import ToolCatalogue, ToolEntry
+from agentgw.sessions.store import SessionRecord, SessionStore
+from agentgw.upstream.mcp import McpUpstream
 
 log = logging.getLogger("agentgw.admin")
 
 MAX_AUDIT_LINES = 10_000
+MAX_LISTED_SESSIONS = 10_000
 
 
-def create_admin_app(
-    targets: list[str],
-    catalogue: ToolCatalogue,
-    audit: AuditLog,
-    detection: Callable[[str], PoisoningDetection],
-    metrics: Metrics,
-    live_metrics: LiveMetrics,
-) -> Starlette:
+@dataclass(frozen=True)
+class Operated:
+    """The parts of the running gateway that the admin API reads and steers."""
+
+    store: SessionStore
+    upstream: McpUpstream
+    catalogue: ToolCatalogue
+    audit: AuditLog
+    detection: Callable[[str], PoisoningDetection]
+    metrics: Metrics
+    live_metrics: LiveMetrics
+
+
+def create_admin_app(gateway: Operated) -> Starlette:
+    targets = gateway.upstream.pools
+
     def describe(target: str, entry: ToolEntry) -> dict[str, object]:
-        reason = entry.quarantine_reason(detection(target))
+        reason = entry.quarantine_reason(gateway.detection(target))
         return {**asdict(entry), "quarantined": reason is not None, "reason": reason}
+
+    async def scrape(request: Request) -> Response:
+        await gateway.live_metrics.refresh()
+        return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def tools(request: Request) -> JSONResponse:
         target = request.path_params["target"]
         if target not in targets:
-            return JSONResponse({"error": f"unknown target {target!r}"}, status_code=404)
-        await catalogue.refresh(target)
-        entries = {name: describe(target, entry) for name, entry in sorted(catalogue.entries(target).items())}
+            return _error(404, f"unknown target {target!r}")
+        await gateway.catalogue.refresh(target)
+        entries = {name: describe(target, entry) for name, entry in sorted(gateway.catalogue.entries(target).items())}
         return JSONResponse({"target": target, "tools": entries})
 
     async def approve(request: Request) -> JSONResponse:
         target, tool = request.path_params["target"], request.path_params["tool"]
         if target not in targets:
-            return JSONResponse({"error": f"unknown target {target!r}"}, status_code=404)
-        entry = await catalogue.approve(target, tool)
+            return _error(404, f"unknown target {target!r}")
+        entry = await gateway.catalogue.approve(target, tool)
         if entry is None:
-            return JSONResponse({"error": f"target {target!r} has never listed a tool {tool!r}"}, status_code=404)
+            return _error(404, f"target {target!r} has never listed a tool {tool!r}")
         log.warning("tool %s of target %s approved by an operator", tool, target)
         return JSONResponse({"target": target, "tool": tool, "entry": describe(target, entry)})
 
     async def audit_tail(request: Request) -> JSONResponse:
-        try:
-            count = int(request.query_params.get("n", "20"))
-        except ValueError:
-            return JSONResponse({"error": "n must be an integer"}, status_code=400)
-        count = max(0, min(count, MAX_AUDIT_LINES))
-        return JSONResponse({"entries": await audit.tail(count)})
+        count = _count(request, "n", 20, MAX_AUDIT_LINES)
+        return JSONResponse({"entries": await gateway.audit.tail(count)})
 
-    async def scrape(request: Request) -> Response:
-        await live_metrics.refresh()
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    async def sessions(request: Request) -> JSONResponse:
+        limit = _count(request, "limit", 100, MAX_LISTED_SESSIONS)
+        wanted = request.query_params.get("target")
+        if wanted is not None and wanted not in targets:
+            return _error(404, f"unknown target {wanted!r}")
+        now = time.time()
+        found: list[dict[str, object]] = []
+        for name, pool in targets.items():
+            if wanted in (None, name):
+                backends = [b.url for b in pool.backends]
+                found += [_summary(r) for r in await gateway.store.sessions(name, backends, now, limit)]
+        found.sort(key=lambda s: float(str(s["last_seen"])), reverse=True)
+        return JSONResponse({"sessions": found[:limit]})
+
+    async def show(request: Request) -> JSONResponse:
+        record = await gateway.store.get(request.path_params["session_id"])
+        if record is None:
+            return _error(404, "no such session")
+        return JSONResponse(_summary(record))
+
+    async def revoke(request: Request) -> JSONResponse:
+        record = await gateway.store.delete(request.path_params["session_id"])
+        if record is None:
+            return _error(404, "no such session")
+        pool = targets.get(record.target)
+        if pool is not None:
+            await gateway.upstream.end_session(record, pool.target.timeout)
+        log.warning("session of %s on target %s revoked by an operator", record.subject, record.target)
+        return JSONResponse({"revoked": record.id, "target": record.target})
 
     async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": "session store unavailable"}, status_code=503)
+        return _error(503, "session store unavailable")
+
+    async def bad_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, exc.detail)
 
     return Starlette(
         routes=[
@@ -83,9 +128,38 @@ def create_admin_app(
             Route("/admin/tools/{target}", tools, methods=["GET"]),
             Route("/admin/tools/{target}/{tool}/approve", approve, methods=["POST"]),
             Route("/admin/audit", audit_tail, methods=["GET"]),
+            Route("/admin/sessions", sessions, methods=["GET"]),
+            Route("/admin/sessions/{session_id}", show, methods=["GET"]),
+            Route("/admin/sessions/{session_id}", revoke, methods=["DELETE"]),
         ],
-        exception_handlers={StoreUnavailable: store_unavailable},
+        exception_handlers={StoreUnavailable: store_unavailable, HTTPException: bad_request},
     )
+
+
+def _summary(record: SessionRecord) -> dict[str, object]:
+    """What an operator sees of a session: never the client's initialize message."""
+    return {
+        "id": record.id,
+        "target": record.target,
+        "backend": without_credentials(record.backend),
+        "protocol_version": record.protocol_version,
+        "subject": record.subject,
+        "issuer": record.issuer,
+        "scopes": record.scopes,
+        "created_at": record.created_at,
+        "last_seen": record.last_seen,
+    }
+
+
+def _count(request: Request, name: str, default: int, most: int) -> int:
+    try:
+        return max(0, min(int(request.query_params.get(name, default)), most))
+    except ValueError:
+        raise HTTPException(400, f"{name} must be an integer") from None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
 async def start_listener(app: Starlette, listen: str) -> uvicorn.Server:

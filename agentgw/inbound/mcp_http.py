@@ -289,15 +289,7 @@ class McpHttpEndpoint:
 
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
         record = await self._session(request, pool)
-        if record.backend_session_id is not None:
-            headers = {MCP_SESSION_ID: record.backend_session_id, MCP_PROTOCOL_VERSION: record.protocol_version}
-            try:
-                response = await self.upstream.send(
-                    "DELETE", record.backend, headers, None, timeout=pool.target.timeout
-                )
-                response.release()
-            except UpstreamUnavailable:
-                pass  # the backend is gone, and its session with it
+        await self.upstream.end_session(record, pool.target.timeout)
         await self.store.delete(record.id)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})

@@ -24,9 +24,6 @@ from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.poisoning import ToolCatalogue
 
-# A tool name is client input: the log line keeps its start only.
-MAX_LOGGED_NAME = 128
-
 _REASON_WORDS = {
     "deny_list": "it is on a deny list",
     "missing_scope": "the token lacks a scope that allows it",
@@ -100,7 +97,7 @@ class McpGuard:
         known = self.catalogue.entry(target, tool) is not None
         self.metrics.tool_call(target, tool if known else None, verdict)
         info = request_info(scope)
-        info.tool, info.decision = tool[:MAX_LOGGED_NAME], verdict
+        info.tool, info.decision = tool, verdict
 
     def _unseen_tool(self, target: str, message: jsonrpc.Message) -> bool:
         if message.get("method") != "tools/call":

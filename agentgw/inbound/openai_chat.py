@@ -36,8 +36,6 @@ log = logging.getLogger("agentgw.inbound.chat")
 T = TypeVar("T")
 
 MODEL_COMMAND = "/model "
-# A model name is client input: the log line keeps its start only.
-MAX_LOGGED_MODEL = 128
 WINDOW = 60.0  # rate limits count per minute
 
 
@@ -254,7 +252,7 @@ def _apply_model_command(request: dict[str, Any]) -> str:
 
 
 def _note_route(info: RequestInfo, route: Route) -> None:
-    info.target, info.backend = route.provider.name, route.name[:MAX_LOGGED_MODEL]
+    info.target, info.backend = route.provider.name, route.name
 
 
 def _add(usage: tuple[int, int], chunk: ChatChunk) -> tuple[int, int]:

@@ -27,6 +27,8 @@ from agentgw.observability.metrics import Metrics
 INFO_KEY = "agentgw.request"
 REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# Tool, method and model names are client input: a log line keeps their start only.
+MAX_LOGGED_NAME = 128
 
 access_log = logging.getLogger("agentgw.access")
 
@@ -122,19 +124,23 @@ def _log_line(info: RequestInfo, status: int, seconds: float) -> str:
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "request_id": info.request_id,
             "route": info.route,
-            "method": info.rpc_method or info.method,
+            "method": _clip(info.rpc_method or info.method),
             "http_method": info.method,
             "session": hash_session(info.session_id),
             "subject": info.subject,
-            "target": info.target,
-            "backend": without_credentials(info.backend) if info.backend else None,
-            "tool": info.tool,
+            "target": _clip(info.target),
+            "backend": _clip(without_credentials(info.backend) if info.backend else None),
+            "tool": _clip(info.tool),
             "decision": info.decision,
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
         },
         ensure_ascii=False,
     )
+
+
+def _clip(value: str | None) -> str | None:
+    return value[:MAX_LOGGED_NAME] if value is not None else None
 
 
 def configure_access_log() -> None:

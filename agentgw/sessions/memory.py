@@ -52,6 +52,16 @@ class MemorySessionStore:
         self._drop_expired(now)
         return {backend: self._per_backend[(target, backend)] for backend in backends}
 
+    async def get(self, session_id: str) -> SessionRecord | None:
+        entry = self._records.get(session_id)
+        return entry[0] if entry is not None and entry[1] > time.time() else None
+
+    async def sessions(self, target: str, backends: list[str], now: float, limit: int) -> list[SessionRecord]:
+        self._drop_expired(now)
+        wanted = set(backends)
+        found = [r for r, _ in reversed(self._records.values()) if r.target == target and r.backend in wanted]
+        return found[:limit]
+
     async def tool_entries(self, target: str) -> dict[str, str]:
         return dict(self._tools.get(target, {}))
 

@@ -123,6 +123,30 @@ class RedisSessionStore:
         results = await _call(count)
         return {backend: int(results[2 * i + 1]) for i, backend in enumerate(backends)}
 
+    async def get(self, session_id: str) -> SessionRecord | None:
+        fields: Any = await _call(lambda: self._redis.hgetall(self._key(session_id)))
+        return SessionRecord.from_fields(fields) if fields else None
+
+    async def sessions(self, target: str, backends: list[str], now: float, limit: int) -> list[SessionRecord]:
+        async def newest_ids() -> Any:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for backend in backends:
+                    # Scores are expiry times: the highest were used last.
+                    pipe.zrevrangebyscore(self._backend_index(target, backend), "+inf", now, start=0, num=limit)
+                return await pipe.execute()
+
+        ids = [session_id for found in await _call(newest_ids) for session_id in found]
+
+        async def read() -> Any:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in ids:
+                    pipe.hgetall(self._key(session_id))
+                return await pipe.execute()
+
+        records = [SessionRecord.from_fields(fields) for fields in await _call(read) if fields]
+        records.sort(key=lambda r: r.last_seen, reverse=True)
+        return records[:limit]
+
     async def tool_entries(self, target: str) -> dict[str, str]:
         entries: Any = await _call(lambda: self._redis.hgetall(f"{self._prefix}tools:{target}"))
         return dict(entries)

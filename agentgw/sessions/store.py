@@ -73,6 +73,14 @@ class SessionStore(Protocol):
         """Live sessions per backend of a target, for `balance: least_sessions`."""
         ...
 
+    async def get(self, session_id: str) -> SessionRecord | None:
+        """The live record, left as it is (an operator looking does not keep a session alive)."""
+        ...
+
+    async def sessions(self, target: str, backends: list[str], now: float, limit: int) -> list[SessionRecord]:
+        """Up to `limit` live sessions of a target's backends, the most recently used first."""
+        ...
+
     async def tool_entries(self, target: str) -> dict[str, str]:
         """The tool catalogue of a target: tool name -> its entry as JSON (contract 7)."""
         ...

@@ -13,7 +13,7 @@ from agentgw import jsonrpc, sse
 from agentgw.config import McpTargetConfig
 from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
-from agentgw.sessions.store import SessionStore
+from agentgw.sessions.store import SessionRecord, SessionStore
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.upstream.mcp")
@@ -115,6 +115,17 @@ class McpUpstream:
             headers[MCP_SESSION_ID] = backend_session_id
         await self._exchange(url, headers, _INITIALIZED, timeout)
         return backend_session_id
+
+    async def end_session(self, record: SessionRecord, timeout: float) -> None:
+        """Tell the backend a session is over (DELETE), so it frees it; a backend that is gone has already."""
+        if record.backend_session_id is None:
+            return
+        headers = {MCP_SESSION_ID: record.backend_session_id, MCP_PROTOCOL_VERSION: record.protocol_version}
+        try:
+            response = await self.send("DELETE", record.backend, headers, None, timeout=timeout)
+            response.release()
+        except (UpstreamUnavailable, UpstreamTimeout):
+            pass
 
     async def list_tools(self, url: str, headers: dict[str, str], meta: Any, timeout: float) -> list[Any]:
         """A backend's tools, listed as a client would (all pages); empty when it cannot say."""
