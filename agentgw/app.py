@@ -24,6 +24,7 @@ from agentgw.inbound.a2a import A2A_PREFIX, A2AEndpoint
 from agentgw.inbound.admin import Operated, create_admin_app, start_listener
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.inbound.mcp_policy import McpGuard
+from agentgw.inbound.mcp_websocket import WS_SUFFIX, McpWebSocketEndpoint
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
@@ -163,7 +164,9 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         Route(WELL_KNOWN_METADATA + "/{path:path}", protected_resource, methods=["GET"]),
     ]
     host, _ = split_host_port(settings.server.listen)
-    app: ASGIApp = ProtocolRouter(mcp if targets else None, a2a, chat, Starlette(routes=routes, lifespan=lifespan))
+    mcp_websocket = McpWebSocketEndpoint(mcp, metrics)
+    other = Starlette(routes=routes, lifespan=lifespan)
+    app: ASGIApp = ProtocolRouter(mcp if targets else None, mcp_websocket, a2a, chat, other)
     # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
     # even whether a token is valid), then authentication, then the protocol endpoints.
     app = AuthMiddleware(app, live)
@@ -203,9 +206,15 @@ class ProtocolRouter:
     """
 
     def __init__(
-        self, mcp: McpHttpEndpoint | None, a2a: A2AEndpoint | None, chat: ChatEndpoint | None, other: ASGIApp
+        self,
+        mcp: McpHttpEndpoint | None,
+        mcp_websocket: McpWebSocketEndpoint | None,
+        a2a: A2AEndpoint | None,
+        chat: ChatEndpoint | None,
+        other: ASGIApp,
     ) -> None:
         self.mcp = mcp
+        self.mcp_websocket = mcp_websocket
         self.a2a = a2a
         self.chat = chat
         self.other = other
@@ -217,17 +226,23 @@ class ProtocolRouter:
         if scope["type"] == "http" and self.a2a is not None and scope["path"].startswith(A2A_PREFIX + "/"):
             await self.a2a(scope, receive, send)
             return
-        if scope["type"] == "http" and self.mcp is not None:
+        if self.mcp is not None and scope["type"] in ("http", "websocket"):
             path: str = scope["path"]
             if path == MCP_PREFIX or path.startswith(MCP_PREFIX + "/"):
-                target = path[len(MCP_PREFIX) + 1 :].rstrip("/")
-                if "/" in target:
-                    await NotFound("Not found").send(send)
-                    return
-                scope["path_params"] = {"target": target} if target else {}
-                await self.mcp(scope, receive, send)
+                await self._mcp(scope, path[len(MCP_PREFIX) + 1 :].rstrip("/"), receive, send)
                 return
         await self.other(scope, receive, send)
+
+    async def _mcp(self, scope: Scope, target: str, receive: Receive, send: Send) -> None:
+        assert self.mcp is not None and self.mcp_websocket is not None
+        if scope["type"] == "websocket" and target.endswith(WS_SUFFIX):
+            scope["path_params"] = {"target": target.removesuffix(WS_SUFFIX)}
+            await self.mcp_websocket(scope, receive, send)
+        elif scope["type"] != "http" or "/" in target:
+            await NotFound("Not found").refuse(scope, receive, send)
+        else:
+            scope["path_params"] = {"target": target} if target else {}
+            await self.mcp(scope, receive, send)
 
 
 def app_from_environment() -> ASGIApp:

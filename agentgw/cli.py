@@ -149,6 +149,7 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
             host=host,
             port=port,
             workers=settings.server.workers,
+            ws_max_size=settings.server.max_body_bytes,
             **_UVICORN_OPTIONS,
             log_level="warning",
         )
@@ -156,7 +157,9 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
     from agentgw.app import create_app
 
     app = create_app(settings, policies)
-    uvicorn.run(app, host=host, port=port, **_UVICORN_OPTIONS, log_level="info")
+    uvicorn.run(
+        app, host=host, port=port, ws_max_size=settings.server.max_body_bytes, **_UVICORN_OPTIONS, log_level="info"
+    )
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 # JSON-RPC codes the gateway itself answers with.
 PARSE_ERROR = -32700
@@ -37,6 +37,15 @@ class GatewayError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}, separators=(",", ":")).encode()
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a request before it reached an endpoint: an HTTP answer, or a WebSocket handshake
+        closed with 1008 (policy violation), which the client sees as HTTP 403."""
+        if scope["type"] == "websocket":
+            await receive()  # the connect event
+            await send({"type": "websocket.close", "code": 1008, "reason": self.message[:120]})
+            return
+        await self.send(send)
 
     async def send(self, send: Send) -> None:
         """Answer the client with this error; the one place errors become responses.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import urllib.parse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,26 +59,38 @@ class AuthMiddleware:
             principal = scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
         except InvalidToken as exc:
             exc.headers["www-authenticate"] = challenge(scope)
-            if scope["type"] == "websocket":
-                await receive()  # the connect event
-                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
-                return
-            await exc.send(send)
+            await exc.refuse(scope, receive, send)
             return
         request_info(scope).subject = principal.subject
         await self.app(scope, receive, send)
 
 
 async def _authenticate(scope: Scope, authenticator: Authenticator) -> Principal:
-    if _TOKEN_IN_QUERY.search(scope.get("query_string", b"")):
+    if scope["type"] == "websocket":
+        token = _websocket_token(scope)
+    elif _TOKEN_IN_QUERY.search(scope.get("query_string", b"")):
         raise InvalidToken("Invalid token: credentials in the query string are refused")
+    else:
+        token = _bearer_token(scope)
     try:
-        return await authenticator.authenticate(_bearer_token(scope))
+        return await authenticator.authenticate(token)
     except InvalidToken:
         raise
     except Exception as exc:  # fail closed: whatever went wrong, the token is not accepted
         log.exception("token verification failed unexpectedly")
         raise InvalidToken("Invalid token: rejected") from exc
+
+
+def _websocket_token(scope: Scope) -> str:
+    """The Authorization header, or else `?access_token=` (RFC 6750 2.3): mcp 1.x's
+    websocket_client, like a browser, cannot set headers on the handshake. Query
+    strings are never logged."""
+    if any(k == b"authorization" for k, _ in scope["headers"]):
+        return _bearer_token(scope)
+    tokens = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token", [])
+    if len(tokens) != 1 or not tokens[0]:
+        raise InvalidToken("Invalid token: a bearer token is required (Authorization header or access_token)")
+    return str(tokens[0])
 
 
 def _bearer_token(scope: Scope) -> str:

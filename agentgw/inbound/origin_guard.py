@@ -51,10 +51,10 @@ class OriginGuard:
             elif name == b"origin":
                 origin = value.decode("latin-1")
         if not self._host_allowed(host):
-            await Forbidden("Forbidden: Host not allowed").send(send)
+            await Forbidden("Forbidden: Host not allowed").refuse(scope, receive, send)
             return
         if origin is not None and not self._origin_allowed(origin, host or ""):
-            await Forbidden("Forbidden: Origin not allowed").send(send)
+            await Forbidden("Forbidden: Origin not allowed").refuse(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

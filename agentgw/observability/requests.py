@@ -103,11 +103,15 @@ class RequestObserver:
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            seconds = time.perf_counter() - started
-            status = info.status or 500
-            self.metrics.request(info.route, status, seconds)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(_log_line(info, status, seconds))
+            record_request(self.metrics, info, time.perf_counter() - started)
+
+
+def record_request(metrics: Metrics, info: RequestInfo, seconds: float) -> None:
+    """Count and log one finished request (or one message of a WebSocket)."""
+    status = info.status or 500
+    metrics.request(info.route, status, seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(_log_line(info, status, seconds))
 
 
 def _request_id(scope: Scope) -> str:

@@ -1,0 +1,197 @@
+"""MCP over WebSocket (contract 4): the same sessions, auth and policy as Streamable HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import ClientSession
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from agentgw.auth.jwt import mint_token
+from tests.mcp_websocket_client import websocket_client
+from tests.support import Gateway, Process, free_port, gateway, mcp_target, poll
+
+SECRET = "websocket-tests-secret-of-at-least-32-characters"
+ISSUER = "https://issuer.test"
+POLICIES = f"""\
+apiVersion: agentgw.dev/v1alpha1
+kind: SessionAuthPolicy
+metadata: {{name: auth}}
+spec:
+  jwtValidation: {{issuer: "{ISSUER}", audience: agentgw, secretEnv: WS_JWT_SECRET, algorithms: [HS256]}}
+---
+apiVersion: agentgw.dev/v1alpha1
+kind: ToolPolicy
+metadata: {{name: docs-tools}}
+spec:
+  targetRefs: [docs]
+  allowedTools:
+    - {{name: add}}
+    - {{name: search_documents, allowedScopes: ["read:documents"]}}
+    - {{name: whoami}}
+  denyList: [whoami]
+"""
+
+
+def token(*scopes: str, subject: str = "ws-user") -> str:
+    return mint_token(SECRET, subject, list(scopes), 600, issuer=ISSUER, audience="agentgw")
+
+
+@pytest.fixture
+def served(tmp: Path, backends: list[Process]) -> Iterator[tuple[Gateway, int]]:
+    metrics_port = free_port()
+    config = {
+        "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        "mcp": {"targets": [mcp_target("docs", backends[0].port)]},
+    }
+    gw = gateway(tmp, config, POLICIES, env={"WS_JWT_SECRET": SECRET})
+    yield gw, metrics_port
+    gw.stop()
+
+
+def ws_url(gw: Gateway, query: str = "") -> str:
+    return f"ws://127.0.0.1:{gw.port}/mcp/v1/docs/ws{query}"
+
+
+def live_sessions(metrics_port: int) -> list[dict[str, Any]]:
+    answer = httpx2.get(f"http://127.0.0.1:{metrics_port}/admin/sessions", timeout=10)
+    return list(answer.json()["sessions"])
+
+
+async def test_the_sdk_client_initializes_lists_calls_and_is_denied_over_websocket(
+    served: tuple[Gateway, int],
+) -> None:
+    gw, metrics_port = served
+    headers = {"Authorization": f"Bearer {token('read:documents')}"}
+    async with websocket_client(ws_url(gw), headers) as (read, write), ClientSession(read, write) as session:
+        initialized = await session.initialize()
+        assert initialized.server_info.name
+
+        listed = {tool.name for tool in (await session.list_tools()).tools}
+        assert {"add", "search_documents"} <= listed
+        assert "whoami" not in listed  # denied tools are not shown
+
+        added = await session.call_tool("add", {"a": 20, "b": 22})
+        assert not added.is_error and added.content[0].text == "42"
+
+        with pytest.raises(Exception) as denied:
+            await session.call_tool("whoami", {})
+        assert getattr(getattr(denied.value, "error", None), "code", None) == -32051
+
+        # The WebSocket's session is an ordinary gateway session, bound to the token's subject.
+        [record] = live_sessions(metrics_port)
+        assert (record["target"], record["subject"]) == ("docs", "ws-user")
+
+
+async def test_scopes_come_from_the_token_on_the_socket(served: tuple[Gateway, int]) -> None:
+    gw, _ = served
+    headers = {"Authorization": f"Bearer {token()}"}  # no read:documents
+    async with websocket_client(ws_url(gw), headers) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        assert "search_documents" not in {tool.name for tool in (await session.list_tools()).tools}
+        with pytest.raises(Exception) as denied:
+            await session.call_tool("search_documents", {"query": "x"})
+        assert getattr(getattr(denied.value, "error", None), "code", None) == -32051
+
+
+async def raw_exchange(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
+    await ws.send(json.dumps(message))
+    answer: dict[str, Any] = json.loads(await ws.recv(decode=True))
+    return answer
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+
+
+async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_headers(
+    served: tuple[Gateway, int],
+) -> None:
+    gw, metrics_port = served
+    async with connect(ws_url(gw, f"?access_token={token()}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "mcp"
+        initialized = await raw_exchange(ws, INITIALIZE)
+        assert initialized["result"]["protocolVersion"] == "2025-06-18"
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        called = await raw_exchange(
+            ws,
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "add", "arguments": {"a": 1, "b": 2}},
+            },
+        )
+        assert called["id"] == 2 and called["result"]["content"][0]["text"] == "3"
+        broken = await raw_exchange(ws, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": "nope"})
+        assert broken["error"]["code"] == -32602 or broken["error"]["code"] == -32600
+        assert len(live_sessions(metrics_port)) == 1
+
+    async def ended() -> bool:
+        return live_sessions(metrics_port) == []
+
+    assert await poll(ended)  # closing the socket ends its session
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("", {}),
+        ("?access_token=not-a-jwt", {}),
+        ("", {"Authorization": "Bearer not-a-jwt"}),
+        ("", {"Origin": "http://evil.example"}),
+    ],
+    ids=["no-token", "bad-query-token", "bad-header-token", "foreign-origin"],
+)
+async def test_handshakes_without_valid_credentials_or_from_a_foreign_origin_are_refused(
+    served: tuple[Gateway, int], query: str, headers: dict[str, str]
+) -> None:
+    gw, metrics_port = served
+    if "Origin" in headers:
+        query = f"?access_token={token()}"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url(gw, query), subprotocols=["mcp"], additional_headers=headers):  # type: ignore[list-item]
+            pass
+    assert refused.value.response.status_code == 403
+    assert live_sessions(metrics_port) == []
+
+
+async def test_a_client_not_offering_the_mcp_subprotocol_is_refused(served: tuple[Gateway, int]) -> None:
+    gw, _ = served
+    with pytest.raises(InvalidStatus):
+        async with connect(ws_url(gw, f"?access_token={token()}")):
+            pass
+
+
+async def test_a_query_token_still_does_not_authenticate_plain_http(served: tuple[Gateway, int]) -> None:
+    gw, _ = served
+    answer = httpx2.post(
+        f"{gw.base}/mcp/v1/docs?access_token={token()}",
+        headers={"Accept": "application/json, text/event-stream"},
+        json=INITIALIZE,
+        timeout=10,
+    )
+    assert answer.status_code == 401
+
+
+async def test_a_frame_over_the_body_limit_closes_the_socket_with_1009(tmp: Path, backends: list[Process]) -> None:
+    config = {"server": {"max_body_bytes": 65536}, "mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
+    gw = gateway(tmp, config)
+    try:
+        async with connect(ws_url(gw), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({**INITIALIZE, "params": {**INITIALIZE["params"], "pad": "x" * 100_000}}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    finally:
+        gw.stop()
