@@ -162,6 +162,14 @@ def session_policy(timeout: str) -> str:
     )
 
 
+def hs256_auth_policy(issuer: str, secret_env: str) -> str:
+    """A SessionAuthPolicy accepting HS256 tokens of `issuer` for audience agentgw, signed with $secret_env."""
+    return (
+        "apiVersion: agentgw.dev/v1alpha1\nkind: SessionAuthPolicy\nmetadata: {name: auth}\nspec:\n"
+        f'  jwtValidation: {{issuer: "{issuer}", audience: agentgw, secretEnv: {secret_env}, algorithms: [HS256]}}\n'
+    )
+
+
 # -- raw HTTP, for tests that must control every byte -------------------------
 
 

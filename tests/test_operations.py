@@ -23,6 +23,7 @@ from tests.support import (
     bearer,
     free_port,
     gateway,
+    hs256_auth_policy,
     mcp_target,
     poll,
     raw_call,
@@ -33,21 +34,19 @@ from tests.support import (
 
 SECRET = "operations-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
-POLICIES = f"""\
-apiVersion: agentgw.dev/v1alpha1
-kind: SessionAuthPolicy
-metadata: {{name: auth}}
-spec:
-  jwtValidation: {{issuer: "{ISSUER}", audience: agentgw, secretEnv: OPS_JWT_SECRET, algorithms: [HS256]}}
+POLICIES = (
+    hs256_auth_policy(ISSUER, "OPS_JWT_SECRET")
+    + """\
 ---
 apiVersion: agentgw.dev/v1alpha1
 kind: ToolPolicy
-metadata: {{name: docs-tools}}
+metadata: {name: docs-tools}
 spec:
   targetRefs: [docs]
   defaultAction: allow
   denyList: [whoami]
 """
+)
 Sample = tuple[str, dict[str, str], float]
 
 

@@ -15,28 +15,26 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentgw.auth.jwt import mint_token
 from tests.mcp_websocket_client import websocket_client
-from tests.support import Gateway, Process, free_port, gateway, mcp_target, poll
+from tests.support import Gateway, Process, free_port, gateway, hs256_auth_policy, mcp_target, poll
 
 SECRET = "websocket-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
-POLICIES = f"""\
-apiVersion: agentgw.dev/v1alpha1
-kind: SessionAuthPolicy
-metadata: {{name: auth}}
-spec:
-  jwtValidation: {{issuer: "{ISSUER}", audience: agentgw, secretEnv: WS_JWT_SECRET, algorithms: [HS256]}}
+POLICIES = (
+    hs256_auth_policy(ISSUER, "WS_JWT_SECRET")
+    + """\
 ---
 apiVersion: agentgw.dev/v1alpha1
 kind: ToolPolicy
-metadata: {{name: docs-tools}}
+metadata: {name: docs-tools}
 spec:
   targetRefs: [docs]
   allowedTools:
-    - {{name: add}}
-    - {{name: search_documents, allowedScopes: ["read:documents"]}}
-    - {{name: whoami}}
+    - {name: add}
+    - {name: search_documents, allowedScopes: ["read:documents"]}
+    - {name: whoami}
   denyList: [whoami]
 """
+)
 
 
 def token(*scopes: str, subject: str = "ws-user") -> str:
