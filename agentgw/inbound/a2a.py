@@ -46,7 +46,7 @@ log = logging.getLogger("agentgw.inbound.a2a")
 A2A_PREFIX = "/a2a/v1"
 TASK_NOT_FOUND = -32001
 # Client headers an agent needs; credentials stay at the gateway.
-_FORWARDED = ("content-type", "accept", "a2a-version", "a2a-extensions")
+_FORWARDED = ("content-type", "accept", "a2a-version", "a2a-extensions", "traceparent", "tracestate")
 PIN_TTL = 7 * 24 * 3600.0
 CALL_TIMEOUT = 300.0
 _TASK_ID_METHODS = frozenset(

@@ -38,7 +38,10 @@ from agentgw.observability.requests import RequestInfo, request_info
 DEFAULT_STATEFUL_VERSION = "2025-03-26"
 
 # Client headers a backend needs; everything else (Authorization above all) stays here.
-_FORWARDED = frozenset({"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METHOD, MCP_NAME, LAST_EVENT_ID})
+# W3C trace context passes through, so a tracing client's spans join up with the backend's.
+_FORWARDED = frozenset(
+    {"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METHOD, MCP_NAME, LAST_EVENT_ID, "traceparent", "tracestate"}
+)
 # An oversized body is drained up to this many bytes so the client can read its 413.
 _DRAIN_LIMIT = 64 * 1024 * 1024
 

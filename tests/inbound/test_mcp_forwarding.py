@@ -94,6 +94,18 @@ async def test_client_credentials_and_unknown_headers_stay_at_the_gateway(gw: Ga
     assert headers["mcp-protocol-version"] == "2025-11-25"
 
 
+async def test_w3c_trace_context_passes_through(gw: Gateway, recorder: Process) -> None:
+    session_id = await raw_session(gw.port)
+    trace = [
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", "vendor=opaque"),
+    ]
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    await raw_request(gw.port, "POST", "/mcp/v1", session_headers(gw.port, session_id, *trace), body)
+    headers = (await records(recorder))[-1]["headers"]
+    assert (headers["traceparent"], headers["tracestate"]) == (trace[0][1], trace[1][1])
+
+
 async def test_get_passes_last_event_id_through(gw: Gateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
     headers = [
