@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/mcp_tools_call.py
+	$(BIN)/python benchmarks/chat_completions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

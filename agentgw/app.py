@@ -119,7 +119,10 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         return JSONResponse(
             {
                 "resource": f"{base}/{suffix}",
-                "authorization_servers": authenticator.issuers if authenticator else [],
+                # RFC 9728: issuer identifiers are URLs; a bare dev issuer name would break clients that fetch them.
+                "authorization_servers": [i for i in authenticator.issuers if i.startswith(("https://", "http://"))]
+                if authenticator
+                else [],
                 "scopes_supported": live.policies.scopes(),
                 "bearer_methods_supported": ["header"],
                 "resource_name": "agentgw",

@@ -35,6 +35,7 @@ ADMIN_TIMEOUT = 10.0
 # uvloop and httptools for speed; no proxy-header rewriting, access log, Server or
 # Date header: per-request work the gateway does not need.
 _UVICORN_OPTIONS: dict[str, Any] = {
+    "lifespan": "on",  # a gateway whose startup failed must exit, not serve without its background tasks
     "loop": "uvloop",
     "http": "httptools",
     "access_log": False,

@@ -207,22 +207,29 @@ def _validate(settings: Settings) -> None:
     if settings.server.max_body_bytes < 1024:
         raise ConfigError(file, 0, "server.max_body_bytes: must be at least 1024")
     _validate_llm(settings)
+    _validate_upstreams(file, "mcp.targets", settings.mcp.targets, reserved={"ws"})
+    _validate_upstreams(file, "a2a.agents", settings.a2a.agents, reserved=set())
+
+
+def _validate_upstreams(
+    file: str, key: str, upstreams: list[McpTargetConfig] | list[A2AAgentConfig], reserved: set[str]
+) -> None:
+    """MCP targets and A2A agents alike: URL-safe unique names, at least one http(s) backend each."""
     names: set[str] = set()
-    for target in settings.mcp.targets:
-        if not _TARGET_NAME.match(target.name) or target.name == "ws":
-            raise ConfigError(file, line_of(target), f"mcp.targets: invalid target name {target.name!r}")
-        if target.name in names:
-            raise ConfigError(file, line_of(target), f"mcp.targets: duplicate target name {target.name!r}")
-        names.add(target.name)
-        if not target.backends:
+    for upstream in upstreams:
+        if not _TARGET_NAME.match(upstream.name) or upstream.name in reserved:
+            raise ConfigError(file, line_of(upstream), f"{key}: invalid name {upstream.name!r}")
+        if upstream.name in names:
+            raise ConfigError(file, line_of(upstream), f"{key}: duplicate name {upstream.name!r}")
+        names.add(upstream.name)
+        if not upstream.backends:
             raise ConfigError(
-                file, line_of(target), f"mcp.targets.{target.name}.backends: at least one backend is needed"
+                file, line_of(upstream), f"{key}.{upstream.name}.backends: at least one backend is needed"
             )
-        for backend in target.backends:
+        for backend in upstream.backends:
             if not backend.url.startswith(("http://", "https://")):
-                raise ConfigError(
-                    file, line_of(backend), f"mcp.targets.{target.name}.backends: {backend.url!r} is not an http(s) URL"
-                )
+                message = f"{key}.{upstream.name}.backends: {backend.url!r} is not an http(s) URL"
+                raise ConfigError(file, line_of(backend), message)
 
 
 def _validate_llm(settings: Settings) -> None:

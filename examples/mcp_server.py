@@ -19,8 +19,8 @@ class Confirmation(BaseModel):
     confirmed: bool
 
 
-def build_server(replica: str) -> MCPServer:
-    server = MCPServer(name="example-docs", instructions="Searches a tiny document store.")
+def build_server(replica: str, log_level: str = "INFO") -> MCPServer:
+    server = MCPServer(name="example-docs", instructions="Searches a tiny document store.", log_level=log_level)
     # Per-session state: proves that a session stays on one replica.
     calls_by_session: defaultdict[str, int] = defaultdict(int)
     documents = {
@@ -79,8 +79,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--name", default="docs-a", help="replica name shown by the whoami tool")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args()
-    build_server(args.name).run("streamable-http", host=args.host, port=args.port, streamable_http_path="/mcp")
+    build_server(args.name, args.log_level).run(
+        "streamable-http", host=args.host, port=args.port, streamable_http_path="/mcp"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 export AGENTGW_TOKEN=...   # the dev token `make run` prints
 .venv/bin/python examples/openai_client.py
+
+The gateway is $AGENTGW_URL (default http://127.0.0.1:8080); the SDK's base_url is its /v1.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import os
 
 from openai import OpenAI
 
-client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=os.environ.get("AGENTGW_TOKEN") or "no-token")
+gateway = os.environ.get("AGENTGW_URL", "http://127.0.0.1:8080").rstrip("/")
+# The SDK insists on a key: the gateway's bearer token is it. Without one the gateway answers 401.
+client = OpenAI(base_url=f"{gateway}/v1", api_key=os.environ.get("AGENTGW_TOKEN") or "no-token")
 answer = client.chat.completions.create(model="default", messages=[{"role": "user", "content": "Hello, gateway"}])
 print("answer:", answer.choices[0].message.content)
 stream = client.chat.completions.create(

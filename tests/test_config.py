@@ -101,6 +101,12 @@ def test_unknown_keys_are_named_with_file_and_line(tmp: Path, text: str, line: i
         "mcp:\n  targets:\n    - name: a b\n      backends: [{url: http://x/mcp}]\n",
         "server:\n  workers: 2\n",
         "server: [1, 2\n",
+        "a2a:\n  agents:\n    - name: p\n      backends: []\n",
+        "a2a:\n  agents:\n    - name: p/q\n      backends: [{url: http://x/}]\n",
+        "a2a:\n  agents:\n    - name: p\n      backends: [{url: ftp://x/}]\n",
+        "a2a:\n  agents:\n    - {name: p, backends: [{url: http://x/}]}\n    - {name: p, backends: [{url: http://y/}]}\n",
+        "llm:\n  providers: [{name: e, type: echo}]\n  retry: {attempts: 0}\n",
+        "llm:\n  providers: [{name: e, type: echo}]\n  circuit_breaker: {failures: 0}\n",
     ],
 )
 def test_invalid_values_are_refused(tmp: Path, text: str) -> None:

@@ -23,6 +23,7 @@ from agentgw import jsonrpc
 from agentgw.auth.principal import Principal, principal_of
 from agentgw.errors import GatewayError
 from agentgw.inbound.mcp_request import check_content_type, read_body
+from agentgw.inbound.relay import wait_for_disconnect
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.requests import RequestInfo, request_info
 from agentgw.policy.live import LivePolicies
@@ -108,7 +109,7 @@ class ChatEndpoint:
             ) from None
         info = request_info(scope)
         if request.get("stream"):
-            await self._stream(request, routes, subject, info, send)
+            await self._stream(request, routes, subject, info, receive, send)
         else:
             route, answer = await self._first_answer(request, routes)
             _note_route(info, route)
@@ -159,7 +160,13 @@ class ChatEndpoint:
         return await self._first_success(routes, complete)
 
     async def _stream(
-        self, request: dict[str, Any], routes: list[Route], subject: str, info: RequestInfo, send: Send
+        self,
+        request: dict[str, Any],
+        routes: list[Route],
+        subject: str,
+        info: RequestInfo,
+        receive: Receive,
+        send: Send,
     ) -> None:
         async def open_stream(route: Route) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
             chunks = route.provider.stream(request, route.model)
@@ -170,7 +177,7 @@ class ChatEndpoint:
 
         route, (first, chunks) = await self._first_success(routes, open_stream)
         _note_route(info, route)
-        await self._relay_stream(route, first, chunks, subject, send)
+        await self._relay_stream(route, first, chunks, subject, receive, send)
 
     async def _first_success(self, routes: list[Route], call: Callable[[Route], Awaitable[T]]) -> tuple[Route, T]:
         """The first route that answers: each in turn, and the last one retried with backoff.
@@ -208,18 +215,37 @@ class ChatEndpoint:
         raise _all_failed(last)
 
     async def _relay_stream(
-        self, route: Route, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], subject: str, send: Send
+        self,
+        route: Route,
+        first: ChatChunk | None,
+        chunks: AsyncIterator[ChatChunk],
+        subject: str,
+        receive: Receive,
+        send: Send,
     ) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        usage = (0, 0)
+        usage = [0, 0]
+        relaying = asyncio.ensure_future(self._relay_chunks(route, first, chunks, usage, send))
+        disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((relaying, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # A client that went away stops the provider's stream too: nobody would read the rest.
+            for task in (relaying, disconnect):
+                task.cancel()
+            await asyncio.gather(relaying, disconnect, return_exceptions=True)
+            await chunks.aclose()  # type: ignore[attr-defined]
+        await self._count(subject, route, *usage)
+
+    async def _relay_chunks(
+        self, route: Route, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], usage: list[int], send: Send
+    ) -> None:
         try:
             if first is not None:
-                usage = _add(usage, first)
-                await _send_event(send, first)
+                await _send_event(send, first, usage)
                 async for chunk in chunks:
-                    usage = _add(usage, chunk)
-                    await _send_event(send, chunk)
+                    await _send_event(send, chunk, usage)
         except ProviderError as exc:
             # The client already has part of the answer: no fallback now, but a clean error, not a cut.
             route.breaker.failed_later()
@@ -232,7 +258,6 @@ class ChatEndpoint:
             }
             await send({"type": "http.response.body", "body": b"data: " + _dump(error) + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-        await self._count(subject, route, *usage)
 
 
 def _apply_model_command(request: dict[str, Any]) -> str:
@@ -255,11 +280,6 @@ def _note_route(info: RequestInfo, route: Route) -> None:
     info.target, info.backend = route.provider.name, route.name
 
 
-def _add(usage: tuple[int, int], chunk: ChatChunk) -> tuple[int, int]:
-    prompt, completion = usage_of(chunk)
-    return (usage[0] + prompt, usage[1] + completion)
-
-
 def _rate_limited(what: str, limit: int, retry_after: str) -> ChatError:
     return ChatError(
         429,
@@ -275,7 +295,11 @@ def _all_failed(last: ProviderError | None) -> ChatError:
     return ChatError(503, f"No provider could answer{detail}", "server_error", "upstream_unavailable")
 
 
-async def _send_event(send: Send, chunk: ChatChunk) -> None:
+async def _send_event(send: Send, chunk: ChatChunk, usage: list[int]) -> None:
+    """Send one chunk, adding the usage it reports to `usage` ([prompt, completion])."""
+    prompt, completion = usage_of(chunk)
+    usage[0] += prompt
+    usage[1] += completion
     await send({"type": "http.response.body", "body": b"data: " + _dump(chunk) + b"\n\n", "more_body": True})
 
 

@@ -64,7 +64,7 @@ async def relay(
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     events = asyncio.ensure_future(_relay_events(response, send, tap))
-    disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+    disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
         await asyncio.wait((events, disconnect), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -136,6 +136,7 @@ async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None)
         pass  # the backend went away mid-stream; the client sees the stream end
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return once the client has gone away (its request body already read)."""
     while (await receive())["type"] != "http.disconnect":
         pass

@@ -57,6 +57,9 @@ class StubProvider:
     def chat_requests(self) -> list[dict[str, Any]]:
         return self.requests("/v1/chat/completions")
 
+    def open_streams(self) -> int:
+        return int(httpx2.get(f"http://127.0.0.1:{self.port}/_streams", timeout=5).json()["open"])
+
     def set_modes(self, *modes: str) -> None:
         httpx2.post(f"http://127.0.0.1:{self.port}/_modes", json={"modes": list(modes)}, timeout=5).raise_for_status()
 

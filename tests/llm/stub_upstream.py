@@ -13,8 +13,9 @@ Modes (also replaceable at run time with `POST /_modes {"modes": [...]}`):
   models=a,b  what GET /v1/models lists; default "x,y"
 
 Every request outside `/_...` is recorded (method, path, lower-cased headers, JSON body)
-and listed by `GET /_requests`. `POST /_script {"message": {...}, "events": [[name, data], ...]}`
-makes `/v1/messages` answer exactly that message, or stream exactly those events.
+and listed by `GET /_requests`; `GET /_streams` counts the streams being sent.
+`POST /_script {"message": {...}, "events": [[name, data], ...]}` makes `/v1/messages`
+answer exactly that message, or stream exactly those events.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ConnectionDropped(Exception):
 class Stub:
     def __init__(self, modes: list[str]) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.open_streams = 0  # streams being sent right now (GET /_streams)
         self.script: dict[str, Any] = {}
         self.set_modes(modes)
 
@@ -95,14 +97,18 @@ class Stub:
 
     def stream(self, events: list[bytes]) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
-            for sent, event in enumerate(events):
-                if self.cut is not None and sent == self.cut:
-                    raise ConnectionDropped(f"{self.name} drops the connection after {sent} events")
-                if self.stall is not None and sent == self.stall:
-                    await asyncio.sleep(3600)
-                if self.end is not None and sent == self.end:
-                    return
-                yield event
+            self.open_streams += 1
+            try:
+                for sent, event in enumerate(events):
+                    if self.cut is not None and sent == self.cut:
+                        raise ConnectionDropped(f"{self.name} drops the connection after {sent} events")
+                    if self.stall is not None and sent == self.stall:
+                        await asyncio.sleep(3600)
+                    if self.end is not None and sent == self.end:
+                        return
+                    yield event
+            finally:
+                self.open_streams -= 1
 
         return StreamingResponse(body(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
@@ -200,6 +206,9 @@ class Stub:
     async def list_requests(self, request: Request) -> Response:
         return JSONResponse(self.requests)
 
+    async def streams(self, request: Request) -> Response:
+        return JSONResponse({"open": self.open_streams})
+
     async def replace_modes(self, request: Request) -> Response:
         self.set_modes((await request.json())["modes"])
         return JSONResponse({"ok": True})
@@ -216,6 +225,7 @@ def create_app(stub: Stub) -> Starlette:
             Route("/v1/models", stub.list_models, methods=["GET"]),
             Route("/v1/messages", stub.messages, methods=["POST"]),
             Route("/_requests", stub.list_requests, methods=["GET"]),
+            Route("/_streams", stub.streams, methods=["GET"]),
             Route("/_modes", stub.replace_modes, methods=["POST"]),
             Route("/_script", stub.replace_script, methods=["POST"]),
         ]

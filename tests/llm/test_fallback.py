@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.llm.conftest import StubProvider, client, llm_config, openai_provider, sse_data
-from tests.support import Gateway, free_port
+from tests.support import Gateway, free_port, poll
 
 QUESTION = [{"role": "user", "content": "what now"}]
 
@@ -189,3 +189,27 @@ def test_stream_ending_without_done_mid_answer_ends_with_an_error_event(
     assert "error" in error, error  # today: a's second chunk, as if the answer were complete
     assert error["error"]["code"] == "upstream_error"
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["a", " says"]
+
+
+async def test_a_client_leaving_mid_stream_ends_the_providers_stream(
+    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+) -> None:
+    a = stub("name=a", "stall=2")  # two chunks, then silence with the connection open
+    gw = serve(llm_config(openai_provider("a", a)))
+    request = {"model": "a/x", "messages": QUESTION, "stream": True}
+    async with (
+        httpx2.AsyncClient(timeout=10) as http,
+        http.stream(
+            "POST", f"{gw.base}/v1/chat/completions", json=request, headers={"Authorization": "Bearer x"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")
+        assert a.open_streams() == 1
+    # The client is gone: the gateway lets go of the provider's stream instead of waiting on it.
+
+    async def released() -> bool:
+        return a.open_streams() == 0
+
+    assert await poll(released, timeout=5)
