@@ -23,6 +23,7 @@ class GatewayError(Exception):
 
     http_status = 500
     jsonrpc_code = INTERNAL_ERROR
+    openai_code = "invalid_request"  # the `code` of the OpenAI-shaped body the chat endpoints answer with
 
     def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -38,22 +39,28 @@ class GatewayError(Exception):
             error["data"] = self.data
         return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}, separators=(",", ":")).encode()
 
-    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def openai_body(self) -> bytes:
+        """The error as OpenAI SDKs expect it on `/v1/...`."""
+        kind = "server_error" if self.http_status >= 500 else "invalid_request_error"
+        error = {"message": self.message, "type": kind, "param": None, "code": self.openai_code}
+        return json.dumps({"error": error}, separators=(",", ":")).encode()
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send, openai: bool = False) -> None:
         """Refuse a request before it reached an endpoint: an HTTP answer, or a WebSocket handshake
         closed with 1008 (policy violation), which the client sees as HTTP 403."""
         if scope["type"] == "websocket":
             await receive()  # the connect event
             await send({"type": "websocket.close", "code": 1008, "reason": self.message[:120]})
             return
-        await self.send(send)
+        await self.send(send, openai)
 
-    async def send(self, send: Send) -> None:
+    async def send(self, send: Send, openai: bool = False) -> None:
         """Answer the client with this error; the one place errors become responses.
 
         Once a response has started (an event stream), nothing more can be said:
         the server refuses a second start, and the stream simply ends.
         """
-        body = self.body()
+        body = self.openai_body() if openai else self.body()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         try:
@@ -133,6 +140,7 @@ class InvalidToken(GatewayError):
 
     http_status = 401
     jsonrpc_code = UNAUTHORIZED
+    openai_code = "invalid_api_key"
 
 
 class SessionForbidden(GatewayError):
@@ -162,6 +170,7 @@ class StoreUnavailable(GatewayError):
 
     http_status = 503
     jsonrpc_code = SERVER_UNAVAILABLE
+    openai_code = "service_unavailable"
 
 
 class UpstreamUnavailable(GatewayError):

@@ -20,7 +20,8 @@ from agentgw.policy.live import LivePolicies
 
 log = logging.getLogger("agentgw.auth")
 
-PROTECTED_PREFIXES = ("/mcp/v1", "/a2a/v1", "/v1/")
+OPENAI_PREFIX = "/v1/"  # OpenAI SDKs read errors in OpenAI's shape
+PROTECTED_PREFIXES = ("/mcp/v1", "/a2a/v1", OPENAI_PREFIX)
 WELL_KNOWN_METADATA = "/.well-known/oauth-protected-resource"
 # A bearer token in a URL ends up in logs and browser history (RFC 6750 section 5.3): refused.
 _TOKEN_IN_QUERY = re.compile(rb"(?:^|&)(?:access_token|token|id_token|jwt|bearer)=|eyJ[\w-]+\.eyJ", re.IGNORECASE)
@@ -59,7 +60,7 @@ class AuthMiddleware:
             principal = scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
         except InvalidToken as exc:
             exc.headers["www-authenticate"] = challenge(scope)
-            await exc.refuse(scope, receive, send)
+            await exc.refuse(scope, receive, send, openai=scope["path"].startswith(OPENAI_PREFIX))
             return
         request_info(scope).subject = principal.subject
         await self.app(scope, receive, send)

@@ -77,7 +77,7 @@ class ChatEndpoint:
         except ChatError as exc:
             await exc.send(send)
         except GatewayError as exc:  # bad input, store down: the same status, OpenAI's shape
-            await ChatError(exc.http_status, exc.message, "invalid_request_error", "invalid_request").send(send)
+            await exc.send(send, openai=True)
         except Exception:
             log.exception("unexpected error in the chat endpoint")
             await ChatError(500, "Internal error", "server_error", "internal_error").send(send)

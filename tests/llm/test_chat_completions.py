@@ -144,4 +144,7 @@ def test_chat_without_a_token_is_401_when_a_session_auth_policy_applies(
 
     assert refused.value.status_code == 401
     assert refused.value.response.headers["www-authenticate"].startswith('Bearer realm="agentgw"')
+    # OpenAI's shape, which the SDK unwraps into `body`, not JSON-RPC's.
+    assert isinstance(refused.value.body, dict)
+    assert (refused.value.body["type"], refused.value.body["code"]) == ("invalid_request_error", "invalid_api_key")
     assert upstream.chat_requests() == []
