@@ -132,15 +132,15 @@ async def test_metrics_after_real_traffic_carry_every_contract_name(
         timeout=10,
     )
     assert chat.status_code == 200
-    assert (await raw_request(gw.port, "GET", "/mcp/v1", [("Host", f"127.0.0.1:{gw.port}")])).status == 401
+    assert (await raw_request(gw.port, "GET", "/mcp/v1/docs", [("Host", f"127.0.0.1:{gw.port}")])).status == 401
 
     found = samples(metrics_port)
 
-    assert value(found, "agentgw_requests_total", route="mcp", status="200") >= 5
-    assert value(found, "agentgw_requests_total", route="mcp", status="401") == 1
-    assert value(found, "agentgw_requests_total", route="chat", status="200") == 1
-    assert value(found, "agentgw_request_duration_seconds_count", route="mcp") >= 6
-    assert value(found, "agentgw_request_duration_seconds_bucket", route="chat", le="+Inf") == 1
+    assert value(found, "agentgw_requests_total", route="/mcp/v1", status="200") >= 5
+    assert value(found, "agentgw_requests_total", route="/mcp/v1/{target}", status="401") == 1
+    assert value(found, "agentgw_requests_total", route="/v1/chat/completions", status="200") == 1
+    assert value(found, "agentgw_request_duration_seconds_count", route="/mcp/v1") >= 5
+    assert value(found, "agentgw_request_duration_seconds_bucket", route="/v1/chat/completions", le="+Inf") == 1
     assert value(found, "agentgw_sessions_active") == 2
     assert value(found, "agentgw_tool_calls_total", target="docs", tool="add", decision="allow") == 1
     assert value(found, "agentgw_tool_calls_total", target="docs", tool="whoami", decision="deny") == 1
@@ -200,7 +200,7 @@ async def test_one_json_log_line_per_request_without_tokens_or_contents(
     assert call == {
         "time": call["time"],
         "request_id": "trace-abc.123",
-        "route": "mcp",
+        "route": "/mcp/v1",
         "method": "tools/call",
         "http_method": "POST",
         "session": hash_session(session_id),
@@ -213,7 +213,7 @@ async def test_one_json_log_line_per_request_without_tokens_or_contents(
         "duration_ms": call["duration_ms"],
     }
     assert call["duration_ms"] > 0 and call["time"].endswith("+00:00")
-    chat = next(line for line in lines if line["route"] == "chat")
+    chat = next(line for line in lines if line["route"] == "/v1/chat/completions")
     assert (chat["subject"], chat["target"], chat["backend"], chat["status"]) == (
         "log-reader",
         "echo",

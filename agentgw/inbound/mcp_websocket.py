@@ -24,7 +24,7 @@ from agentgw.auth.principal import SCOPE_KEY
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.metrics import Metrics
-from agentgw.observability.requests import INFO_KEY, RequestInfo, record_request, request_info
+from agentgw.observability.requests import INFO_KEY, MCP_WS_ROUTE, RequestInfo, record_request, request_info
 
 log = logging.getLogger("agentgw.inbound.mcp_websocket")
 
@@ -101,7 +101,7 @@ class _Connection:
         """One request through the MCP endpoint; every message of its answer is sent as a frame."""
         answer = _Answer(self)
         connection = request_info(self.scope)
-        info = RequestInfo("mcp_ws", method, connection.request_id, subject=connection.subject)
+        info = RequestInfo(MCP_WS_ROUTE, method, connection.request_id, subject=connection.subject)
         scope = self._request_scope(method, info)
         delivered = False
 

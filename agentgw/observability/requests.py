@@ -54,17 +54,27 @@ def request_info(scope: Scope) -> RequestInfo:
     return info if info is not None else RequestInfo("", "", "")
 
 
+# Route label values: the endpoint templates of the contract, so they stay a small fixed set.
+MCP_ROUTE, MCP_TARGET_ROUTE, MCP_WS_ROUTE = "/mcp/v1", "/mcp/v1/{target}", "/mcp/v1/{target}/ws"
+A2A_ROUTE, A2A_CARD_ROUTE = "/a2a/v1/{agent}", "/a2a/v1/{agent}/.well-known/agent-card.json"
+CHAT_ROUTE, MODELS_ROUTE = "/v1/chat/completions", "/v1/models"
+OAUTH_METADATA_ROUTE = "/.well-known/oauth-protected-resource"
+UNMATCHED_ROUTE = "unmatched"
+_FIXED_ROUTES = {p: p for p in ("/healthz", "/ready", MCP_ROUTE, CHAT_ROUTE, MODELS_ROUTE)}
+
+
 def route_of(path: str, websocket: bool) -> str:
-    """A fixed route name for a path: metrics label values must come from a bounded set."""
-    if path == "/mcp/v1" or path.startswith("/mcp/v1/"):
-        return "mcp_ws" if websocket else "mcp"
+    """The endpoint template a path belongs to: metrics label values must come from a bounded set."""
+    fixed = _FIXED_ROUTES.get(path.rstrip("/") or "/")
+    if fixed is not None:
+        return fixed
+    if path.startswith(MCP_ROUTE + "/"):
+        return MCP_WS_ROUTE if websocket else MCP_TARGET_ROUTE
     if path.startswith("/a2a/v1/"):
-        return "a2a_card" if path.endswith("agent-card.json") or path.endswith("agent.json") else "a2a"
-    if path.startswith("/v1/"):
-        return "chat" if path.rstrip("/") == "/v1/chat/completions" else "models" if path == "/v1/models" else "other"
-    if path.startswith("/.well-known/oauth-protected-resource"):
-        return "oauth_metadata"
-    return {"/healthz": "healthz", "/ready": "ready"}.get(path, "other")
+        return A2A_CARD_ROUTE if path.endswith(("agent-card.json", "agent.json")) else A2A_ROUTE
+    if path.startswith(OAUTH_METADATA_ROUTE):
+        return OAUTH_METADATA_ROUTE
+    return UNMATCHED_ROUTE
 
 
 def without_credentials(url: str) -> str:

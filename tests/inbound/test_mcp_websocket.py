@@ -86,6 +86,10 @@ async def test_the_sdk_client_initializes_lists_calls_and_is_denied_over_websock
         [record] = live_sessions(metrics_port)
         assert (record["target"], record["subject"]) == ("docs", "ws-user")
 
+    metrics = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    assert 'agentgw_requests_total{route="/mcp/v1/{target}/ws",status="200"}' in metrics
+    assert 'agentgw_tool_calls_total{decision="deny",target="docs",tool="whoami"} 1.0' in metrics
+
 
 async def test_scopes_come_from_the_token_on_the_socket(served: tuple[Gateway, int]) -> None:
     gw, _ = served
