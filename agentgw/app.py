@@ -28,8 +28,9 @@ from agentgw.inbound.mcp_websocket import WS_SUFFIX, McpWebSocketEndpoint
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
+from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import Metrics, gauge
-from agentgw.observability.requests import RequestObserver, configure_access_log, without_credentials
+from agentgw.observability.requests import RequestObserver, without_credentials
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
@@ -252,6 +253,5 @@ def app_from_environment() -> ASGIApp:
     """Factory for uvicorn worker processes (`server.workers` > 1)."""
     from agentgw.config import config_path, load_settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    configure_access_log()
+    configure_logging()
     return create_app(load_settings(config_path(None, os.environ)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import logging
 import os
 import shutil
 import sys
@@ -24,8 +23,8 @@ from typing import Any
 import uvicorn
 
 from agentgw.config import Settings, config_path, load_settings, split_host_port
+from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import MULTIPROCESS_ENV
-from agentgw.observability.requests import configure_access_log
 from agentgw.policy.loader import load_policies, policy_files
 from agentgw.policy.model import PolicySet
 from agentgw.typed_yaml import ConfigError, Duration, parse_duration
@@ -36,6 +35,7 @@ ADMIN_TIMEOUT = 10.0
 # Date header: per-request work the gateway does not need.
 _UVICORN_OPTIONS: dict[str, Any] = {
     "lifespan": "on",  # a gateway whose startup failed must exit, not serve without its background tasks
+    "log_config": None,  # uvicorn's lines go through the gateway's JSON logging
     "loop": "uvloop",
     "http": "httptools",
     "access_log": False,
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    configure_access_log()
+    configure_logging()
     host, port = split_host_port(settings.server.listen)
     if settings.server.workers > 1:
         # Workers import the app themselves; they find the same config through the environment.

@@ -66,9 +66,13 @@ def value(found: list[Sample], name: str, **labels: str) -> float | None:
     return None
 
 
+def log_lines(gw: Gateway) -> list[dict[str, Any]]:
+    """Every line the gateway wrote: each must be one JSON object."""
+    return [json.loads(line) for line in gw.config_file.with_suffix(".log").read_text().splitlines() if line]
+
+
 def access_lines(gw: Gateway) -> list[dict[str, Any]]:
-    log = gw.config_file.with_suffix(".log")
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in log_lines(gw) if "request_id" in line]
 
 
 @pytest.fixture
@@ -221,6 +225,8 @@ async def test_one_json_log_line_per_request_without_tokens_or_contents(
         200,
     )
     assert len({line["request_id"] for line in lines}) == len(lines)
+    startup = [line for line in log_lines(gw) if "request_id" not in line]
+    assert startup and all({"time", "level", "logger", "message"} <= set(line) for line in startup)
     everything = gw.config_file.with_suffix(".log").read_text()
     for leaked in (secret_token, SECRET, session_id, marker, chat_marker):
         assert leaked not in everything

@@ -175,7 +175,9 @@ async def start_listener(app: Starlette, listen: str) -> uvicorn.Server:
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning", http="httptools")
+    config = uvicorn.Config(
+        app, lifespan="off", access_log=False, log_config=None, log_level="warning", http="httptools"
+    )
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)

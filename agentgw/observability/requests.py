@@ -9,19 +9,18 @@ a RequestInfo, so they cannot reach the log.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentgw.observability.audit import hash_session
+from agentgw.observability.logs import access_log, log_request
 from agentgw.observability.metrics import Metrics
 
 INFO_KEY = "agentgw.request"
@@ -29,8 +28,6 @@ REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # Tool, method and model names are client input: a log line keeps their start only.
 MAX_LOGGED_NAME = 128
-
-access_log = logging.getLogger("agentgw.access")
 
 
 @dataclass(slots=True)
@@ -121,7 +118,7 @@ def record_request(metrics: Metrics, info: RequestInfo, seconds: float) -> None:
     status = info.status or 500
     metrics.request(info.route, status, seconds)
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(_log_line(info, status, seconds))
+        log_request(_log_fields(info, status, seconds))
 
 
 def _request_id(scope: Scope) -> str:
@@ -132,35 +129,22 @@ def _request_id(scope: Scope) -> str:
     return os.urandom(8).hex()
 
 
-def _log_line(info: RequestInfo, status: int, seconds: float) -> str:
-    return json.dumps(
-        {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "request_id": info.request_id,
-            "route": info.route,
-            "method": _clip(info.rpc_method or info.method),
-            "http_method": info.method,
-            "session": hash_session(info.session_id),
-            "subject": info.subject,
-            "target": _clip(info.target),
-            "backend": _clip(without_credentials(info.backend) if info.backend else None),
-            "tool": _clip(info.tool),
-            "decision": info.decision,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-        },
-        ensure_ascii=False,
-    )
+def _log_fields(info: RequestInfo, status: int, seconds: float) -> dict[str, Any]:
+    return {
+        "request_id": info.request_id,
+        "route": info.route,
+        "method": _clip(info.rpc_method or info.method),
+        "http_method": info.method,
+        "session": hash_session(info.session_id),
+        "subject": info.subject,
+        "target": _clip(info.target),
+        "backend": _clip(without_credentials(info.backend) if info.backend else None),
+        "tool": _clip(info.tool),
+        "decision": info.decision,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+    }
 
 
 def _clip(value: str | None) -> str | None:
     return value[:MAX_LOGGED_NAME] if value is not None else None
-
-
-def configure_access_log() -> None:
-    """Access lines go to stderr as bare JSON, one per line, whatever the root logger's format."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.handlers = [handler]
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False

@@ -1,0 +1,42 @@
+"""Every log line is one JSON object on stderr, so log pipelines need no parser of their own.
+
+Request lines (logger `agentgw.access`) carry the request's fields (contract
+10); other lines carry `level`, `logger`, `message` and, for an error, its
+`exception`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+access_log = logging.getLogger("agentgw.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")}
+        fields: dict[str, Any] | None = getattr(record, "fields", None)
+        if fields is not None:
+            line.update(fields)
+        else:
+            line.update(level=record.levelname.lower(), logger=record.name, message=record.getMessage())
+            if record.exc_info:
+                line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    access_log.info("request", extra={"fields": fields})
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr for the gateway, uvicorn and every library, at INFO."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
