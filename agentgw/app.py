@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from opentelemetry.trace import TracerProvider
 from prometheus_client.core import Metric
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,6 +32,13 @@ from agentgw.observability.audit import AuditLog
 from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import Metrics, gauge
 from agentgw.observability.requests import RequestObserver, without_credentials
+from agentgw.observability.tracing import (
+    TracedConnectionPool,
+    TracingMiddleware,
+    configure_from_environment,
+    configured_provider,
+    flush_spans,
+)
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
@@ -58,12 +66,22 @@ def create_store(settings: Settings) -> SessionStore:
     return MemorySessionStore(config.max_sessions)
 
 
-def create_app(settings: Settings, policies: PolicySet | None = None, env: Mapping[str, str] | None = None) -> ASGIApp:
-    """The gateway as one ASGI app. Raises ConfigError when a policy names a secret that is not set."""
+def create_app(
+    settings: Settings,
+    policies: PolicySet | None = None,
+    env: Mapping[str, str] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> ASGIApp:
+    """The gateway as one ASGI app. Raises ConfigError when a policy names a secret that is not set.
+
+    Spans are made with `tracer_provider`, else with the global one if an OpenTelemetry SDK set it.
+    """
     env = os.environ if env is None else env
     policies = policies if policies is not None else load_policies(settings.policies)
     store = create_store(settings)
-    http = ConnectionPool(connect_timeout=CONNECT_TIMEOUT)
+    provider = configured_provider(tracer_provider)
+    tracer = provider.get_tracer("agentgw") if provider is not None else None
+    http = ConnectionPool(CONNECT_TIMEOUT) if tracer is None else TracedConnectionPool(CONNECT_TIMEOUT, tracer)
     live = LivePolicies(settings.policies, policies, env, http)
     targets = settings.mcp.targets if settings.mcp.enabled else []
     upstream = McpUpstream(targets, http)
@@ -160,6 +178,8 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
             await upstream.close()
             await http.close()
             await store.close()
+            if provider is not None:
+                flush_spans(provider)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -180,6 +200,8 @@ def create_app(settings: Settings, policies: PolicySet | None = None, env: Mappi
         allowed_hosts=settings.server.allowed_hosts,
         allowed_origins=settings.server.allowed_origins,
     )
+    if tracer is not None:
+        app = TracingMiddleware(app, tracer)
     return RequestObserver(app, metrics)
 
 
@@ -254,4 +276,5 @@ def app_from_environment() -> ASGIApp:
     from agentgw.config import config_path, load_settings
 
     configure_logging()
+    configure_from_environment(os.environ)
     return create_app(load_settings(config_path(None, os.environ)))

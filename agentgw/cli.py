@@ -155,7 +155,9 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
         )
         return 0
     from agentgw.app import create_app
+    from agentgw.observability.tracing import configure_from_environment
 
+    configure_from_environment(os.environ)
     app = create_app(settings, policies)
     uvicorn.run(
         app, host=host, port=port, ws_max_size=settings.server.max_body_bytes, **_UVICORN_OPTIONS, log_level="info"

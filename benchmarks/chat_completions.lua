@@ -7,9 +7,8 @@
 wrk.method = "POST"
 wrk.body = '{"model":"' .. (os.getenv("MODEL") or "fast") .. '","messages":[{"role":"user","content":"What is 20 + 22?"}]}'
 wrk.headers["Content-Type"] = "application/json"
-if os.getenv("TOKEN") and os.getenv("TOKEN") ~= "" then
-  wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
-end
+-- The bearer TOKEN and the RESULT line, from the file beside this one.
+dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "wrk_io.lua")
 
 local limit = tonumber(os.getenv("LIMIT") or "0") or 0
 if limit > 0 then
@@ -23,11 +22,4 @@ if limit > 0 then
       io.stdout:flush()
     end
   end
-end
-
-done = function(summary, latency, requests)
-  io.write(string.format(
-    "RESULT {\"requests\": %d, \"seconds\": %f, \"p50_us\": %d, \"p99_us\": %d, \"errors\": %d}\n",
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout + summary.errors.status))
 end

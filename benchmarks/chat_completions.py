@@ -19,7 +19,6 @@ benchmark reports, the tests decide.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -32,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import wrk
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,21 +43,8 @@ from tests.support import Process, free_port  # noqa: E402
 LUA = Path(__file__).with_name("chat_completions.lua")
 STUB = Path(__file__).with_name("fast_chat_stub.py")
 CHAT_PATH = "/v1/chat/completions"
-# One wrk thread leaves the most CPU to what is measured (two cores here); it still pushes 100k req/s.
-WRK_THREADS = int(os.environ.get("WRK_THREADS", "1"))
 WARM_UP_REQUESTS = 5_000
 BENCH_TIER = "bench"
-
-
-@dataclass
-class Result:
-    setup: str
-    connections: int
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_us_per_request: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,67 +64,12 @@ class Memory:
     hwm_after_kib: int
 
 
-def process_tree(pid: int) -> list[int]:
-    """The process and its children (uvicorn workers, when there are several)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid] + [int(child) for child in children]
+def chat_load(port: int, model: str, token: str) -> wrk.Load:
+    """The same chat completion for `model`, with `token` as a bearer token unless it is empty."""
+    return wrk.Load(f"http://127.0.0.1:{port}{CHAT_PATH}", LUA, {"MODEL": model, "TOKEN": token, "LIMIT": "0"})
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children, from /proc."""
-    total = 0.0
-    for one in process_tree(pid):
-        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def status_kib(pid: int, field: str) -> int:
-    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), summed over the process and its children."""
-    total = 0
-    for one in process_tree(pid):
-        for line in Path(f"/proc/{one}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                total += int(line.split()[1])
-    return total
-
-
-def wrk_command(url: str, connections: int, seconds: int, threads: int) -> list[str]:
-    return ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "-s", str(LUA), url]
-
-
-def wrk_env(model: str, token: str, limit: int = 0) -> dict[str, str]:
-    return {**os.environ, "MODEL": model, "TOKEN": token, "LIMIT": str(limit)}
-
-
-def parse_result(output: str) -> dict[str, float]:
-    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
-    data: dict[str, float] = json.loads(line[len("RESULT ") :])
-    return data
-
-
-def wrk(url: str, model: str, token: str, connections: int, seconds: int, setup: str) -> Result:
-    threads = 1 if connections == 1 else WRK_THREADS
-    output = subprocess.run(
-        wrk_command(url, connections, seconds, threads),
-        env=wrk_env(model, token),
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-    data = parse_result(output)
-    return Result(
-        setup,
-        connections,
-        data["requests"] / data["seconds"],
-        data["p50_us"] / 1000,
-        data["p99_us"] / 1000,
-        int(data["errors"]),
-    )
-
-
-def drive(url: str, model: str, token: str, requests: int, connections: int, seconds: int) -> tuple[int, float, int]:
+def drive(load: wrk.Load, requests: int, connections: int, seconds: int) -> tuple[int, float, int]:
     """About `requests` requests with wrk, or fewer if `seconds` run out first: (requests, seconds, errors).
 
     wrk has no request count: each of its threads stops itself after its share
@@ -146,11 +78,13 @@ def drive(url: str, model: str, token: str, requests: int, connections: int, sec
     event-loop pass as the last one; up to `connections` - 1 requests still in
     flight then are not counted.
     """
-    threads = min(WRK_THREADS, connections)
-    command = wrk_command(url, connections, seconds, threads)
+    threads = min(wrk.WRK_THREADS, connections)
     started = time.monotonic()
     wrk_process = subprocess.Popen(
-        command, env=wrk_env(model, token, -(-requests // threads)), stdout=subprocess.PIPE, text=True
+        wrk.command(load, connections, seconds, threads),
+        env={**os.environ, **load.env, "LIMIT": str(-(-requests // threads))},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     # wrk ends itself after -d; the watchdog is for a wrk that does not.
     watchdog = threading.Timer(seconds + 30, wrk_process.kill)
@@ -171,41 +105,17 @@ def drive(url: str, model: str, token: str, requests: int, connections: int, sec
         if wrk_process.poll() is None:
             wrk_process.kill()
             wrk_process.wait()
-    data = parse_result("".join(output))
+    data = wrk.parse_result("".join(output))
     return int(data["requests"]), time.monotonic() - started, int(data["errors"])
-
-
-def measure(
-    name: str, port: int, model: str, token: str, seconds: int, repeat: int, pid: int | None = None
-) -> list[Result]:
-    """wrk at 64 and at 1 connection, `repeat` times each, the median run of each kept.
-
-    With `pid`, that process's CPU time per request is measured too.
-    """
-    url = f"http://127.0.0.1:{port}{CHAT_PATH}"
-    wrk(url, model, token, 16, 2, name)  # warm-up: connection pools, caches
-    results = []
-    for connections in (64, 1):
-        runs = []
-        for _ in range(repeat):
-            before = cpu_seconds(pid) if pid else 0.0
-            result = wrk(url, model, token, connections, seconds, name)
-            if pid:
-                used = cpu_seconds(pid) - before
-                result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
-            runs.append(result)
-        runs.sort(key=lambda r: r.requests_per_second)
-        results.append(runs[len(runs) // 2])
-    return results
 
 
 def measure_memory(name: str, port: int, pid: int, token: str, requests: int, time_limit: int) -> Memory:
     """The gateway's RSS after a warm-up, and again after `requests` more requests."""
-    url = f"http://127.0.0.1:{port}{CHAT_PATH}"
-    drive(url, "stub/fast", token, WARM_UP_REQUESTS, 64, time_limit)
-    before = status_kib(pid, "VmRSS")
-    done, seconds, errors = drive(url, "stub/fast", token, requests, 64, time_limit)
-    return Memory(name, done, seconds, errors, before, status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"))
+    load = chat_load(port, "stub/fast", token)
+    drive(load, WARM_UP_REQUESTS, 64, time_limit)
+    before = wrk.status_kib(pid, "VmRSS")
+    done, seconds, errors = drive(load, requests, 64, time_limit)
+    return Memory(name, done, seconds, errors, before, wrk.status_kib(pid, "VmRSS"), wrk.status_kib(pid, "VmHWM"))
 
 
 def write_policies(tmp: Path, secured: bool) -> Path:
@@ -276,16 +186,18 @@ def main() -> None:
     stub = Process([sys.executable, str(STUB), str(stub_port)], stub_port)
     setups = [Setup("gateway", secured=False), Setup("gateway +auth+ratelimit", secured=True)]
     processes = [stub.start()]
-    results: list[Result] = []
+    results: list[wrk.Result] = []
     memory: list[Memory] = []
     try:
-        results += measure("direct", stub_port, "fast", "", args.seconds, args.repeat)
+        results += wrk.measure("direct", chat_load(stub_port, "fast", ""), args.seconds, args.repeat)
         for setup in setups:
             gateway = start_gateway(tmp, stub_port, setup, secret)
             processes.append(gateway)
             setup_token = token if setup.secured else ""
-            pid = _pid(gateway)
-            results += measure(setup.name, gateway.port, "stub/fast", setup_token, args.seconds, args.repeat, pid)
+            assert gateway.process is not None
+            pid = gateway.process.pid
+            load = chat_load(gateway.port, "stub/fast", setup_token)
+            results += wrk.measure(setup.name, load, args.seconds, args.repeat, pid)
             memory.append(measure_memory(setup.name, gateway.port, pid, setup_token, args.requests, args.time_limit))
             gateway.stop()
     finally:
@@ -296,20 +208,8 @@ def main() -> None:
     report(results, memory)
 
 
-def _pid(process: Process) -> int:
-    assert process.process is not None
-    return process.process.pid
-
-
-def report(results: list[Result], memory: list[Memory]) -> None:
-    columns = f"{'setup':<24} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-    print(f"\n{columns} {'gateway CPU us/req':>19}")
-    for r in results:
-        cpu = f"{r.cpu_us_per_request:.0f}" if r.cpu_us_per_request is not None else "-"
-        print(
-            f"{r.setup:<24} {r.connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
-            f" {r.errors:>6} {cpu:>19}"
-        )
+def report(results: list[wrk.Result], memory: list[Memory]) -> None:
+    wrk.print_table(results)
     direct = {r.connections: r for r in results if r.setup == "direct"}
     print("\nthrough the gateway, relative to direct (added per request: 1/req/s at c1, less direct's):")
     for r in results:

@@ -1,0 +1,131 @@
+"""Running wrk against a server and reading what it measured, shared by the benchmark scripts.
+
+Every benchmark's Lua script loads benchmarks/wrk_io.lua, which prints one
+`RESULT {json}` line when wrk is done; this module runs wrk, reads that line,
+keeps the median of repeated runs, and charges a server's CPU time (from
+/proc) to the requests it answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# One wrk thread leaves the most CPU to what is measured (two cores here); it still pushes
+# 20k+ req/s at the MCP backend and 100k at the chat stub.
+WRK_THREADS = int(os.environ.get("WRK_THREADS", "1"))
+RESULT_PREFIX = "RESULT "
+
+
+@dataclass
+class Result:
+    setup: str
+    connections: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_request: float | None = None
+
+
+@dataclass(frozen=True)
+class Load:
+    """What wrk sends: its Lua `script` against `url`, with `env` holding what the script reads from os.getenv."""
+
+    url: str
+    script: Path
+    env: dict[str, str]
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its children (uvicorn workers, when there are several)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid] + [int(child) for child in children]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children, from /proc."""
+    total = 0.0
+    for one in process_tree(pid):
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM), summed over the process and its children."""
+    total = 0
+    for one in process_tree(pid):
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+    return total
+
+
+def command(load: Load, connections: int, seconds: int, threads: int) -> list[str]:
+    return ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "-s", str(load.script), load.url]
+
+
+def parse_result(output: str) -> dict[str, float]:
+    """The numbers of the RESULT line wrk_io.lua prints."""
+    line = next(line for line in output.splitlines() if line.startswith(RESULT_PREFIX))
+    data: dict[str, float] = json.loads(line[len(RESULT_PREFIX) :])
+    return data
+
+
+def run(load: Load, connections: int, seconds: int, setup: str) -> Result:
+    """One wrk run of `seconds`."""
+    threads = 1 if connections == 1 else WRK_THREADS
+    output = subprocess.run(
+        command(load, connections, seconds, threads),
+        env={**os.environ, **load.env},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    data = parse_result(output)
+    return Result(
+        setup,
+        connections,
+        data["requests"] / data["seconds"],
+        data["p50_us"] / 1000,
+        data["p99_us"] / 1000,
+        int(data["errors"]),
+    )
+
+
+def measure(setup: str, load: Load, seconds: int, repeat: int, pid: int | None = None) -> list[Result]:
+    """wrk at 64 and at 1 connection, `repeat` times each, the median run of each kept.
+
+    With `pid`, that process's CPU time per request is measured too.
+    """
+    run(load, 16, 2, setup)  # warm-up: connection pools, caches
+    results = []
+    for connections in (64, 1):
+        runs = []
+        for _ in range(repeat):
+            before = cpu_seconds(pid) if pid else 0.0
+            result = run(load, connections, seconds, setup)
+            if pid:
+                used = cpu_seconds(pid) - before
+                result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
+            runs.append(result)
+        runs.sort(key=lambda r: r.requests_per_second)
+        results.append(runs[len(runs) // 2])
+    return results
+
+
+def print_table(results: list[Result]) -> None:
+    """One row per setup and connection count."""
+    columns = f"{'setup':<24} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    print(f"\n{columns} {'gateway CPU us/req':>19}")
+    for r in results:
+        cpu = f"{r.cpu_us_per_request:.0f}" if r.cpu_us_per_request is not None else "-"
+        print(
+            f"{r.setup:<24} {r.connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
+            f" {r.errors:>6} {cpu:>19}"
+        )
