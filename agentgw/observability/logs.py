@@ -40,3 +40,8 @@ def configure_logging() -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.INFO)
+    # A line per request: skip what the lines never show (the logging docs' "Optimization" knobs).
+    logging._srcfile = None  # no caller lookup
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
