@@ -30,16 +30,17 @@ from agentgw.policy.model import PolicySet
 from agentgw.typed_yaml import ConfigError, Duration, parse_duration
 
 USAGE_ERROR = 2
+TRUSTED_PROXIES_ENV = "FORWARDED_ALLOW_IPS"  # read by uvicorn too: the proxies whose X-Forwarded-* count
 ADMIN_TIMEOUT = 10.0
-# uvloop and httptools for speed; no proxy-header rewriting, access log, Server or
-# Date header: per-request work the gateway does not need.
+# uvloop and httptools for speed; no access log, Server or Date header: per-request
+# work the gateway does not need. X-Forwarded-Proto/-For are trusted only from the
+# proxies FORWARDED_ALLOW_IPS names (uvicorn reads it), and only when it is set.
 _UVICORN_OPTIONS: dict[str, Any] = {
     "lifespan": "on",  # a gateway whose startup failed must exit, not serve without its background tasks
     "log_config": None,  # uvicorn's lines go through the gateway's JSON logging
     "loop": "uvloop",
     "http": "httptools",
     "access_log": False,
-    "proxy_headers": False,
     "server_header": False,
     "date_header": False,
 }
@@ -150,6 +151,7 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
             port=port,
             workers=settings.server.workers,
             ws_max_size=settings.server.max_body_bytes,
+            proxy_headers=_behind_proxy(),
             **_UVICORN_OPTIONS,
             log_level="warning",
         )
@@ -160,9 +162,19 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
     configure_from_environment(os.environ)
     app = create_app(settings, policies)
     uvicorn.run(
-        app, host=host, port=port, ws_max_size=settings.server.max_body_bytes, **_UVICORN_OPTIONS, log_level="info"
+        app,
+        host=host,
+        port=port,
+        ws_max_size=settings.server.max_body_bytes,
+        proxy_headers=_behind_proxy(),
+        **_UVICORN_OPTIONS,
+        log_level="info",
     )
     return 0
+
+
+def _behind_proxy() -> bool:
+    return bool(os.environ.get(TRUSTED_PROXIES_ENV))
 
 
 def policy_check(paths: list[str]) -> int:

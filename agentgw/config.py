@@ -125,7 +125,7 @@ class Settings:
 
 
 # env var -> (section, key, parser)
-_ENV_OVERRIDES: dict[str, tuple[str, str, Any]] = {
+ENV_OVERRIDES: dict[str, tuple[str, str, Any]] = {
     "AGENTGW_LISTEN": ("server", "listen", str),
     "AGENTGW_METRICS_LISTEN": ("server", "metrics_listen", str),
     "AGENTGW_WORKERS": ("server", "workers", int),
@@ -174,7 +174,7 @@ def _read(path: Path) -> Settings:
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     sections: dict[str, dict[str, Any]] = {}
-    for var, (section, key, tp) in _ENV_OVERRIDES.items():
+    for var, (section, key, tp) in ENV_OVERRIDES.items():
         if var not in env:
             continue
         try:

@@ -19,16 +19,18 @@ import yaml
 from agentgw.app import CHAT_PREFIX, MCP_PREFIX, create_app
 from agentgw.auth.middleware import WELL_KNOWN_METADATA
 
-# The env override table is module-private; AGENTGW_CONFIG and AGENTGW_POLICIES are read
-# outside it, and test_config_and_policies_env_are_read proves that they are.
-from agentgw.config import _ENV_OVERRIDES, Settings, config_path, load_settings, split_host_port
+# AGENTGW_CONFIG and AGENTGW_POLICIES are read outside the override table, and
+# test_config_and_policies_env_are_read proves that they are; the trusted-proxy
+# variable is proven in tests/auth/test_jwt.py.
+from agentgw.cli import TRUSTED_PROXIES_ENV
+from agentgw.config import ENV_OVERRIDES, Settings, config_path, load_settings, split_host_port
 from agentgw.inbound.a2a import A2A_PREFIX
 from agentgw.policy.loader import load_policies
 from tests.support import ROOT
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-GATEWAY_ENV = frozenset(_ENV_OVERRIDES) | {"AGENTGW_CONFIG", "AGENTGW_POLICIES"}
+GATEWAY_ENV = frozenset(ENV_OVERRIDES) | {"AGENTGW_CONFIG", "AGENTGW_POLICIES", TRUSTED_PROXIES_ENV}
 NAMESPACE = "ai-inference"
 HTTP_PORT, METRICS_PORT = 8080, 9090
 

@@ -261,19 +261,30 @@ class ChatEndpoint:
 
 
 def _apply_model_command(request: dict[str, Any]) -> str:
-    """`/model provider,model` on the first line of the first user message switches the model; the line goes."""
+    """`/model provider,model` on the first line of the first user message switches the model; the line goes.
+
+    The message's content is a string, or a list of parts whose first is a text part.
+    """
     for message in request["messages"]:
         if not isinstance(message, dict) or message.get("role") != "user":
             continue
         content = message.get("content")
-        if isinstance(content, str) and content.startswith(MODEL_COMMAND):
-            line, _, rest = content.partition("\n")
+        holder, key = (message, "content") if isinstance(content, str) else _first_text_part(content)
+        text = holder.get(key) if holder is not None else None
+        if isinstance(text, str) and text.startswith(MODEL_COMMAND):
+            line, _, rest = text.partition("\n")
             provider, _, model = line[len(MODEL_COMMAND) :].strip().partition(",")
-            if provider and model:
-                message["content"] = rest
+            if holder is not None and provider and model:
+                holder[key] = rest
                 return f"{provider.strip()}/{model.strip()}"
         break
     return str(request["model"])
+
+
+def _first_text_part(content: Any) -> tuple[dict[str, Any] | None, str]:
+    if isinstance(content, list) and content and isinstance(content[0], dict) and content[0].get("type") == "text":
+        return content[0], "text"
+    return None, "text"
 
 
 def _note_route(info: RequestInfo, route: Route) -> None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from agentgw.cli import TRUSTED_PROXIES_ENV
 from tests.mcp_client import call_text
 from tests.support import (
     Gateway,
@@ -248,6 +249,26 @@ async def test_protected_resource_metadata_names_issuer_and_scopes_without_a_tok
 async def test_protected_resource_metadata_for_a_path_names_that_resource(gw: Gateway) -> None:
     response = await raw_request(gw.port, "GET", f"{METADATA}/mcp/v1", [("Host", f"127.0.0.1:{gw.port}")])
     assert response.json()["resource"] == gw.mcp_url
+
+
+async def test_forwarded_proto_is_ignored_unless_the_proxy_is_trusted(gw: Gateway) -> None:
+    headers = [("Host", f"127.0.0.1:{gw.port}"), ("X-Forwarded-Proto", "https")]
+    response = await raw_request(gw.port, "GET", f"{METADATA}/mcp/v1", headers)
+    assert response.json()["resource"] == gw.mcp_url  # http: nobody said this client may speak for a proxy
+
+
+async def test_behind_a_trusted_tls_proxy_urls_say_https(tmp: Path) -> None:
+    config = {"server": {"allowed_hosts": ["agentgw.example.com"]}, "mcp": {"enabled": False}}
+    env = {"TEST_JWT_SECRET": SECRET, TRUSTED_PROXIES_ENV: "127.0.0.1"}
+    trusted = gateway(tmp, config, policies=HS256_POLICIES, env=env)
+    try:
+        headers = [("Host", "agentgw.example.com"), ("X-Forwarded-Proto", "https")]
+        response = await raw_request(trusted.port, "GET", f"{METADATA}/mcp/v1", headers)
+        assert response.json()["resource"] == "https://agentgw.example.com/mcp/v1"
+        refused = await raw_request(trusted.port, "POST", "/v1/chat/completions", headers)
+        assert 'resource_metadata="https://agentgw.example.com/' in (refused.header("www-authenticate") or "")
+    finally:
+        trusted.stop()
 
 
 async def test_healthz_needs_no_token(gw: Gateway) -> None:

@@ -38,6 +38,21 @@ def test_model_command_switches_the_model_and_is_stripped(
     ]
 
 
+def test_model_command_in_a_first_text_part_switches_the_model_and_is_stripped(
+    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+) -> None:
+    a, b = stub("name=a"), stub("name=b")
+    gw = serve(llm_config(openai_provider("a", a), openai_provider("b", b), models={"default": ["a/x"]}))
+    parts = [{"type": "text", "text": "/model b,y\nwhat is up"}, {"type": "text", "text": "and more"}]
+
+    answer = client(gw).chat.completions.create(model="default", messages=[{"role": "user", "content": parts}])
+
+    assert answer.choices[0].message.content == "b says what is up and more"
+    [seen] = b.chat_requests()
+    assert seen["body"]["model"] == "y"
+    assert seen["body"]["messages"][0]["content"][0] == {"type": "text", "text": "what is up"}
+
+
 def test_model_command_in_a_later_user_message_is_plain_text(
     serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
 ) -> None:
