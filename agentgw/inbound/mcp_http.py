@@ -43,6 +43,7 @@ from agentgw.inbound.mcp_request import (
 from agentgw.inbound.relay import Rewrite, relay, relay_rewritten
 from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_MCP_SESSION_ID
 from agentgw.policy.live import LivePolicies
+from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
@@ -60,6 +61,7 @@ class McpHttpEndpoint:
         self.upstream = upstream
         self.live = live
         self.guard = guard
+        self.handles = StatelessHandles(store)
         self._default_target = settings.mcp.targets[0].name if settings.mcp.targets else None
 
     @property
@@ -214,11 +216,10 @@ class McpHttpEndpoint:
         receive: Receive,
         send: Send,
     ) -> None:
-        record = await self._pinned(request, pool)
-        now = time.time()
-        candidates = await pool.candidates(self.store, now)
-        if record is not None:
-            candidates = [record.backend] + [url for url in candidates if url != record.backend]
+        pinned = await self._pinned_backend(request, pool)
+        candidates = pool.rotation()
+        if pinned is not None:
+            candidates = [pinned] + [url for url in candidates if url != pinned]
 
         async def discover() -> None:
             meta = message.get("params", {}).get("_meta")
@@ -226,7 +227,7 @@ class McpHttpEndpoint:
             tools = await self.upstream.list_tools(candidates[0], modern, meta, pool.target.timeout)
             await self.guard.observe(pool.target.name, tools)
 
-        handle = record.id if record is not None else None
+        handle = request.session_id if pinned is not None else None
         await self.guard.check(scope, pool.target.name, [message], request.principal, handle, False, discover)
         rewrite = self._rewrite(request, pool, message)
         headers = request.forwarded_headers()
@@ -238,45 +239,23 @@ class McpHttpEndpoint:
             except UpstreamUnavailable:
                 continue  # nothing arrived, and the revision keeps no state at the backend
             try:
-                record = await self._pin_modern(request, record, pool, url, now)
-                request.info.session_id, request.info.backend = record.id, url
-                await self._relay(response, [(X_MCP_SESSION_ID, record.id)], receive, send, pool, rewrite)
+                if url != pinned or handle is None:
+                    handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
+                request.info.session_id, request.info.backend = handle, url
+                await self._relay(response, [(X_MCP_SESSION_ID, handle)], receive, send, pool, rewrite)
                 return
             finally:
                 response.release()
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} is reachable")
 
-    async def _pinned(self, request: InboundRequest, pool: BackendPool) -> SessionRecord | None:
-        """The record behind an echoed handle; an unknown or expired one simply pins afresh,
+    async def _pinned_backend(self, request: InboundRequest, pool: BackendPool) -> str | None:
+        """The backend an echoed handle pins to; an unknown one simply pins afresh,
         since this revision promises clients no session to lose."""
         if request.session_id is None:
             return None
-        record = await self.store.touch(request.session_id, time.time(), self._ttl)
-        if record is None or record.target != pool.target.name or not self._owned_by_caller(request, record):
-            return None
-        return record
-
-    async def _pin_modern(
-        self, request: InboundRequest, record: SessionRecord | None, pool: BackendPool, url: str, now: float
-    ) -> SessionRecord:
-        if record is None:
-            principal = request.principal
-            record = SessionRecord(
-                id=new_session_id(),
-                target=pool.target.name,
-                backend=url,
-                protocol_version=MODERN_PROTOCOL_VERSIONS[-1],
-                created_at=now,
-                last_seen=now,
-                issuer=principal.issuer if principal else None,
-                subject=principal.subject if principal else None,
-                scopes=sorted(principal.scopes) if principal else [],
-            )
-            await self.store.create(record, self._ttl)
-        elif record.backend != url:
-            record.backend = url
-            await self.store.replace_backend(record, self._ttl)
-        return record
+        backends = pool.backends
+        index = await self.handles.backend_index(request.session_id, pool.target.name, len(backends), request.principal)
+        return backends[index].url if index is not None else None
 
     # -- GET and DELETE -------------------------------------------------------
 

@@ -86,6 +86,13 @@ class MemorySessionStore:
         while len(self._values) > self._max_sessions:
             self._values.popitem(last=False)
 
+    async def claim_value(self, key: str, value: str, ttl: float) -> str:
+        held = await self.get_value(key)
+        if held is not None:
+            return held
+        await self.put_value(key, value, ttl)
+        return value
+
     async def add(self, key: str, amount: int, ttl: float) -> int:
         entry = self._values.get(key)
         now = time.time()

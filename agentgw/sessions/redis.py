@@ -176,6 +176,16 @@ class RedisSessionStore:
     async def put_value(self, key: str, value: str, ttl: float) -> None:
         await _call(lambda: self._redis.set(f"{self._prefix}{key}", value, px=int(ttl * 1000)))
 
+    async def claim_value(self, key: str, value: str, ttl: float) -> str:
+        async def claim() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(f"{self._prefix}{key}", value, px=int(ttl * 1000), nx=True)
+                pipe.get(f"{self._prefix}{key}")
+                return await pipe.execute()
+
+        _, held = await _call(claim)
+        return str(held)
+
     async def add(self, key: str, amount: int, ttl: float) -> int:
         async def add() -> Any:
             async with self._redis.pipeline(transaction=True) as pipe:

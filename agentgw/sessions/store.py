@@ -101,6 +101,10 @@ class SessionStore(Protocol):
 
     async def put_value(self, key: str, value: str, ttl: float) -> None: ...
 
+    async def claim_value(self, key: str, value: str, ttl: float) -> str:
+        """Store `value` unless the key holds one already; the value the key holds after. One round trip."""
+        ...
+
     async def add(self, key: str, amount: int, ttl: float) -> int:
         """Add to a counter that lives `ttl` seconds from its first use; the new total. One round trip."""
         ...

@@ -39,6 +39,7 @@ class BackendPool:
         self.target = target
         self.backends = [Backend(b.url) for b in target.backends]
         self._by_url = {b.url: b for b in self.backends}
+        self._index = {b.url: i for i, b in enumerate(self.backends)}
         self._round_robin = itertools.count()
 
     def has_healthy(self) -> bool:
@@ -49,6 +50,15 @@ class BackendPool:
         if backend is not None and backend.healthy:
             log.warning("backend %s down (target %s)", url, self.target.name)
             backend.healthy = False
+
+    def rotation(self) -> list[str]:
+        """Backends for a request that starts no session: healthy ones in turn, then the others."""
+        healthy = [b.url for b in self.backends if b.healthy]
+        start = next(self._round_robin) % len(healthy) if healthy else 0
+        return healthy[start:] + healthy[:start] + [b.url for b in self.backends if not b.healthy]
+
+    def index_of(self, url: str) -> int:
+        return self._index[url]
 
     async def candidates(self, store: SessionStore, now: float, exclude: str | None = None) -> list[str]:
         """Healthy backends for a new session, the balancer's choice first.

@@ -1,0 +1,56 @@
+"""Pinning handles for the stateless 2026-07-28 revision, kept in the handle itself rather than the store.
+
+The revision has no sessions, so the `X-MCP-Session-ID` handle only says which
+backend answered: `<backend index>.<MAC>`, the MAC binding the index to the
+target and the caller. A handle that is forged, from another caller or from a
+key that changed is simply unknown: the request is pinned afresh. No store
+round trip per request, and no record left behind by clients that never echo
+the handle; only the key lives in the store, so every replica reads a handle
+alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from agentgw.auth.principal import Principal
+from agentgw.sessions.store import SessionStore
+
+KEY_NAME = "stateless-handle-key"
+KEY_TTL = 365 * 24 * 3600.0  # when it lapses, a new key: old handles pin afresh
+MAC_CHARS = 22  # 132 bits
+
+
+class StatelessHandles:
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self._key: bytes | None = None
+
+    async def mint(self, target: str, backend_index: int, principal: Principal | None) -> str:
+        return f"{backend_index}.{self._mac(await self._shared_key(), target, backend_index, principal)}"
+
+    async def backend_index(self, handle: str, target: str, backends: int, principal: Principal | None) -> int | None:
+        """The backend a handle pins to; None when it is not one this gateway gave this caller."""
+        index_text, _, mac = handle.partition(".")
+        if not index_text.isdigit() or int(index_text) >= backends:
+            return None
+        index = int(index_text)
+        expected = self._mac(await self._shared_key(), target, index, principal)
+        return index if hmac.compare_digest(mac, expected) else None
+
+    @staticmethod
+    def _mac(key: bytes, target: str, index: int, principal: Principal | None) -> str:
+        caller = (principal.issuer, principal.subject) if principal is not None else ("", "")
+        message = "\x00".join((target, str(index), *caller)).encode()
+        digest = hmac.new(key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode()[:MAC_CHARS]
+
+    async def _shared_key(self) -> bytes:
+        """One key for every process sharing the store: the first to ask claims it."""
+        if self._key is None:
+            claimed = await self._store.claim_value(KEY_NAME, secrets.token_urlsafe(32), KEY_TTL)
+            self._key = claimed.encode()
+        return self._key
