@@ -46,13 +46,18 @@ class GatewayError(Exception):
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send, openai: bool = False) -> None:
-        """Refuse a request before it reached an endpoint: an HTTP answer, or a WebSocket handshake
-        closed with 1008 (policy violation), which the client sees as HTTP 403."""
-        if scope["type"] == "websocket":
-            await receive()  # the connect event
+        """Refuse a request before it reached an endpoint. A WebSocket handshake gets the HTTP answer
+        too where the server can send one (ASGI's websocket.http.response), else a close with 1008."""
+        if scope["type"] != "websocket":
+            await self.send(send, openai)
+            return
+        await receive()  # the connect event
+        if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008, "reason": self.message[:120]})
             return
-        await self.send(send, openai)
+        body = self.body()
+        await send({"type": "websocket.http.response.start", "status": self.http_status, "headers": self._head(body)})
+        await send({"type": "websocket.http.response.body", "body": body})
 
     async def send(self, send: Send, openai: bool = False) -> None:
         """Answer the client with this error; the one place errors become responses.
@@ -61,13 +66,15 @@ class GatewayError(Exception):
         the server refuses a second start, and the stream simply ends.
         """
         body = self.openai_body() if openai else self.body()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         try:
-            await send({"type": "http.response.start", "status": self.http_status, "headers": headers})
+            await send({"type": "http.response.start", "status": self.http_status, "headers": self._head(body)})
         except RuntimeError:
             return
         await send({"type": "http.response.body", "body": body})
+
+    def _head(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        return headers + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
 
 
 class InternalError(GatewayError):

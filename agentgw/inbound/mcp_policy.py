@@ -7,6 +7,7 @@ is forwarded, whatever its form (request, notification, batch element);
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ class McpGuard:
         self.catalogue = catalogue
         self.audit = audit
         self.metrics = metrics
+        self._discoveries: dict[str, asyncio.Future[None]] = {}
         self.enabled = enabled
 
     async def check(
@@ -61,7 +63,7 @@ class McpGuard:
         if not self.enabled:
             return
         if any(self._unseen_tool(target, m) for m in messages):
-            await discover()
+            await self._discover_once(target, discover)
         denied: list[tuple[jsonrpc.Message, Decision, list[str]]] = []
         for message in messages:
             kind = KIND_OF_METHOD.get(message.get("method", ""))
@@ -81,6 +83,14 @@ class McpGuard:
             raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
         message, decision, errors = denied[0]
         raise _denial(scope, message, decision, errors)
+
+    async def _discover_once(self, target: str, discover: Callable[[], Awaitable[None]]) -> None:
+        """Calls arriving together for unseen tools share one listing of the target."""
+        running = self._discoveries.get(target)
+        if running is None:
+            running = self._discoveries[target] = asyncio.ensure_future(discover())
+            running.add_done_callback(lambda _: self._discoveries.pop(target, None))
+        await asyncio.shield(running)
 
     def _record(
         self, scope: Scope, target: str, tool: str, decision: Decision, principal: Principal | None, session: str | None

@@ -20,7 +20,8 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from agentgw.auth.principal import SCOPE_KEY
+from agentgw.auth.principal import SCOPE_KEY, principal_of
+from agentgw.errors import NotFound
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.metrics import Metrics
@@ -30,8 +31,9 @@ log = logging.getLogger("agentgw.inbound.mcp_websocket")
 
 SUBPROTOCOL = "mcp"
 WS_SUFFIX = "/ws"
-# 1002: protocol error (no `mcp` subprotocol offered); 1000: normal closure.
-CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_PROTOCOL_ERROR = 1002  # no `mcp` subprotocol offered
+CLOSE_POLICY_VIOLATION = 1008
+MAX_REQUESTS_IN_FLIGHT = 32
 
 
 class McpWebSocketEndpoint:
@@ -40,6 +42,9 @@ class McpWebSocketEndpoint:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path_params"]["target"] not in self.mcp.upstream.pools:
+            await NotFound("Unknown MCP target").refuse(scope, receive, send)
+            return
         connect = await receive()
         if connect["type"] != "websocket.connect":
             return
@@ -61,6 +66,8 @@ class _Connection:
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self._tasks: set[asyncio.Task[tuple[int, list[Any]]]] = set()
+        # Requests in flight per socket: past this, the socket is not read until one is answered.
+        self._slots = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -70,6 +77,9 @@ class _Connection:
                 event = await receive()
                 if event["type"] == "websocket.disconnect":
                     break
+                if self._token_expired():
+                    await self._close(CLOSE_POLICY_VIOLATION, "token expired")
+                    break
                 frame = event.get("text")
                 if frame is None:
                     frame = (event.get("bytes") or b"").decode("utf-8", "replace")
@@ -78,14 +88,34 @@ class _Connection:
             self._closed = True
             await self._end()
 
+    def _token_expired(self) -> bool:
+        """The token was checked at the handshake; every frame is a request it must still cover."""
+        principal = principal_of(self.scope)
+        return principal is not None and principal.expires_at <= time.time()
+
     async def _dispatch(self, frame: bytes) -> None:
+        message = _parsed(frame)
         # initialize creates the session every later frame carries: it is answered before the next is read.
-        if self.session_id is None and _method_of(frame) == "initialize":
+        if self.session_id is None and _method_of(message) == "initialize":
             await self._initialize(frame)
             return
+        if not isinstance(message, dict) or "id" not in message or "method" not in message:
+            # Notifications and answers to the backend keep their order: forwarded before the next frame.
+            await self._exchange("POST", frame)
+            return
+        await self._slots.acquire()
         task = asyncio.create_task(self._exchange("POST", frame))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[tuple[int, list[Any]]]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _close(self, code: int, reason: str) -> None:
+        async with self._send_lock:
+            with contextlib.suppress(Exception):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     async def _initialize(self, frame: bytes) -> None:
         status, answers = await self._exchange("POST", frame)
@@ -202,11 +232,14 @@ class _Answer:
         await self.connection.frame(message)
 
 
-def _method_of(frame: bytes) -> str | None:
+def _parsed(frame: bytes) -> Any:
     try:
-        message = json.loads(frame)
+        return json.loads(frame)
     except ValueError:
-        return None
+        return None  # the endpoint answers it with a parse error
+
+
+def _method_of(message: Any) -> str | None:
     method = message.get("method") if isinstance(message, dict) else None
     return method if isinstance(method, str) else None
 

@@ -94,6 +94,10 @@ class ChatEndpoint:
         request = jsonrpc.parse(await read_body(headers, receive, self.max_body))
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise ChatError(400, "messages must be a list", "invalid_request_error", "invalid_request")
+        if not request["messages"] or not all(isinstance(m, dict) for m in request["messages"]):
+            raise ChatError(
+                400, "messages must be a non-empty list of objects", "invalid_request_error", "invalid_request"
+            )
         if not isinstance(request.get("model"), str):
             raise ChatError(400, "model must be a string", "invalid_request_error", "invalid_request")
         principal = principal_of(scope)
@@ -196,21 +200,25 @@ class ChatEndpoint:
                     if time.monotonic() + pause > deadline:
                         break
                     await asyncio.sleep(pause)
-                if not await route.breaker.admit(max(0.0, deadline - time.monotonic())):
+                # With another route left, an unproven provider busy with others is skipped, not waited for.
+                wait = 0.0 if index < len(routes) - 1 else max(0.0, deadline - time.monotonic())
+                if not await route.breaker.admit(wait):
                     break
+                outcome: bool | None = None
                 try:
                     answer = await call(route)
+                    outcome = True
                 except ProviderError as exc:
+                    outcome = not exc.retryable  # a refusal means the provider answered; the request was at fault
                     if not exc.retryable:
-                        route.breaker.done(True)  # the provider answered; the request was at fault
                         raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
-                    route.breaker.done(False)
                     last = exc
                     log.warning("provider %s failed (%s)", route.name, exc)
                     if exc.timed_out:
                         break
                     continue
-                route.breaker.done(True)
+                finally:
+                    route.breaker.done(outcome)
                 return route, answer
         raise _all_failed(last)
 

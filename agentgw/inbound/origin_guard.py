@@ -53,7 +53,7 @@ class OriginGuard:
         if not self._host_allowed(host):
             await Forbidden("Forbidden: Host not allowed").refuse(scope, receive, send)
             return
-        if origin is not None and not self._origin_allowed(origin, host or ""):
+        if origin is not None and not self._origin_allowed(origin, host or "", scope["type"] == "websocket"):
             await Forbidden("Forbidden: Origin not allowed").refuse(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -77,7 +77,7 @@ class OriginGuard:
             return is_loopback(_hostname(host))
         return True
 
-    def _origin_allowed(self, origin: str, host: str) -> bool:
+    def _origin_allowed(self, origin: str, host: str, websocket: bool) -> bool:
         origin = origin.lower().rstrip("/")
         if self.allowed_origins:
             return "*" in self.allowed_origins or origin in self.allowed_origins
@@ -86,4 +86,5 @@ class OriginGuard:
             return False
         if parts.netloc == host.lower():
             return True
-        return self.loopback_only and is_loopback(_hostname(parts.netloc))
+        # Browsers do not preflight WebSockets: another local page may open one only if allowed by name.
+        return not websocket and self.loopback_only and is_loopback(_hostname(parts.netloc))

@@ -15,19 +15,23 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 
 from agentgw.auth.principal import Principal
 from agentgw.sessions.store import SessionStore
 
 KEY_NAME = "stateless-handle-key"
-KEY_TTL = 365 * 24 * 3600.0  # when it lapses, a new key: old handles pin afresh
+KEY_TTL = 10 * 365 * 24 * 3600.0
 MAC_CHARS = 22  # 132 bits
+MAX_INDEX_DIGITS = 4
+KEY_REREAD_INTERVAL = 10.0  # seconds between store reads prompted by handles that do not verify
 
 
 class StatelessHandles:
     def __init__(self, store: SessionStore) -> None:
         self._store = store
         self._key: bytes | None = None
+        self._key_read_at = 0.0
 
     async def mint(self, target: str, backend_index: int, principal: Principal | None) -> str:
         return f"{backend_index}.{self._mac(await self._shared_key(), target, backend_index, principal)}"
@@ -35,11 +39,20 @@ class StatelessHandles:
     async def backend_index(self, handle: str, target: str, backends: int, principal: Principal | None) -> int | None:
         """The backend a handle pins to; None when it is not one this gateway gave this caller."""
         index_text, _, mac = handle.partition(".")
-        if not index_text.isdigit() or int(index_text) >= backends:
+        if not (index_text.isascii() and index_text.isdigit() and len(index_text) <= MAX_INDEX_DIGITS):
             return None
         index = int(index_text)
-        expected = self._mac(await self._shared_key(), target, index, principal)
-        return index if hmac.compare_digest(mac, expected) else None
+        if index >= backends or not mac.isascii():
+            return None
+        if hmac.compare_digest(mac, self._mac(await self._shared_key(), target, index, principal)):
+            return index
+        # Another process may hold a newer key (the stored one lapsed or was lost): look again, now and then.
+        if time.monotonic() - self._key_read_at < KEY_REREAD_INTERVAL:
+            return None
+        self._key = None
+        return (
+            index if hmac.compare_digest(mac, self._mac(await self._shared_key(), target, index, principal)) else None
+        )
 
     @staticmethod
     def _mac(key: bytes, target: str, index: int, principal: Principal | None) -> str:
@@ -52,5 +65,5 @@ class StatelessHandles:
         """One key for every process sharing the store: the first to ask claims it."""
         if self._key is None:
             claimed = await self._store.claim_value(KEY_NAME, secrets.token_urlsafe(32), KEY_TTL)
-            self._key = claimed.encode()
+            self._key, self._key_read_at = claimed.encode(), time.monotonic()
         return self._key

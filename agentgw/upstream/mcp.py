@@ -20,8 +20,9 @@ log = logging.getLogger("agentgw.upstream.mcp")
 
 HEALTH_CHECK_TIMEOUT = 1.0
 ACCEPT = "application/json, text/event-stream"
-# The gateway's own tools/list: sent before a tool it has never seen listed may be called.
-_LIST_ID = "agentgw-tool-discovery"
+# The gateway's own tools/list, sent before a tool it has never seen listed may be called. Each
+# has an id of its own: a server answers concurrent requests of one session by their ids.
+_LIST_ID_PREFIX = "agentgw-tool-discovery-"
 MAX_TOOL_PAGES = 20
 _INITIALIZED = jsonrpc.serialise({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
@@ -85,6 +86,7 @@ class McpUpstream:
         self.pools = {t.name: BackendPool(t) for t in targets}
         self._http = http
         self._health_tasks: list[asyncio.Task[None]] = []
+        self._list_ids = itertools.count()
 
     async def start(self) -> None:
         for pool in self.pools.values():
@@ -146,14 +148,15 @@ class McpUpstream:
             params: dict[str, Any] = {} if meta is None else {"_meta": meta}
             if cursor is not None:
                 params["cursor"] = cursor
-            request = {"jsonrpc": "2.0", "id": _LIST_ID, "method": "tools/list", "params": params}
+            request_id = f"{_LIST_ID_PREFIX}{next(self._list_ids)}"
+            request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params}
             try:
                 body, response = await self._exchange(url, headers, jsonrpc.serialise(request), timeout)
             except UpstreamUnavailable:
                 return tools
             event_stream = (response.header("content-type") or "").startswith("text/event-stream")
             answers = [m for m in sse.messages_in(body, event_stream) if isinstance(m, dict)]
-            result = next((m.get("result") for m in answers if m.get("id") == _LIST_ID), None)
+            result = next((m.get("result") for m in answers if m.get("id") == request_id), None)
             if response.status != 200 or not isinstance(result, dict) or not isinstance(result.get("tools"), list):
                 return tools
             tools += result["tools"]

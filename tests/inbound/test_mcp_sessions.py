@@ -205,3 +205,16 @@ async def test_stateless_unknown_handle_is_pinned_afresh(gw: Gateway) -> None:
     assert handle != "expired-or-never-issued"
     again, _, same = await modern_whoami(gw.port, ("X-MCP-Session-ID", handle))
     assert (again, same) == (replica, handle)
+
+
+async def test_concurrent_first_calls_of_unseen_tools_are_all_answered(tmp_path, backends: list[Process]) -> None:
+    """Each call of a tool never seen listed has the target listed first: together, they share one listing."""
+    fresh = gateway(tmp_path, {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}})
+    try:
+        session_id = await raw_session(fresh.port)
+        headers = mcp_headers(fresh.port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25"))
+        calls = [tool_call("add", {"a": n, "b": 1}, request_id=10 + n) for n in range(12)]
+        answers = await asyncio.gather(*(raw_request(fresh.port, "POST", "/mcp/v1", headers, c) for c in calls))
+        assert [tool_text(a) for a in answers] == [str(n + 1) for n in range(12)]
+    finally:
+        fresh.stop()

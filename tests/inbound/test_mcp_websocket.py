@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,26 +148,72 @@ async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_heade
 
 
 @pytest.mark.parametrize(
-    ("query", "headers"),
+    ("path", "query", "headers", "status"),
     [
-        ("", {}),
-        ("?access_token=not-a-jwt", {}),
-        ("", {"Authorization": "Bearer not-a-jwt"}),
-        ("", {"Origin": "http://evil.example"}),
+        ("docs", "", {}, 401),
+        ("docs", "?access_token=not-a-jwt", {}, 401),
+        ("docs", "", {"Authorization": "Bearer not-a-jwt"}, 401),
+        ("docs", "?access_token={token}", {"Origin": "http://evil.example"}, 403),
+        # A page on another loopback port: browsers do not preflight WebSockets, so only the same origin may.
+        ("docs", "?access_token={token}", {"Origin": "http://localhost:3000"}, 403),
+        ("nowhere", "?access_token={token}", {}, 404),
     ],
-    ids=["no-token", "bad-query-token", "bad-header-token", "foreign-origin"],
+    ids=["no-token", "bad-query-token", "bad-header-token", "foreign-origin", "other-local-origin", "unknown-target"],
 )
-async def test_handshakes_without_valid_credentials_or_from_a_foreign_origin_are_refused(
-    served: tuple[Gateway, int], query: str, headers: dict[str, str]
+async def test_refused_handshakes_get_the_http_answer(
+    served: tuple[Gateway, int], path: str, query: str, headers: dict[str, str], status: int
 ) -> None:
     gw, metrics_port = served
-    if "Origin" in headers:
-        query = f"?access_token={token()}"
+    url = f"ws://127.0.0.1:{gw.port}/mcp/v1/{path}/ws{query.format(token=token())}"
     with pytest.raises(InvalidStatus) as refused:
-        async with connect(ws_url(gw, query), subprotocols=["mcp"], additional_headers=headers):  # type: ignore[list-item]
+        async with connect(url, subprotocols=["mcp"], additional_headers=headers):  # type: ignore[list-item]
             pass
-    assert refused.value.response.status_code == 403
+    assert refused.value.response.status_code == status
+    if status == 401:
+        assert refused.value.response.headers["www-authenticate"].startswith('Bearer realm="agentgw"')
     assert live_sessions(metrics_port) == []
+
+
+async def test_a_socket_whose_token_expired_is_closed(served: tuple[Gateway, int]) -> None:
+    gw, metrics_port = served
+    short = mint_token(SECRET, "ws-user", [], 2, issuer=ISSUER, audience="agentgw")
+    async with connect(ws_url(gw, f"?access_token={short}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+        assert "result" in await raw_exchange(ws, INITIALIZE)
+        await asyncio.sleep(2.5)
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+    async def ended() -> bool:
+        return live_sessions(metrics_port) == []
+
+    assert await poll(ended)
+
+
+async def test_notifications_keep_their_order_and_many_requests_are_answered(served: tuple[Gateway, int]) -> None:
+    gw, _ = served
+    async with connect(ws_url(gw, f"?access_token={token()}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+        assert "result" in await raw_exchange(ws, INITIALIZE)
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        calls = int(
+            os.environ.get("WS_CALLS", "60")
+        )  # past the per-socket limit on requests in flight: the rest wait their turn
+        for n in range(calls):
+            arguments = {"a": n, "b": 1}
+            await ws.send(
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 100 + n,
+                        "method": "tools/call",
+                        "params": {"name": "add", "arguments": arguments},
+                    }
+                )
+            )
+        answers = [json.loads(await asyncio.wait_for(ws.recv(decode=True), 10)) for _ in range(calls)]
+    assert sorted(a["id"] for a in answers) == list(range(100, 100 + calls))
+    assert all(a["result"]["content"][0]["text"] == str(a["id"] - 100 + 1) for a in answers)
 
 
 async def test_a_client_not_offering_the_mcp_subprotocol_is_refused(served: tuple[Gateway, int]) -> None:

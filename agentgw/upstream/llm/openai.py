@@ -70,9 +70,9 @@ async def post(
         finally:
             response.release()
         retryable = response.status in (408, 429) or response.status >= 500
-        raise ProviderError(
-            f"provider answered {response.status}: {detail}", status=response.status, retryable=retryable
-        )
+        # The provider refusing the gateway's own key is the gateway's fault, not the client's credentials.
+        status = 502 if response.status in (401, 403) else response.status
+        raise ProviderError(f"provider answered {response.status}: {detail}", status=status, retryable=retryable)
     return response
 
 

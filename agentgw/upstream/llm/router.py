@@ -14,10 +14,11 @@ from agentgw.upstream.llm.provider import LLMProvider, provider_types
 class CircuitBreaker:
     """Open after `failures` consecutive failures; half-open after `open_for` with up to `probes` requests.
 
-    While a provider is unproven (nothing has succeeded since start or since its
-    last failure) it takes at most as many concurrent requests as failures would
-    open the breaker; the rest wait for their outcome. So a burst sent at a dead
-    provider costs it no more requests than a sequence would.
+    While a provider is unproven (nothing has succeeded since start, or since the
+    breaker last opened) it takes at most as many concurrent requests as failures
+    would open the breaker; the rest wait for their outcome. So a burst sent at a
+    dead provider costs it no more requests than a sequence would, and a provider
+    that has answered is never held back by requests in flight.
     """
 
     def __init__(self, config: CircuitBreakerConfig) -> None:
@@ -35,7 +36,7 @@ class CircuitBreaker:
         while True:
             if self._opened_at is not None:
                 return self._admit_half_open()
-            if (self._proven and self._failures == 0) or self._failures + self._in_flight < self._config.failures:
+            if self._proven or self._failures + self._in_flight < self._config.failures:
                 self._in_flight += 1
                 return True
             outcome = self._outcome
@@ -52,12 +53,13 @@ class CircuitBreaker:
         self._in_flight += 1
         return True
 
-    def done(self, ok: bool) -> None:
-        """The outcome of an admitted request: the provider answered (`ok`), or failed."""
+    def done(self, ok: bool | None) -> None:
+        """The outcome of an admitted request: the provider answered (`ok`), failed, or neither (None:
+        the request ended before the provider could say, a cancelled one say)."""
         self._in_flight -= 1
         if ok:
             self._failures, self._opened_at, self._probes, self._proven = 0, None, 0, True
-        else:
+        elif ok is not None:
             self.failed_later()
         self._outcome.set()
         self._outcome = asyncio.Event()
@@ -65,9 +67,9 @@ class CircuitBreaker:
     def failed_later(self) -> None:
         """A failure after the request was reported done (a stream that broke off)."""
         self._failures += 1
-        self._proven = False
         if self._opened_at is not None or self._failures >= self._config.failures:
-            self._opened_at, self._probes = time.monotonic(), 0  # (re)opened: a failed probe waits again
+            # (re)opened: a failed probe waits again, and the provider has to prove itself anew
+            self._opened_at, self._probes, self._proven = time.monotonic(), 0, False
 
 
 @dataclass(frozen=True)
