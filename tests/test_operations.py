@@ -291,3 +291,13 @@ async def test_admin_api_is_not_served_on_the_main_port(observed: tuple[Gateway,
     assert httpx2.get(f"http://127.0.0.1:{metrics_port}/admin/sessions", timeout=10).status_code == 200
     bad = httpx2.get(f"http://127.0.0.1:{metrics_port}/admin/sessions?limit=lots", timeout=10)
     assert bad.status_code == 400 and "limit" in bad.json()["error"]
+    # A browser page cannot drive it: not cross-site (a simple POST carries an Origin), not by DNS rebinding.
+    admin = f"http://127.0.0.1:{metrics_port}/admin"
+    cross_site = httpx2.post(
+        f"{admin}/tools/docs/whoami/approve",
+        headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert cross_site.status_code == 403
+    rebound = httpx2.get(f"{admin}/sessions", headers={"Host": f"rebind.evil.example:{metrics_port}"}, timeout=10)
+    assert rebound.status_code == 403

@@ -22,9 +22,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentgw.config import split_host_port
 from agentgw.errors import StoreUnavailable
+from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import LiveMetrics, Metrics
 from agentgw.observability.requests import without_credentials
@@ -37,6 +39,7 @@ log = logging.getLogger("agentgw.admin")
 
 MAX_AUDIT_LINES = 10_000
 MAX_LISTED_SESSIONS = 10_000
+BACKEND_DELETE_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,8 @@ def create_admin_app(gateway: Operated) -> Starlette:
         if record is None:
             return _error(404, "no such session")
         pool = targets.get(record.target)
-        if pool is not None:
-            await gateway.upstream.end_session(record, pool.target.timeout)
+        if pool is not None:  # the backend frees its session too; the operator does not wait long for it
+            await gateway.upstream.end_session(record, min(pool.target.timeout, BACKEND_DELETE_TIMEOUT))
         log.warning("session of %s on target %s revoked by an operator", record.subject, record.target)
         return JSONResponse({"revoked": record.id, "target": record.target})
 
@@ -162,6 +165,20 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class _NoBrowserPages:
+    """Refuse any request that carries an Origin: browsers send one with every cross-site request
+    (a page driving the admin API by DNS rebinding or a simple POST), operators' tools and Prometheus do not."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(name == b"origin" for name, _ in scope["headers"]):
+            await _error(403, "the admin API does not answer browser pages")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 async def start_listener(app: Starlette, listen: str) -> uvicorn.Server:
     """Serve `app` on `listen` from inside the running gateway, without touching its signal handling.
 
@@ -175,8 +192,10 @@ async def start_listener(app: Starlette, listen: str) -> uvicorn.Server:
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    # log_level None: uvicorn's loggers are shared with the main listener, whose levels stay as they are.
+    guarded = OriginGuard(_NoBrowserPages(app), listen_host=host, allowed_hosts=[], allowed_origins=[])
     config = uvicorn.Config(
-        app, lifespan="off", access_log=False, log_config=None, log_level="warning", http="httptools"
+        guarded, lifespan="off", access_log=False, log_config=None, log_level=None, http="httptools"
     )
     config.load()
     server = uvicorn.Server(config)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 access_log = logging.getLogger("agentgw.access")
+# uvicorn logs a WebSocket's path with its query, where a client that cannot set headers put its token.
+_QUERY_CREDENTIAL = re.compile(r"((?:access_token|token|id_token|jwt|bearer)=)[^&\s\"']+", re.IGNORECASE)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,7 +26,8 @@ class JsonFormatter(logging.Formatter):
         if fields is not None:
             line.update(fields)
         else:
-            line.update(level=record.levelname.lower(), logger=record.name, message=record.getMessage())
+            message = _QUERY_CREDENTIAL.sub(r"\1[redacted]", record.getMessage())
+            line.update(level=record.levelname.lower(), logger=record.name, message=message)
             if record.exc_info:
                 line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)

@@ -13,6 +13,7 @@ reports the sum of all of them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,6 +26,7 @@ UNKNOWN_TOOL = "_unknown"
 OTHER_MODEL = "_other"
 # Models outside the config are labelled by name up to this many per provider, then `_other`.
 MAX_MODELS_PER_PROVIDER = 64
+_MODEL_NAME = re.compile(r"[\w.:@/-]{1,100}")
 # Gateway overhead is sub-millisecond; LLM answers take seconds.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -58,18 +60,25 @@ class Metrics:
         self._models = {provider: set(models) for provider, models in (configured_models or {}).items()}
         # labels() looks children up under a lock; the hot path keeps its own cache.
         self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._tool_children: dict[tuple[str, str, str], Counter] = {}
 
-    def request(self, route: str, status: int, seconds: float) -> None:
+    def request(self, route: str, status: int, seconds: float | None) -> None:
+        """`seconds` is None for what is not a request's latency (a WebSocket connection's lifetime)."""
         children = self._request_children.get((route, status))
         if children is None:
             children = (self._requests.labels(route, str(status)), self._duration.labels(route))
             self._request_children[(route, status)] = children
         children[0].inc()
-        children[1].observe(seconds)
+        if seconds is not None:
+            children[1].observe(seconds)
 
     def tool_call(self, target: str, tool: str | None, decision: str) -> None:
         """`tool` is None when the target's catalogue does not know the name."""
-        self._tool_calls.labels(target, tool if tool is not None else UNKNOWN_TOOL, decision).inc()
+        key = (target, tool if tool is not None else UNKNOWN_TOOL, decision)
+        child = self._tool_children.get(key)
+        if child is None:
+            child = self._tool_children[key] = self._tool_calls.labels(*key)
+        child.inc()
 
     def llm_tokens(self, provider: str, model: str, prompt: int, completion: int) -> None:
         label = self._model_label(provider, model)
@@ -82,7 +91,7 @@ class Metrics:
         known = self._models.setdefault(provider, set())
         if model in known:
             return model
-        if len(known) < MAX_MODELS_PER_PROVIDER:
+        if len(known) < MAX_MODELS_PER_PROVIDER and _MODEL_NAME.fullmatch(model):
             known.add(model)
             return model
         return OTHER_MODEL

@@ -10,7 +10,7 @@ a RequestInfo, so they cannot reach the log.
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -110,13 +110,14 @@ class RequestObserver:
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            record_request(self.metrics, info, time.perf_counter() - started)
+            # A WebSocket's lifetime is no latency: its messages are timed one by one instead.
+            record_request(self.metrics, info, time.perf_counter() - started, timed=kind == "http")
 
 
-def record_request(metrics: Metrics, info: RequestInfo, seconds: float) -> None:
+def record_request(metrics: Metrics, info: RequestInfo, seconds: float, timed: bool = True) -> None:
     """Count and log one finished request (or one message of a WebSocket)."""
     status = info.status or 500
-    metrics.request(info.route, status, seconds)
+    metrics.request(info.route, status, seconds if timed else None)
     if access_log.isEnabledFor(logging.INFO):
         log_request(_log_fields(info, status, seconds))
 
@@ -126,7 +127,7 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == REQUEST_ID_HEADER and _CLIENT_REQUEST_ID.fullmatch(value):
             return str(value.decode())
-    return os.urandom(8).hex()
+    return f"{random.getrandbits(64):016x}"  # it correlates log lines; it guards nothing
 
 
 def _log_fields(info: RequestInfo, status: int, seconds: float) -> dict[str, Any]:

@@ -122,7 +122,8 @@ async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_heade
     served: tuple[Gateway, int],
 ) -> None:
     gw, metrics_port = served
-    async with connect(ws_url(gw, f"?access_token={token()}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+    query_token = token()
+    async with connect(ws_url(gw, f"?access_token={query_token}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "mcp"
         initialized = await raw_exchange(ws, INITIALIZE)
         assert initialized["result"]["protocolVersion"] == "2025-06-18"
@@ -145,6 +146,9 @@ async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_heade
         return live_sessions(metrics_port) == []
 
     assert await poll(ended)  # closing the socket ends its session
+    log = gw.config_file.with_suffix(".log").read_text()
+    assert "access_token=[redacted]" in log  # uvicorn logged the handshake's path, without the token
+    assert query_token not in log
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,9 @@ from typing import Any
 import openai
 import pytest
 
+from agentgw.config import CircuitBreakerConfig
+from agentgw.typed_yaml import Duration
+from agentgw.upstream.llm.router import CircuitBreaker
 from tests.llm.conftest import StubProvider, async_client, client, llm_config, openai_provider
 from tests.support import Gateway, free_port, poll
 
@@ -163,3 +166,33 @@ def test_breaker_opens_on_refused_connections_too(
 
     assert [ask(gw) for _ in range(3)] == [503] * 3
     assert revived.chat_requests() == []
+
+
+async def test_a_proven_provider_is_not_held_back_by_requests_in_flight() -> None:
+    """The concurrency gate is for an unproven provider only: one failure among many in flight stalls nothing."""
+    breaker = CircuitBreaker(CircuitBreakerConfig(failures=5, open_for=Duration(30), probes=3))
+    assert await breaker.admit(0)
+    breaker.done(True)
+    for _ in range(50):
+        assert await breaker.admit(0)
+    breaker.done(False)
+    assert await breaker.admit(0)
+
+
+def test_malformed_messages_are_400_and_leave_the_provider_usable(
+    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+) -> None:
+    a = stub("name=a")
+    gw = serve(llm_config(openai_provider("a", a), **breaker(open_for="30s")))
+    for messages in (["not an object"], [], [None]):
+        with pytest.raises(openai.BadRequestError):
+            client(gw).chat.completions.create(model="a/x", messages=messages)  # type: ignore[arg-type]
+    assert [ask(gw) for _ in range(6)] == [200] * 6
+
+
+def test_a_provider_refusing_the_gateways_key_is_502_not_the_clients_401(
+    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+) -> None:
+    a = stub("name=a", "status=401")
+    gw = serve(llm_config(openai_provider("a", a)))
+    assert ask(gw) == 502
