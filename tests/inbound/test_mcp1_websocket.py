@@ -1,0 +1,90 @@
+"""The WebSocket transport with the client it exists for: mcp 1.x's `websocket_client`, in its own environment.
+
+mcp 2.x (the test environment's) dropped the transport, so mcp 1.x lives in a
+virtual environment of its own under `.venv/`, made from the package index
+on first use, like every other dependency of the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentgw.auth.jwt import mint_token
+from tests.support import ROOT, Gateway, Process, gateway, hs256_auth_policy, mcp_target
+
+MCP1_ENV = ROOT / ".venv" / "mcp1"
+MCP1_PYTHON = MCP1_ENV / "bin" / "python"
+SECRET = "mcp1-tests-secret-of-at-least-32-characters"
+ISSUER = "https://issuer.test"
+POLICIES = (
+    hs256_auth_policy(ISSUER, "MCP1_SECRET")
+    + """\
+---
+apiVersion: agentgw.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: docs-tools}
+spec:
+  targetRefs: [docs]
+  defaultAction: allow
+  denyList: [whoami]
+"""
+)
+
+
+@pytest.fixture(scope="session")
+def mcp1_python() -> Path:
+    if not MCP1_PYTHON.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(MCP1_ENV)], check=True, timeout=120)
+        install = [str(MCP1_PYTHON), "-m", "pip", "install", "-q", "mcp>=1.20,<2", "websockets>=14"]
+        subprocess.run(install, check=True, timeout=600)
+    return MCP1_PYTHON
+
+
+@pytest.fixture
+def served(tmp: Path, backends: list[Process]) -> Iterator[Gateway]:
+    config = {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
+    gw = gateway(tmp, config, POLICIES, env={"MCP1_SECRET": SECRET})
+    yield gw
+    gw.stop()
+
+
+def test_mcp1_websocket_client_initializes_lists_calls_and_is_denied(mcp1_python: Path, served: Gateway) -> None:
+    token = mint_token(SECRET, "mcp1-user", [], 600, issuer=ISSUER, audience="agentgw")
+    url = f"ws://127.0.0.1:{served.port}/mcp/v1/docs/ws?access_token={token}"
+    run = subprocess.run(
+        [
+            str(mcp1_python),
+            str(ROOT / "tests" / "mcp1_websocket_client.py"),
+            url,
+            "add",
+            '{"a": 20, "b": 22}',
+            "whoami",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["server"] == "example-docs"
+    assert {"add", "search_documents"} <= set(seen["tools"]) and "whoami" not in seen["tools"]
+    assert seen["result"] == "42"
+    assert seen["denied"] == -32051
+
+
+def test_mcp1_websocket_client_without_a_token_is_refused(mcp1_python: Path, served: Gateway) -> None:
+    url = f"ws://127.0.0.1:{served.port}/mcp/v1/docs/ws"
+    run = subprocess.run(
+        [str(mcp1_python), str(ROOT / "tests" / "mcp1_websocket_client.py"), url, "add", "{}", "whoami"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "401" in run.stderr
