@@ -214,9 +214,9 @@ async def test_one_json_log_line_per_request_without_tokens_or_contents(
         "tool": "search_documents",
         "decision": "allow",
         "status": 200,
-        "duration_ms": call["duration_ms"],
+        "duration": call["duration"],
     }
-    assert call["duration_ms"] > 0 and call["time"].endswith("+00:00")
+    assert 0 < call["duration"] < 10 and call["time"].endswith("+00:00")
     chat = next(line for line in lines if line["route"] == "/v1/chat/completions")
     assert (chat["subject"], chat["target"], chat["backend"], chat["status"]) == (
         "log-reader",

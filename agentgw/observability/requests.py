@@ -143,7 +143,7 @@ def _log_fields(info: RequestInfo, status: int, seconds: float) -> dict[str, Any
         "tool": _clip(info.tool),
         "decision": info.decision,
         "status": status,
-        "duration_ms": round(seconds * 1000, 3),
+        "duration": round(seconds, 6),  # seconds, as in the metrics
     }
 
 
