@@ -23,7 +23,9 @@ class GatewayError(Exception):
 
     http_status = 500
     jsonrpc_code = INTERNAL_ERROR
-    openai_code = "invalid_request"  # the `code` of the OpenAI-shaped body the chat endpoints answer with
+    # The `type` and `code` of the OpenAI-shaped body the chat endpoints answer with (no type: from the status).
+    openai_type: str | None = None
+    openai_code = "invalid_request"
 
     def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -41,7 +43,7 @@ class GatewayError(Exception):
 
     def openai_body(self) -> bytes:
         """The error as OpenAI SDKs expect it on `/v1/...`."""
-        kind = "server_error" if self.http_status >= 500 else "invalid_request_error"
+        kind = self.openai_type or ("server_error" if self.http_status >= 500 else "invalid_request_error")
         error = {"message": self.message, "type": kind, "param": None, "code": self.openai_code}
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 

@@ -170,6 +170,14 @@ def hs256_auth_policy(issuer: str, secret_env: str) -> str:
     )
 
 
+def deny_list_policy(target: str, *tools: str) -> str:
+    """A ToolPolicy that allows every tool of `target` but `tools`."""
+    return (
+        "apiVersion: agentgw.dev/v1alpha1\nkind: ToolPolicy\nmetadata: {name: deny-list}\nspec:\n"
+        f"  targetRefs: [{target}]\n  defaultAction: allow\n  denyList: [{', '.join(tools)}]\n"
+    )
+
+
 # -- raw HTTP, for tests that must control every byte -------------------------
 
 

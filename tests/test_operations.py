@@ -21,6 +21,7 @@ from tests.support import (
     Gateway,
     Process,
     bearer,
+    deny_list_policy,
     free_port,
     gateway,
     hs256_auth_policy,
@@ -34,19 +35,7 @@ from tests.support import (
 
 SECRET = "operations-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
-POLICIES = (
-    hs256_auth_policy(ISSUER, "OPS_JWT_SECRET")
-    + """\
----
-apiVersion: agentgw.dev/v1alpha1
-kind: ToolPolicy
-metadata: {name: docs-tools}
-spec:
-  targetRefs: [docs]
-  defaultAction: allow
-  denyList: [whoami]
-"""
-)
+POLICIES = hs256_auth_policy(ISSUER, "OPS_JWT_SECRET") + "---\n" + deny_list_policy("docs", "whoami")
 Sample = tuple[str, dict[str, str], float]
 
 

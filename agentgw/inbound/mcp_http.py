@@ -45,6 +45,7 @@ from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
+from agentgw.upstream.http import UpstreamResponse
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 log = logging.getLogger("agentgw.inbound.mcp")
@@ -167,43 +168,47 @@ class McpHttpEndpoint:
     ) -> None:
         if request.session_id is not None:
             raise InvalidRequest("initialize must not carry a session id")
-        headers = request.forwarded_headers()
         now = time.time()
-        for url in await pool.candidates(self.store, now):
+        url, response = await self._send_to_first(await pool.candidates(self.store, now), request, body, pool)
+        try:
+            if response.status != 200:
+                # The backend refused: its answer, and no session.
+                await relay(response, [], receive, send, pool.target.timeout)
+                return
+            requested = message.get("params", {}).get("protocolVersion")
+            principal = request.principal
+            record = SessionRecord(
+                id=new_session_id(),
+                target=pool.target.name,
+                backend=url,
+                backend_session_id=response.header(MCP_SESSION_ID),
+                protocol_version=requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else DEFAULT_STATEFUL_VERSION,
+                created_at=now,
+                last_seen=now,
+                initialize=body.decode(),
+                issuer=principal.issuer if principal else None,
+                subject=principal.subject if principal else None,
+                scopes=sorted(principal.scopes) if principal else [],
+            )
+            await self.store.create(record, self._ttl)
+            request.info.session_id, request.info.backend = record.id, url
+            await relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
+        finally:
+            response.release()
+
+    async def _send_to_first(
+        self, candidates: list[str], request: InboundRequest, body: bytes, pool: BackendPool
+    ) -> tuple[str, UpstreamResponse]:
+        """POST to the first backend that can be reached. Skipping one is safe: nothing arrived there,
+        an initialize opened no session and the stateless revision keeps none. A timeout is the answer."""
+        headers = request.forwarded_headers()
+        for url in candidates:
             try:
-                response = await self.upstream.send("POST", url, headers, body, timeout=pool.target.timeout)
+                return url, await self.upstream.send("POST", url, headers, body, timeout=pool.target.timeout)
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable:
-                continue  # an initialize that never arrived is safe to try on the next backend
-            try:
-                if response.status != 200:
-                    # The backend refused: its answer, and no session.
-                    await relay(response, [], receive, send, pool.target.timeout)
-                    return
-                requested = message.get("params", {}).get("protocolVersion")
-                principal = request.principal
-                record = SessionRecord(
-                    id=new_session_id(),
-                    target=pool.target.name,
-                    backend=url,
-                    backend_session_id=response.header(MCP_SESSION_ID),
-                    protocol_version=requested
-                    if requested in HANDSHAKE_PROTOCOL_VERSIONS
-                    else DEFAULT_STATEFUL_VERSION,
-                    created_at=now,
-                    last_seen=now,
-                    initialize=body.decode(),
-                    issuer=principal.issuer if principal else None,
-                    subject=principal.subject if principal else None,
-                    scopes=sorted(principal.scopes) if principal else [],
-                )
-                await self.store.create(record, self._ttl)
-                request.info.session_id, request.info.backend = record.id, url
-                await relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
-                return
-            finally:
-                response.release()
+                continue
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} is reachable")
 
     async def _post_modern(
@@ -230,23 +235,14 @@ class McpHttpEndpoint:
         handle = request.session_id if pinned is not None else None
         await self.guard.check(scope, pool.target.name, [message], request.principal, handle, False, discover)
         rewrite = self._rewrite(request, pool, message)
-        headers = request.forwarded_headers()
-        for url in candidates:
-            try:
-                response = await self.upstream.send("POST", url, headers, body, timeout=pool.target.timeout)
-            except UpstreamTimeout:
-                raise
-            except UpstreamUnavailable:
-                continue  # nothing arrived, and the revision keeps no state at the backend
-            try:
-                if url != pinned or handle is None:
-                    handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
-                request.info.session_id, request.info.backend = handle, url
-                await self._relay(response, [(X_MCP_SESSION_ID, handle)], receive, send, pool, rewrite)
-                return
-            finally:
-                response.release()
-        raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} is reachable")
+        url, response = await self._send_to_first(candidates, request, body, pool)
+        try:
+            if url != pinned or handle is None:
+                handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
+            request.info.session_id, request.info.backend = handle, url
+            await self._relay(response, [(X_MCP_SESSION_ID, handle)], receive, send, pool, rewrite)
+        finally:
+            response.release()
 
     async def _pinned_backend(self, request: InboundRequest, pool: BackendPool) -> str | None:
         """The backend an echoed handle pins to; an unknown one simply pins afresh,

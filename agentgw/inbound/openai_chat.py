@@ -40,20 +40,12 @@ MODEL_COMMAND = "/model "
 WINDOW = 60.0  # rate limits count per minute
 
 
-class ChatError(Exception):
-    """An OpenAI-shaped error answer."""
+class ChatError(GatewayError):
+    """An error of the chat endpoints, with the `type` and `code` OpenAI SDKs read."""
 
     def __init__(self, status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code = status, message, kind, code
-        self.headers = headers or {}
-
-    async def send(self, send: Send) -> None:
-        body = _dump({"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}})
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        super().__init__(message, headers=headers)
+        self.http_status, self.openai_type, self.openai_code = status, kind, code
 
 
 class ChatEndpoint:
@@ -74,13 +66,11 @@ class ChatEndpoint:
                 await self._complete(scope, receive, send)
             else:
                 raise ChatError(404, "Unknown endpoint", "invalid_request_error", "not_found")
-        except ChatError as exc:
-            await exc.send(send)
         except GatewayError as exc:  # bad input, store down: the same status, OpenAI's shape
             await exc.send(send, openai=True)
         except Exception:
             log.exception("unexpected error in the chat endpoint")
-            await ChatError(500, "Internal error", "server_error", "internal_error").send(send)
+            await ChatError(500, "Internal error", "server_error", "internal_error").send(send, openai=True)
 
     async def _models(self, send: Send) -> None:
         data = [

@@ -16,25 +16,13 @@ from pathlib import Path
 import pytest
 
 from agentgw.auth.jwt import mint_token
-from tests.support import ROOT, Gateway, Process, gateway, hs256_auth_policy, mcp_target
+from tests.support import ROOT, Gateway, Process, deny_list_policy, gateway, hs256_auth_policy, mcp_target
 
 MCP1_ENV = ROOT / ".venv" / "mcp1"
 MCP1_PYTHON = MCP1_ENV / "bin" / "python"
 SECRET = "mcp1-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
-POLICIES = (
-    hs256_auth_policy(ISSUER, "MCP1_SECRET")
-    + """\
----
-apiVersion: agentgw.dev/v1alpha1
-kind: ToolPolicy
-metadata: {name: docs-tools}
-spec:
-  targetRefs: [docs]
-  defaultAction: allow
-  denyList: [whoami]
-"""
-)
+POLICIES = hs256_auth_policy(ISSUER, "MCP1_SECRET") + "---\n" + deny_list_policy("docs", "whoami")
 
 
 @pytest.fixture(scope="session")
