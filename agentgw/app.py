@@ -31,6 +31,7 @@ from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import Metrics, gauge
+from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import RequestObserver, without_credentials
 from agentgw.observability.tracing import (
     TracedConnectionPool,
@@ -53,8 +54,6 @@ from agentgw.upstream.mcp import McpUpstream
 log = logging.getLogger("agentgw")
 
 CONNECT_TIMEOUT = 3.0
-# Other replicas' catalogue changes (quarantines, approvals) reach this process within this time.
-CATALOGUE_REFRESH_INTERVAL = 1.0
 MCP_PREFIX = "/mcp/v1"
 CHAT_PREFIX = "/v1/"
 
@@ -85,12 +84,13 @@ def create_app(
     live = LivePolicies(settings.policies, policies, env, http)
     targets = settings.mcp.targets if settings.mcp.enabled else []
     upstream = McpUpstream(targets, http)
-    catalogue = ToolCatalogue(store)
-    audit = AuditLog(store)
     metrics = Metrics(_configured_models(settings))
-    guard = McpGuard(live, catalogue, audit, metrics, enabled=settings.mcp.tool_validation)
-    mcp = McpHttpEndpoint(settings, store, upstream, live, guard)
-    a2a = A2AEndpoint(settings, store, live, http) if settings.a2a.agents else None
+    refusals = Refusals(metrics)
+    catalogue = ToolCatalogue(store, refusals)
+    audit = AuditLog(store)
+    guard = McpGuard(live, catalogue, audit, metrics, refusals, enabled=settings.mcp.tool_validation)
+    mcp = McpHttpEndpoint(settings, store, upstream, live, guard, refusals)
+    a2a = A2AEndpoint(settings, store, live, http, refusals) if settings.a2a.agents else None
     chat = None
     if settings.llm.providers:
         chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, metrics, settings.server.max_body_bytes)
@@ -149,11 +149,9 @@ def create_app(
         )
 
     async def refresh_catalogue() -> None:
-        while True:
-            for name in target_names:
-                with contextlib.suppress(StoreUnavailable):
-                    await catalogue.refresh(name)
-            await asyncio.sleep(CATALOGUE_REFRESH_INTERVAL)
+        """Other replicas' quarantines and approvals, as the store announces them: no work while
+        nothing changes, and none at all with the memory store, which no other process writes."""
+        await catalogue.follow(target_names)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -171,7 +169,9 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("a background task failed", exc_info=outcome)
             if admin is not None:
                 await admin.shutdown()
             await audit.close()

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from agentgw.config import Settings, config_path, load_settings, split_host_port
+from agentgw.inbound.client_limits import ClientLimits, http_protocol
 from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import MULTIPROCESS_ENV
 from agentgw.policy.loader import load_policies, policy_files
@@ -32,14 +33,14 @@ from agentgw.typed_yaml import ConfigError, Duration, parse_duration
 USAGE_ERROR = 2
 TRUSTED_PROXIES_ENV = "FORWARDED_ALLOW_IPS"  # read by uvicorn too: the proxies whose X-Forwarded-* count
 ADMIN_TIMEOUT = 10.0
-# uvloop and httptools for speed; no access log, Server or Date header: per-request
+# uvloop and httptools for speed (the protocol, httptools plus the client limits of
+# contract 11, is passed as `http=`); no access log, Server or Date header: per-request
 # work the gateway does not need. X-Forwarded-Proto/-For are trusted only from the
 # proxies FORWARDED_ALLOW_IPS names (uvicorn reads it), and only when it is set.
 _UVICORN_OPTIONS: dict[str, Any] = {
     "lifespan": "on",  # a gateway whose startup failed must exit, not serve without its background tasks
     "log_config": None,  # uvicorn's lines go through the gateway's JSON logging
     "loop": "uvloop",
-    "http": "httptools",
     "access_log": False,
     "server_header": False,
     "date_header": False,
@@ -150,6 +151,7 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
             host=host,
             port=port,
             workers=settings.server.workers,
+            http=http_protocol(ClientLimits.of(settings.server)),
             ws_max_size=settings.server.max_body_bytes,
             proxy_headers=_behind_proxy(),
             **_UVICORN_OPTIONS,
@@ -165,6 +167,7 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
         app,
         host=host,
         port=port,
+        http=http_protocol(ClientLimits.of(settings.server)),
         ws_max_size=settings.server.max_body_bytes,
         proxy_headers=_behind_proxy(),
         **_UVICORN_OPTIONS,

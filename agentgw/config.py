@@ -15,6 +15,13 @@ from agentgw.typed_yaml import ConfigError, Duration, build_document, coerce, co
 DEFAULT_CONFIG_FILE = "agentgw.yaml"
 
 
+_SIXTY_SECONDS = Duration(60.0)
+_THIRTY_SECONDS = Duration(30.0)
+_TEN_SECONDS = Duration(10.0)
+_TWO_SECONDS = Duration(2.0)
+_TWO_HUNDRED_MS = Duration(0.2)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = "127.0.0.1:8080"
@@ -23,6 +30,10 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+    # Slow clients (contract 11): the whole request head, then the whole body, within these.
+    header_timeout: Duration = _TEN_SECONDS
+    body_timeout: Duration = _THIRTY_SECONDS
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -32,12 +43,6 @@ class SessionStoreConfig:
     key_prefix: str = "agentgw:"
     # The memory store drops its least recently used sessions beyond this many.
     max_sessions: int = 100_000
-
-
-_SIXTY_SECONDS = Duration(60.0)
-_TWO_SECONDS = Duration(2.0)
-_THIRTY_SECONDS = Duration(30.0)
-_TWO_HUNDRED_MS = Duration(0.2)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class McpTargetConfig:
     failover: Literal["end_session", "reinitialize"] = "end_session"
     timeout: Duration = _SIXTY_SECONDS
     health_check_interval: Duration = _TWO_SECONDS
+    # Tools beyond this many in a backend's listing are left out (contract 11).
+    max_tools: int = 1000
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class A2AAgentConfig:
 @dataclass(frozen=True)
 class A2AConfig:
     agents: list[A2AAgentConfig] = field(default_factory=list)
+    # Hosts a push-notification webhook may name although they resolve to non-public addresses.
+    push_webhook_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(file, 0, "server.workers: more than 1 worker needs session_store.type redis")
     if settings.server.max_body_bytes < 1024:
         raise ConfigError(file, 0, "server.max_body_bytes: must be at least 1024")
+    if settings.server.max_connections < 1:
+        raise ConfigError(file, 0, "server.max_connections: must be at least 1")
+    for target in settings.mcp.targets:
+        if target.max_tools < 1:
+            raise ConfigError(file, line_of(target), f"mcp.targets.{target.name}.max_tools: must be at least 1")
     _validate_llm(settings)
     _validate_upstreams(file, "mcp.targets", settings.mcp.targets, reserved={"ws"})
     _validate_upstreams(file, "a2a.agents", settings.a2a.agents, reserved=set())

@@ -16,6 +16,7 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 SERVER_UNAVAILABLE = -32000
 UNAUTHORIZED = -32001
 POLICY_DENIED = -32051
+BAD_BACKEND_ANSWER = -32052
 
 
 class GatewayError(Exception):
@@ -139,6 +140,29 @@ class SessionNotFound(NotFound):
     """Unknown, expired or ended session: a spec-following client re-initializes."""
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its whole body within `server.body_timeout` (contract 11).
+
+    Answered before any response started, then the connection ends: what the client
+    sends later is not a request.
+    """
+
+    http_status = 408
+    jsonrpc_code = INVALID_REQUEST
+    openai_code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"connection": "close"})
+
+
+class ServerBusy(GatewayError):
+    """More connections than `server.max_connections` (contract 11)."""
+
+    http_status = 503
+    jsonrpc_code = SERVER_UNAVAILABLE
+    openai_code = "service_unavailable"
+
+
 class SessionRequired(GatewayError):
     http_status = 400
     jsonrpc_code = INVALID_REQUEST
@@ -191,3 +215,45 @@ class UpstreamUnavailable(GatewayError):
 
 class UpstreamTimeout(UpstreamUnavailable):
     http_status = 504
+
+
+class IdentityProviderUnavailable(GatewayError):
+    """The key a token names cannot be fetched: the identity provider's fault, so 503, never 401."""
+
+    http_status = 503
+    jsonrpc_code = SERVER_UNAVAILABLE
+    openai_code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
+class BackendRefused(GatewayError):
+    """What a backend, agent or provider sent is not relayed (contract 11): its fault, never the client's.
+
+    Each subclass names its `reason`, the `data.reason` of the body and the label
+    of `agentgw_backend_refusals_total`.
+    """
+
+    http_status = 502
+    jsonrpc_code = BAD_BACKEND_ANSWER
+    reason = "bad_backend_answer"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, data={"reason": self.reason}, headers=headers)
+
+
+class BadBackendAnswer(BackendRefused):
+    """An answer the gateway must read cannot be parsed, is no JSON-RPC response, or answers another id."""
+
+
+class BackendAuthRefused(BackendRefused):
+    """The backend refused the gateway's own credentials (401/403): the client cannot fix that."""
+
+    reason = "backend_auth"
+
+
+class BadAgentCard(BackendRefused):
+    """An agent card that is not JSON, or not a card."""
+
+    reason = "bad_agent_card"

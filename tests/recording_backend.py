@@ -44,6 +44,10 @@ async def mcp(request: Request) -> Response:
         }
         headers = {"mcp-session-id": f"backend-session-{next(session_numbers)}"}
         return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "result": result}, headers=headers)
+    if message["method"] == "tools/list":
+        # The gateway calls only tools it has seen listed (contract 11).
+        tools = [{"name": "add", "inputSchema": {"type": "object"}}]
+        return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "result": {"tools": tools}})
     if message["method"] == "slow/stream":
         # Two events with a pause between them: a buffering proxy would deliver both at once.
         steps = [("first", 0.0), ("second", float(message["params"]["pause"]))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,3 +318,42 @@ async def poll(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# -- the gateway in this process, for tests where a process boundary is not what is tested --------
+
+
+@contextlib.asynccontextmanager
+async def gateway_in_process(
+    tmp: Path, config: dict[str, Any], policies: str | None = None, env: dict[str, str] | None = None
+) -> AsyncIterator[int]:
+    """Serve the gateway from this event loop on a port the kernel picks; yields that port."""
+    import uvicorn
+
+    from agentgw.app import create_app
+    from agentgw.config import load_settings
+    from agentgw.policy.loader import load_policies
+
+    policy_dir = tmp / "inproc-policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    if policies is not None:
+        (policy_dir / "policies.yaml").write_text(policies)
+    config = {**config, "policies": [str(policy_dir)]}
+    config["server"] = {"listen": "127.0.0.1:0", "metrics_listen": "", **config.get("server", {})}
+    config_file = tmp / "inproc-gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    settings = load_settings(config_file, env={})
+    app = create_app(settings, load_policies(settings.policies), env=env or {})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async def started() -> bool:
+            return server.started or task.done()
+
+        await poll(started, timeout=START_TIMEOUT, interval=0.01)
+        if task.done():
+            task.result()
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)

@@ -1,9 +1,14 @@
-"""A2A, proxied (contract 8): both protocol generations, as the agent speaks them.
+"""A2A, proxied (contracts 8 and 11): both protocol generations, as the agent speaks them.
 
 The agent's card is served with every endpoint pointing at the gateway. A call
 naming a task or context goes to the replica that holds it, recorded when a
 response first named it; a task of another subject is answered as if it did
 not exist. Streams are relayed event by event.
+
+The agent is not trusted either: the ids that route a call are read only from
+the fields its method defines, the first answer naming an id owns it for good,
+an answer the gateway reads must be a JSON-RPC response to the request, and a
+push-notification webhook may only name a public host (or an allow-listed one).
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from agentgw import jsonrpc
+from agentgw import jsonrpc, sse
 from agentgw.auth.middleware import base_url, challenge
 from agentgw.auth.principal import Principal, principal_of
 from agentgw.config import Settings
 from agentgw.errors import (
+    BadBackendAnswer,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -30,15 +36,19 @@ from agentgw.errors import (
     UpstreamUnavailable,
 )
 from agentgw.inbound.a2a_card import rewrite_card
+from agentgw.inbound.a2a_pins import Pins, answer_to, id_text, owned, pin_key
+from agentgw.inbound.a2a_webhooks import MESSAGE_METHODS, webhook_allowed, webhook_urls
 from agentgw.inbound.mcp_request import check_content_type, read_body
-from agentgw.inbound.relay import NOT_RELAYED, is_event_stream, relay
-from agentgw.inbound.relay import read_body as read_response_body
+from agentgw.inbound.relay import relay, response_headers
+from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import RequestInfo, request_info
 from agentgw.policy.agents import AgentPolicyEngine, v1_method
 from agentgw.policy.engine import Decision
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.store import SessionStore
 from agentgw.upstream.a2a import CARD_PATHS, AgentReplicas, Replica
+from agentgw.upstream.answers import MAX_ANSWER_BYTES
+from agentgw.upstream.answers import read_body as read_answer_body
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.inbound.a2a")
@@ -47,19 +57,27 @@ A2A_PREFIX = "/a2a/v1"
 TASK_NOT_FOUND = -32001
 # Client headers an agent needs; credentials stay at the gateway.
 _FORWARDED = ("content-type", "accept", "a2a-version", "a2a-extensions", "traceparent", "tracestate")
-PIN_TTL = 7 * 24 * 3600.0
 CALL_TIMEOUT = 300.0
-_TASK_ID_METHODS = frozenset(
-    {
-        "GetTask",
-        "CancelTask",
-        "SubscribeToTask",
-        "CreateTaskPushNotificationConfig",
-        "GetTaskPushNotificationConfig",
-        "ListTaskPushNotificationConfigs",
-        "DeleteTaskPushNotificationConfig",
-    }
-)
+# The one field naming the task a method acts on (contract 11), by v1 name, as a2a-sdk 1.3 reads it:
+# v1 push-config requests carry the task in `taskId` (their `id` names the config), 0.3 ones in `id`
+# (but `tasks/pushNotificationConfig/set`, whose params are a TaskPushNotificationConfig).
+_V1_TASK_FIELD = {
+    "GetTask": "id",
+    "CancelTask": "id",
+    "SubscribeToTask": "id",
+    "CreateTaskPushNotificationConfig": "taskId",
+    "GetTaskPushNotificationConfig": "taskId",
+    "ListTaskPushNotificationConfigs": "taskId",
+    "DeleteTaskPushNotificationConfig": "taskId",
+}
+_V03_TASK_FIELD = {
+    **_V1_TASK_FIELD,
+    "GetTaskPushNotificationConfig": "id",
+    "ListTaskPushNotificationConfigs": "id",
+    "DeleteTaskPushNotificationConfig": "id",
+}
+# Both SDK parsers (protobuf JSON in v1, pydantic in 0.3) accept a field under its proto name too.
+_SPELLINGS = {"id": ("id",), "taskId": ("taskId", "task_id"), "contextId": ("contextId", "context_id")}
 
 
 class TaskNotFound(GatewayError):
@@ -72,12 +90,16 @@ class TaskNotFound(GatewayError):
 class A2AEndpoint:
     """The ASGI endpoint behind `/a2a/v1/{agent}` and its agent card."""
 
-    def __init__(self, settings: Settings, store: SessionStore, live: LivePolicies, http: ConnectionPool) -> None:
+    def __init__(
+        self, settings: Settings, store: SessionStore, live: LivePolicies, http: ConnectionPool, refusals: Refusals
+    ) -> None:
         self.settings = settings
+        self.refusals = refusals
         self.store = store
         self.live = live
         self.http = http
-        self.agents = {a.name: AgentReplicas(a, http) for a in settings.a2a.agents}
+        self.agents = {a.name: AgentReplicas(a, http, refusals) for a in settings.a2a.agents}
+        self.webhook_hosts = frozenset(h.lower().rstrip(".") for h in settings.a2a.push_webhook_hosts)
         self._engine_source: object = None
         self._engine = AgentPolicyEngine([])
 
@@ -133,7 +155,8 @@ class A2AEndpoint:
     async def _call(self, scope: Scope, agent: AgentReplicas, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         check_content_type(headers)
-        payload = jsonrpc.parse(await read_body(headers, receive, self.settings.server.max_body_bytes))
+        server = self.settings.server
+        payload = jsonrpc.parse(await read_body(headers, receive, server.max_body_bytes, server.body_timeout))
         if isinstance(payload, list):
             raise InvalidRequest("Invalid request: A2A takes one JSON-RPC request at a time")
         message = jsonrpc.check_message(payload)
@@ -146,11 +169,14 @@ class A2AEndpoint:
             info = request_info(scope)
             info.rpc_method = method
             self._authorize(scope, agent.name, method, principal)
+            params = message.get("params", {})
+            await self._check_webhooks(scope, agent.name, method, params)
             info.decision = "allow"
-            task_id, context_id = _named_ids(method, message.get("params", {}))
+            task_id, context_id = _named_ids(message["method"], params)
             replicas = await self._replicas_for(agent, task_id, context_id, principal)
             upstream_headers = {k: headers[k] for k in _FORWARDED if k in headers}
-            call = _Call(agent, method, principal, f"{base_url(scope)}{A2A_PREFIX}/{agent.name}", info)
+            gateway_url = f"{base_url(scope)}{A2A_PREFIX}/{agent.name}"
+            call = _Call(agent, method, message.get("id"), principal, gateway_url, info)
             await self._forward(call, replicas, upstream_headers, forwarded, receive, send)
         except GatewayError as exc:
             if exc.request_id is None:
@@ -167,6 +193,16 @@ class A2AEndpoint:
             request_info(scope).decision = "deny"
             raise _denial(scope, agent, decision)
 
+    async def _check_webhooks(self, scope: Scope, agent: str, method: str, params: dict[str, Any]) -> None:
+        """A push-notification webhook may name only a public host, or one the operator allow-listed."""
+        for url in webhook_urls(method, params):
+            if not await webhook_allowed(url, self.webhook_hosts):
+                request_info(scope).decision = "deny"
+                raise PolicyDenied(
+                    f"Push-notification webhook of method '{method}' not allowed",
+                    data={"agent": agent, "method": method, "reason": "webhook_not_allowed"},
+                )
+
     async def _replicas_for(
         self, agent: AgentReplicas, task_id: str | None, context_id: str | None, principal: Principal | None
     ) -> list[Replica]:
@@ -174,14 +210,14 @@ class A2AEndpoint:
         for kind, value in (("task", task_id), ("context", context_id)):
             if value is None:
                 continue
-            pin = await self.store.get_value(_pin_key(agent.name, kind, value))
+            pin = await self.store.get_value(pin_key(agent.name, kind, value))
             if pin is None:
                 if kind == "task":
                     # A task this gateway never saw made is reachable by no one through it.
                     raise TaskNotFound("Task not found")
                 continue
             owner = json.loads(pin)
-            if not _owned(owner, principal):
+            if not owned(owner, principal):
                 raise TaskNotFound("Task not found")
             replica = agent.replica(owner["replica"])
             if replica is not None:
@@ -212,8 +248,8 @@ class A2AEndpoint:
             replica.mark_up()
             call.info.backend = replica.base_url
             try:
-                pins = _Pins(self.store, agent.name, replica.base_url, call.principal)
-                if is_event_stream(response):
+                pins = Pins(self.store, self.refusals, agent.name, replica.base_url, call.principal)
+                if sse.is_event_stream(response.header("content-type")):
                     await relay(response, [], receive, send, CALL_TIMEOUT, tap=pins.feed)
                 else:
                     await self._relay_json(call, response, replica, pins, send)
@@ -223,29 +259,37 @@ class A2AEndpoint:
         raise UpstreamUnavailable(f"Agent {agent.name!r} is unreachable")
 
     async def _relay_json(
-        self, call: _Call, response: UpstreamResponse, replica: Replica, pins: _Pins, send: Send
+        self, call: _Call, response: UpstreamResponse, replica: Replica, pins: Pins, send: Send
     ) -> None:
-        body = await read_response_body(response, CALL_TIMEOUT)
         try:
-            answer = json.loads(body)
-        except ValueError:
-            answer = None
-        if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
-            result = answer["result"]
-            await pins.record(result)
-            changed = False
-            if call.method == "ListTasks":
-                changed = await self._hide_foreign_tasks(result, call.principal, call.agent.name)
-            elif call.method == "GetExtendedAgentCard":
-                # The extended card names endpoints too: they point at the gateway like the public card's.
-                answer["result"] = rewrite_card(result, replica.base_url, call.gateway_url, call.principal)
-                changed = True
-            if changed:
+            body = await read_answer_body(response, CALL_TIMEOUT, MAX_ANSWER_BYTES)
+        except BadBackendAnswer:
+            self.refusals.record(call.agent.name, BadBackendAnswer.reason, f"{call.method}: answer too large")
+            raise
+        if 200 <= response.status < 300:
+            answer = answer_to(body, call.request_id)
+            if answer is None:
+                self.refusals.record(call.agent.name, BadBackendAnswer.reason, f"{call.method}: not a JSON-RPC answer")
+                raise BadBackendAnswer(f"Agent {call.agent.name!r} answered with something else than JSON-RPC")
+            if isinstance(answer.get("result"), dict) and await self._rewrite_result(call, answer, replica, pins):
                 body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = [(k.lower(), v) for k, v in response.raw_headers if k.lower() not in NOT_RELAYED]
+        headers = response_headers(response)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _rewrite_result(self, call: _Call, answer: dict[str, Any], replica: Replica, pins: Pins) -> bool:
+        """Pin the ids the result names; trim what the caller may not see. Whether the result changed."""
+        result: dict[str, Any] = answer["result"]
+        await pins.record(result)
+        if call.method == "ListTasks":
+            return await self._hide_foreign_tasks(result, call.principal, call.agent.name)
+        if call.method == "GetExtendedAgentCard":
+            # The extended card names endpoints too: they point at the gateway like the public card's.
+            card = call.agent.checked_card(result)
+            answer["result"] = rewrite_card(card, replica.base_url, call.gateway_url, call.principal)
+            return True
+        return False
 
     async def _hide_foreign_tasks(self, result: dict[str, Any], principal: Principal | None, agent: str) -> bool:
         """ListTasks shows a caller only the tasks it created through the gateway."""
@@ -255,8 +299,8 @@ class A2AEndpoint:
         kept = []
         for task in tasks:
             task_id = task.get("id") if isinstance(task, dict) else None
-            pin = await self.store.get_value(_pin_key(agent, "task", task_id)) if isinstance(task_id, str) else None
-            if pin is not None and _owned(json.loads(pin), principal):
+            pin = await self.store.get_value(pin_key(agent, "task", task_id)) if isinstance(task_id, str) else None
+            if pin is not None and owned(json.loads(pin), principal):
                 kept.append(task)
         result["tasks"] = kept
         return True
@@ -268,90 +312,37 @@ class _Call:
 
     agent: AgentReplicas
     method: str
+    request_id: Any
     principal: Principal | None
     gateway_url: str
     info: RequestInfo
 
 
-class _Pins:
-    """Records which replica holds the tasks and contexts a response names, once each."""
+def _named_ids(method_name: str, params: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The task and context a request names, read only where its method defines them (contract 11).
 
-    def __init__(self, store: SessionStore, agent: str, replica: str, principal: Principal | None) -> None:
-        self._store = store
-        self._agent = agent
-        self._owner = json.dumps(
-            {
-                "replica": replica,
-                "iss": principal.issuer if principal else None,
-                "sub": principal.subject if principal else None,
-            }
-        )
-        self._seen: set[tuple[str, str]] = set()
-        self._pending = b""
-
-    async def record(self, result: dict[str, Any]) -> None:
-        for kind, value in _ids_in_result(result):
-            if (kind, value) not in self._seen:
-                self._seen.add((kind, value))
-                await self._store.put_value(_pin_key(self._agent, kind, value), self._owner, PIN_TTL)
-
-    async def feed(self, chunk: bytes) -> None:
-        """Read the ids out of a relayed event stream as its events complete."""
-        self._pending += chunk.replace(b"\r\n", b"\n")
-        *events, self._pending = self._pending.split(b"\n\n")
-        for event in events:
-            data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
-            try:
-                answer = json.loads(data) if data else None
-            except ValueError:
-                continue
-            if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
-                await self.record(answer["result"])
-
-
-def _pin_key(agent: str, kind: str, value: str) -> str:
-    return f"a2a:{agent}:{kind}:{value}"
-
-
-def _owned(owner: dict[str, Any], principal: Principal | None) -> bool:
-    if owner.get("sub") is None:
-        return True  # made while no SessionAuthPolicy applied
-    return principal is not None and (principal.issuer, principal.subject) == (owner.get("iss"), owner.get("sub"))
-
-
-def _named_ids(method: str, params: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The task and context a request names (a follow-up message names them in the message)."""
-    message = params.get("message")
-    if isinstance(message, dict):
-        return _text(message.get("taskId")), _text(message.get("contextId"))
-    if method in _TASK_ID_METHODS:
-        task_id = _text(params.get("taskId")) or _text(params.get("id"))
-        name = _text(params.get("name"))  # `tasks/{id}` resource names
-        if task_id is None and name is not None and name.startswith("tasks/"):
-            task_id = name.split("/")[1]
-        return task_id, None
+    `method_name` is the name as sent: a 0.3 name (with a `/`) reads the 0.3 fields.
+    """
+    method = v1_method(method_name)
+    if method in MESSAGE_METHODS:
+        message = params.get("message")
+        if not isinstance(message, dict):
+            return None, None
+        return id_text(_field(message, "taskId")), id_text(_field(message, "contextId"))
+    fields = _V03_TASK_FIELD if "/" in method_name else _V1_TASK_FIELD
+    if method in fields:
+        return id_text(_field(params, fields[method])), None
     return None, None
 
 
-def _ids_in_result(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """The task and context ids a response names, in either generation's shape."""
-    found: list[tuple[str, str]] = []
-    candidates = [result.get(k) for k in ("task", "message", "statusUpdate", "artifactUpdate")] + [result]
-    for item in candidates:
-        if not isinstance(item, dict):
-            continue
-        is_task = item is result.get("task") or item.get("kind") == "task"
-        task_id = _text(item.get("id")) if is_task else _text(item.get("taskId"))
-        if task_id is not None:
-            found.append(("task", task_id))
-        context_id = _text(item.get("contextId"))
-        if context_id is not None:
-            found.append(("context", context_id))
-    return found
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _field(holder: dict[str, Any], name: str) -> Any:
+    """A field under any spelling the agent's parser accepts; two spellings that disagree are refused."""
+    values = [holder[s] for s in _SPELLINGS[name] if s in holder]
+    if any(v != values[0] for v in values):
+        raise InvalidRequest(f"Invalid params: {name} given twice")
+    if values and not isinstance(values[0], str):
+        raise InvalidRequest(f"Invalid params: {name} must be a string")
+    return values[0] if values else None
 
 
 def _denial(scope: Scope, agent: str, decision: Decision) -> PolicyDenied:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -18,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 from agentgw import jsonrpc
 from agentgw.config import Settings
 from agentgw.errors import (
+    BackendAuthRefused,
+    BackendRefused,
     GatewayError,
     InternalError,
     InvalidRequest,
@@ -26,6 +29,7 @@ from agentgw.errors import (
     SessionForbidden,
     SessionNotFound,
     SessionRequired,
+    StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -40,24 +44,46 @@ from agentgw.inbound.mcp_request import (
     read_body,
     read_headers,
 )
-from agentgw.inbound.relay import Rewrite, relay, relay_rewritten
+from agentgw.inbound.relay import Rewrite, client_headers, relay, relay_checked, send_answer
 from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_MCP_SESSION_ID
+from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
+from agentgw.upstream.answers import Answer, read_answer
 from agentgw.upstream.http import UpstreamResponse
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 log = logging.getLogger("agentgw.inbound.mcp")
+
+# Answers the gateway reads whole and checks before the client sees them (contract 11).
+CHECKED_METHODS = frozenset(
+    {"initialize", "tools/list", "prompts/list", "resources/list", "resources/templates/list", "server/discover"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """An answer to read whole and check: the id it must answer, and how its result is changed."""
+
+    request_id: Any
+    rewrite: Rewrite | None
 
 
 class McpHttpEndpoint:
     """The ASGI endpoint behind `/mcp/v1` and `/mcp/v1/{target}`."""
 
     def __init__(
-        self, settings: Settings, store: SessionStore, upstream: McpUpstream, live: LivePolicies, guard: McpGuard
+        self,
+        settings: Settings,
+        store: SessionStore,
+        upstream: McpUpstream,
+        live: LivePolicies,
+        guard: McpGuard,
+        refusals: Refusals,
     ) -> None:
         self.settings = settings
+        self.refusals = refusals
         self.store = store
         self.upstream = upstream
         self.live = live
@@ -70,6 +96,7 @@ class McpHttpEndpoint:
         return self.live.policies.session.session_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pool = None
         try:
             pool = self._pool(scope)
             request = read_headers(scope)
@@ -83,10 +110,19 @@ class McpHttpEndpoint:
             else:
                 raise MethodNotAllowed("Method not allowed", headers={"allow": "GET, POST, DELETE"})
         except GatewayError as exc:
+            if pool is not None:
+                self._record_refusal(pool, exc)
             await exc.send(send)
         except Exception:
             log.exception("unexpected error in the MCP endpoint")
             await InternalError("Internal error").send(send)
+
+    def _record_refusal(self, pool: BackendPool, error: GatewayError) -> None:
+        """What the backend did wrong is counted and logged; what the client did wrong is its answer alone."""
+        if isinstance(error, BackendRefused):
+            self.refusals.record(pool.target.name, error.reason)
+        elif isinstance(error, UpstreamTimeout):
+            self.refusals.record(pool.target.name, "timeout")
 
     def _pool(self, scope: Scope) -> BackendPool:
         name = scope.get("path_params", {}).get("target", self._default_target)
@@ -102,7 +138,8 @@ class McpHttpEndpoint:
     ) -> None:
         check_content_type(request.headers)
         check_accept(request.headers, ("application/json", "text/event-stream"))
-        body = await read_body(request.headers, receive, self.settings.server.max_body_bytes)
+        server = self.settings.server
+        body = await read_body(request.headers, receive, server.max_body_bytes, server.body_timeout)
         payload = jsonrpc.parse(body)
         messages = check_messages(payload)
         request.info.rpc_method = "batch" if isinstance(payload, list) else messages[0].get("method")
@@ -119,8 +156,8 @@ class McpHttpEndpoint:
             elif not batch and messages[0].get("method") == "initialize":
                 await self._initialize(request, pool, messages[0], forwarded, receive, send)
             else:
-                if batch and any(m.get("method") in ("initialize", "tools/list") for m in messages):
-                    raise InvalidRequest("initialize and tools/list must be sent alone, not in a batch")
+                if batch and any(m.get("method") in CHECKED_METHODS for m in messages):
+                    raise InvalidRequest("initialize and the list methods must be sent alone, not in a batch")
                 await self._post_in_session(scope, request, pool, messages, batch, forwarded, receive, send)
         except GatewayError as exc:
             if exc.request_id is None and isinstance(payload, dict):
@@ -144,18 +181,20 @@ class McpHttpEndpoint:
             session_headers[MCP_SESSION_ID] = record.backend_session_id
 
         async def discover() -> None:
-            tools = await self.upstream.list_tools(record.backend, session_headers, None, pool.target.timeout)
-            await self.guard.observe(pool.target.name, tools)
+            tools, complete = await self.upstream.list_tools(record.backend, session_headers, None, pool.target.timeout)
+            await self.guard.observe(pool.target.name, tools, pool.target.max_tools, complete)
 
         await self.guard.check(scope, pool.target.name, messages, request.principal, record.id, batch, discover)
-        rewrite = None if batch else self._rewrite(request, pool, messages[0])
-        await self._forward_in_session(request, pool, record, forwarded, receive, send, rewrite)
+        checked = None if batch else self._checked(request, pool, messages[0])
+        await self._forward_in_session(request, pool, record, forwarded, receive, send, checked)
 
-    def _rewrite(self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message) -> Rewrite | None:
-        """How the answer must be changed before the client sees it: only `tools/list` is trimmed."""
-        if message.get("method") != "tools/list" or "id" not in message:
+    def _checked(self, request: InboundRequest, pool: BackendPool, message: jsonrpc.Message) -> Checked | None:
+        """How an answer the gateway acts on is read: whole, checked, changed by `rewrite`."""
+        method = message.get("method")
+        if method not in CHECKED_METHODS or "id" not in message:
             return None
-        return self.guard.tools_list_rewrite(pool.target.name, request.principal, message["id"])
+        rewrite = self.guard.answer_rewrite(pool.target.name, method, message, request.principal, pool.target.max_tools)
+        return Checked(message["id"], rewrite)
 
     async def _initialize(
         self,
@@ -171,6 +210,8 @@ class McpHttpEndpoint:
         now = time.time()
         url, response = await self._send_to_first(await pool.candidates(self.store, now), request, body, pool)
         try:
+            if response.status in (401, 403):
+                raise BackendAuthRefused("Backend refused the gateway's credentials")
             if response.status != 200:
                 # The backend refused: its answer, and no session.
                 await relay(response, [], receive, send, pool.target.timeout)
@@ -190,11 +231,26 @@ class McpHttpEndpoint:
                 subject=principal.subject if principal else None,
                 scopes=sorted(principal.scopes) if principal else [],
             )
-            await self.store.create(record, self._ttl)
+            answer = await self._open(record, response, message.get("id"), pool)
             request.info.session_id, request.info.backend = record.id, url
-            await relay(response, _session_headers(record.id), receive, send, pool.target.timeout)
+            await send_answer(send, answer, client_headers(response, _session_headers(record.id)))
         finally:
             response.release()
+
+    async def _open(
+        self, record: SessionRecord, response: UpstreamResponse, request_id: Any, pool: BackendPool
+    ) -> Answer:
+        """Check the backend's answer and store the new session. A backend session whose answer is
+        refused, or that cannot be stored, is ended at once: no client leaves one open behind the gateway."""
+        try:
+            answer = await read_answer(response, request_id, pool.target.timeout)
+            if answer.result is not None:
+                self.guard.scan_initialize(pool.target.name, answer.result)
+            await self.store.create(record, self._ttl)
+        except (StoreUnavailable, BackendRefused, UpstreamUnavailable):
+            await self.upstream.end_session(record, pool.target.timeout)
+            raise
+        return answer
 
     async def _send_to_first(
         self, candidates: list[str], request: InboundRequest, body: bytes, pool: BackendPool
@@ -229,18 +285,18 @@ class McpHttpEndpoint:
         async def discover() -> None:
             meta = message.get("params", {}).get("_meta")
             modern = {MCP_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSIONS[-1], MCP_METHOD: "tools/list"}
-            tools = await self.upstream.list_tools(candidates[0], modern, meta, pool.target.timeout)
-            await self.guard.observe(pool.target.name, tools)
+            tools, complete = await self.upstream.list_tools(candidates[0], modern, meta, pool.target.timeout)
+            await self.guard.observe(pool.target.name, tools, pool.target.max_tools, complete)
 
         handle = request.session_id if pinned is not None else None
         await self.guard.check(scope, pool.target.name, [message], request.principal, handle, False, discover)
-        rewrite = self._rewrite(request, pool, message)
+        checked = self._checked(request, pool, message)
         url, response = await self._send_to_first(candidates, request, body, pool)
         try:
             if url != pinned or handle is None:
                 handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
             request.info.session_id, request.info.backend = handle, url
-            await self._relay(response, [(X_MCP_SESSION_ID, handle)], receive, send, pool, rewrite)
+            await self._relay(response, [(X_MCP_SESSION_ID, handle)], receive, send, pool, checked)
         finally:
             response.release()
 
@@ -305,7 +361,7 @@ class McpHttpEndpoint:
         body: bytes | None,
         receive: Receive,
         send: Send,
-        rewrite: Rewrite | None,
+        checked: Checked | None,
     ) -> None:
         headers = request.forwarded_headers()
         for _ in range(2):
@@ -326,7 +382,7 @@ class McpHttpEndpoint:
                     record = await self._failover(pool, record)
                     continue
                 request.info.backend = record.backend
-                await self._relay(response, _session_headers(record.id), receive, send, pool, rewrite)
+                await self._relay(response, _session_headers(record.id), receive, send, pool, checked)
                 return
             finally:
                 response.release()
@@ -334,17 +390,20 @@ class McpHttpEndpoint:
 
     async def _relay(
         self,
-        response: Any,
+        response: UpstreamResponse,
         headers: list[tuple[str, str]],
         receive: Receive,
         send: Send,
         pool: BackendPool,
-        rewrite: Rewrite | None,
+        checked: Checked | None,
     ) -> None:
-        if rewrite is None:
+        if response.status in (401, 403):
+            # The gateway's credentials, not the client's: a challenge would send the client to the wrong IdP.
+            raise BackendAuthRefused("Backend refused the gateway's credentials")
+        if checked is None:
             await relay(response, headers, receive, send, pool.target.timeout)
         else:
-            await relay_rewritten(response, headers, send, pool.target.timeout, rewrite)
+            await relay_checked(response, headers, send, pool.target.timeout, checked.request_id, checked.rewrite)
 
     async def _failover(self, pool: BackendPool, record: SessionRecord) -> SessionRecord:
         """Move the session to a healthy backend, or end it so the client re-initializes."""

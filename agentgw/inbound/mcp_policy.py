@@ -1,13 +1,17 @@
-"""Tool-poisoning defence on the MCP path (contract 6 and 7).
+"""Tool-poisoning defence on the MCP path (contract 6, 7 and 11).
 
 Every message that names a tool, prompt or resource is decided before anything
-is forwarded, whatever its form (request, notification, batch element);
-`tools/list` answers are trimmed to what the caller may call.
+is forwarded, whatever its form (request, notification, batch element).
+`tools/list` answers are trimmed to what the caller may call, and only tools
+the gateway has fingerprinted and scanned are listed or called. Prompts,
+resources and `initialize` instructions are scanned as they are listed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,14 +20,27 @@ from starlette.types import Scope
 from agentgw import jsonrpc
 from agentgw.auth.middleware import challenge
 from agentgw.auth.principal import Principal
-from agentgw.errors import BatchDenied, PolicyDenied
+from agentgw.errors import BadBackendAnswer, BatchDenied, PolicyDenied
 from agentgw.inbound.relay import Rewrite
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import Metrics
+from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import request_info
 from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision
 from agentgw.policy.live import LivePolicies
-from agentgw.policy.poisoning import ToolCatalogue
+from agentgw.policy.poisoning import ToolCatalogue, scan
+
+log = logging.getLogger("agentgw.inbound.mcp_policy")
+
+# A call naming a tool the catalogue does not know has the target listed again at most this often,
+# so names a client invents cost the backend one listing per interval, not one per call.
+REDISCOVER_AFTER = 10.0
+# Where each list answer holds its items.
+_LISTED_ITEMS = {
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
 
 _REASON_WORDS = {
     "deny_list": "it is on a deny list",
@@ -36,13 +53,21 @@ _REASON_WORDS = {
 
 class McpGuard:
     def __init__(
-        self, live: LivePolicies, catalogue: ToolCatalogue, audit: AuditLog, metrics: Metrics, enabled: bool
+        self,
+        live: LivePolicies,
+        catalogue: ToolCatalogue,
+        audit: AuditLog,
+        metrics: Metrics,
+        refusals: Refusals,
+        enabled: bool,
     ) -> None:
         self.live = live
+        self.refusals = refusals
         self.catalogue = catalogue
         self.audit = audit
         self.metrics = metrics
         self._discoveries: dict[str, asyncio.Future[None]] = {}
+        self._discovered_at: dict[str, float] = {}
         self.enabled = enabled
 
     async def check(
@@ -62,7 +87,7 @@ class McpGuard:
         """
         if not self.enabled:
             return
-        if any(self._unseen_tool(target, m) for m in messages):
+        if any(self._unseen_tool(target, m) for m in messages) and self._may_discover(target):
             await self._discover_once(target, discover)
         denied: list[tuple[jsonrpc.Message, Decision, list[str]]] = []
         for message in messages:
@@ -88,9 +113,14 @@ class McpGuard:
         """Calls arriving together for unseen tools share one listing of the target."""
         running = self._discoveries.get(target)
         if running is None:
+            self._discovered_at[target] = time.monotonic()
             running = self._discoveries[target] = asyncio.ensure_future(discover())
             running.add_done_callback(lambda _: self._discoveries.pop(target, None))
         await asyncio.shield(running)
+
+    def _may_discover(self, target: str) -> bool:
+        last = self._discovered_at.get(target)
+        return last is None or time.monotonic() - last >= REDISCOVER_AFTER or target in self._discoveries
 
     def _record(
         self, scope: Scope, target: str, tool: str, decision: Decision, principal: Principal | None, session: str | None
@@ -114,10 +144,10 @@ class McpGuard:
             return False
         return self.catalogue.entry(target, message["params"]["name"]) is None
 
-    async def observe(self, target: str, tools: list[Any]) -> None:
-        await self.catalogue.observe(
-            target, [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
-        )
+    async def observe(self, target: str, tools: list[Any], max_tools: int, complete: bool) -> list[dict[str, Any]]:
+        """Record a listing; the definitions recorded (fingerprinted and scanned), in listing order."""
+        named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        return await self.catalogue.observe(target, named, max_tools=max_tools, complete=complete)
 
     def _decide(
         self, target: str, message: jsonrpc.Message, name: str, principal: Principal | None
@@ -128,7 +158,10 @@ class McpGuard:
         if not decision.allowed or kind != "tool":
             return decision, []
         entry = self.catalogue.entry(target, name)
-        quarantined = entry.quarantine_reason(self.live.detection(target)) if entry is not None else None
+        if entry is None:
+            # Never fingerprinted nor scanned: a tool the backend did not list is not called.
+            return Decision(False, kind, name, "not_allowed", decision.policy, rule="not listed by the backend"), []
+        quarantined = entry.quarantine_reason(self.live.detection(target))
         if quarantined is not None:
             return Decision(False, kind, name, "quarantined", decision.policy, rule=quarantined), []
         errors = self.catalogue.argument_errors(target, name, message.get("params", {}).get("arguments", {}))
@@ -136,32 +169,77 @@ class McpGuard:
             return Decision(False, kind, name, "invalid_arguments", decision.policy, rule="inputSchema"), errors
         return decision, []
 
-    def tools_list_rewrite(self, target: str, principal: Principal | None, request_id: Any) -> Rewrite | None:
-        """The rewrite for a `tools/list` answer, or None when tool validation is off."""
+    def answer_rewrite(
+        self, target: str, method: str, message: jsonrpc.Message, principal: Principal | None, max_tools: int
+    ) -> Rewrite | None:
+        """How a checked answer is changed before the client sees it; None: sent as checked."""
         if not self.enabled:
             return None
+        if method == "tools/list":
+            complete = "cursor" not in message.get("params", {})
+            return self._tools_list_rewrite(target, principal, max_tools, complete)
+        items = _LISTED_ITEMS.get(method)
+        if items is not None:
+
+            async def drop_suspicious(result: dict[str, Any]) -> None:
+                self._drop_suspicious(target, result, items)
+
+            return drop_suspicious
+        if method == "server/discover":
+
+            async def scan_instructions(result: dict[str, Any]) -> None:
+                self.scan_initialize(target, result)
+
+            return scan_instructions
+        return None
+
+    def _tools_list_rewrite(
+        self, target: str, principal: Principal | None, max_tools: int, complete: bool
+    ) -> Rewrite:
         scopes = principal.scopes if principal is not None else frozenset()
 
-        async def rewrite(message: Any) -> Any:
-            result = message.get("result") if isinstance(message, dict) else None
-            if message.get("id") != request_id or not isinstance(result, dict):
-                return message
+        async def rewrite(result: dict[str, Any]) -> None:
             tools = result.get("tools")
             if not isinstance(tools, list):
-                return message
-            named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
-            await self.observe(target, named)
-            result["tools"] = [t for t in named if self._listable(target, t["name"], scopes)]
-            return message
+                raise BadBackendAnswer("Backend's tools/list result holds no tools array")
+            # Only what was recorded: a second definition under a listed name was never checked.
+            recorded = await self.observe(target, tools, max_tools, complete and result.get("nextCursor") is None)
+            result["tools"] = [t for t in recorded if self._listable(target, t["name"], scopes)]
 
         return rewrite
+
+    def scan_initialize(self, target: str, result: dict[str, Any]) -> None:
+        """Instructions reach the model like a tool description: a hit drops them (contract 11)."""
+        if not self.enabled or "instructions" not in result:
+            return
+        if self._suspicious(target, "instructions", result["instructions"]):
+            del result["instructions"]
+
+    def _drop_suspicious(self, target: str, result: dict[str, Any], key: str) -> None:
+        items = result.get(key)
+        if not isinstance(items, list):
+            raise BadBackendAnswer(f"Backend's list result holds no {key} array")
+        result[key] = [item for item in items if not self._suspicious(target, key, item)]
+
+    def _suspicious(self, target: str, kind: str, value: Any) -> bool:
+        """Whether scanning finds an attack on the model in `value`, and the policy removes what holds one."""
+        detection = self.live.detection(target)
+        if not detection.enabled:
+            return False
+        findings = scan(value)
+        if not findings:
+            return False
+        name = value.get("name") or value.get("uri") if isinstance(value, dict) else None
+        detail = f"{kind} {name}" if isinstance(name, str) else kind
+        self.refusals.record(target, "suspicious_content", f"{detail}: {', '.join(findings)}")
+        return detection.action == "quarantine"
 
     def _listable(self, target: str, name: str, scopes: frozenset[str]) -> bool:
         if not TOOL_NAME.fullmatch(name):
             return False
         entry = self.catalogue.entry(target, name)
-        if entry is not None and entry.quarantine_reason(self.live.detection(target)) is not None:
-            return False
+        if entry is None or entry.quarantine_reason(self.live.detection(target)) is not None:
+            return False  # not fingerprinted and scanned (beyond max_tools), or quarantined
         return self.live.engine.decide(target, "tool", name, scopes).allowed
 
 

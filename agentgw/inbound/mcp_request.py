@@ -7,6 +7,7 @@ contract names, before a session is looked up or a policy consulted.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from agentgw.errors import (
     HeaderMismatch,
     InvalidRequest,
     NotAcceptable,
+    RequestTimeout,
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
@@ -42,6 +44,8 @@ DEFAULT_STATEFUL_VERSION = "2025-03-26"
 _FORWARDED = frozenset(
     {"accept", "content-type", MCP_PROTOCOL_VERSION, MCP_METHOD, MCP_NAME, LAST_EVENT_ID, "traceparent", "tracestate"}
 )
+# server.body_timeout's default, for callers that do not pass their settings' value.
+DEFAULT_BODY_TIMEOUT = 30.0
 # An oversized body is drained up to this many bytes so the client can read its 413.
 _DRAIN_LIMIT = 64 * 1024 * 1024
 
@@ -139,10 +143,21 @@ def check_accept(headers: dict[str, str], offered: tuple[str, ...]) -> None:
     raise NotAcceptable(f"Not Acceptable: Accept must allow {' or '.join(offered)}")
 
 
-async def read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+async def read_body(
+    headers: dict[str, str], receive: Receive, limit: int, timeout: float = DEFAULT_BODY_TIMEOUT
+) -> bytes:
+    """The whole request body, within `limit` bytes and `timeout` seconds."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > _DRAIN_LIMIT:
         raise BodyTooLarge(f"Body larger than {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout):
+            return await _receive_body(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"Request body not received within {timeout:g}s") from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

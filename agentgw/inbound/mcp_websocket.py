@@ -20,6 +20,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
+from agentgw import sse
 from agentgw.auth.principal import SCOPE_KEY, principal_of
 from agentgw.errors import NotFound
 from agentgw.inbound.mcp_http import McpHttpEndpoint
@@ -181,7 +182,9 @@ class _Connection:
         pending = [*self._tasks, *([self._listener] if self._listener else [])]
         for task in pending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        for outcome in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("a request of a closing WebSocket failed", exc_info=outcome)
         if self.session_id is not None:
             with contextlib.suppress(Exception):
                 await self._exchange("DELETE", b"")
@@ -194,31 +197,26 @@ class _Answer:
         self.connection = connection
         self.status = 0
         self.messages: list[Any] = []
-        self._event_stream = False
+        self._events: sse.SseDecoder | None = None
         self._buffer = b""
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
-            self._event_stream = headers.get("content-type", "").startswith("text/event-stream")
+            if sse.is_event_stream(headers.get("content-type")):
+                self._events = sse.SseDecoder()
             if MCP_SESSION_ID in headers and self.connection.session_id is None:
                 self.connection.session_id = headers[MCP_SESSION_ID]
             return
-        self._buffer += message.get("body", b"")
-        if self._event_stream:
-            await self._flush_events(final=not message.get("more_body", False))
-        elif not message.get("more_body", False):
+        body = message.get("body", b"")
+        if self._events is not None:
+            for event in self._events.feed(body):
+                await self._deliver(event.data.encode())
+            return
+        self._buffer += body
+        if not message.get("more_body", False):
             await self._deliver(self._buffer)
-
-    async def _flush_events(self, final: bool) -> None:
-        normalised = self._buffer.replace(b"\r\n", b"\n")
-        *events, rest = normalised.split(b"\n\n")
-        self._buffer = b"" if final else rest
-        for event in [*events, rest] if final else events:
-            data = b"\n".join(line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
-            if data:
-                await self._deliver(data)
 
     async def _deliver(self, data: bytes) -> None:
         if not data.strip():

@@ -1,4 +1,9 @@
-"""DNS-rebinding protection (contract 5.6): Host and Origin allow-lists, as pure ASGI."""
+"""DNS-rebinding protection (contract 5.6): Host and Origin allow-lists, as pure ASGI.
+
+A request with more than one Host (contract 11) is refused first, whatever the
+allow-list says: RFC 9112 (3.2) requires a 400, and a proxy in front that reads
+the first Host while the gateway reads the last could be steered past the list.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentgw.errors import Forbidden
+from agentgw.errors import Forbidden, InvalidRequest
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -45,11 +50,19 @@ class OriginGuard:
             await self.app(scope, receive, send)
             return
         host = origin = None
+        hosts = 0
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value.decode("latin-1")
+                hosts += 1
             elif name == b"origin":
                 origin = value.decode("latin-1")
+        # A comma is two Host values folded into one line, as some proxies merge them. The
+        # connection ends with the answer: what follows a request this ambiguous is not trusted.
+        if hosts > 1 or (host is not None and "," in host):
+            refusal = InvalidRequest("Bad Request: more than one Host", headers={"connection": "close"})
+            await refusal.refuse(scope, receive, send)
+            return
         if not self._host_allowed(host):
             await Forbidden("Forbidden: Host not allowed").refuse(scope, receive, send)
             return

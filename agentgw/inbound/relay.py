@@ -1,48 +1,46 @@
 """Backend responses back to the client: JSON whole, event streams event by event.
 
-A response the gateway must change (a `tools/list` trimmed to what the caller
-may call) is read whole, rewritten message by message, and sent as one body.
+An answer the gateway acts on (a list it trims, an `initialize` it scans) is
+read whole and checked (`agentgw.upstream.answers`), rewritten, and sent as the
+gateway's own serialisation of what it checked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Send
 
 from agentgw import sse
-from agentgw.errors import UpstreamUnavailable
-from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
+from agentgw.upstream.answers import Answer, read_answer, read_body
+from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse
 
-# Backend response headers never relayed: hop-by-hop, recomputed, or the backend's session id.
-NOT_RELAYED = frozenset(
-    name.encode()
-    for name in (
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "date",
-        "server",
-        "mcp-session-id",
-        "x-mcp-session-id",
-    )
-)
+log = logging.getLogger("agentgw.inbound.relay")
 
-Rewrite = Callable[[Any], Awaitable[Any]]
+# The only backend response headers a client sees (contract 11): cookies, auth challenges,
+# redirects, CORS grants and the backend's session id are the gateway's business, not the client's.
+RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
+
+# Changes a checked result in place before the client sees it.
+Rewrite = Callable[[dict[str, Any]], Awaitable[None]]
 Tap = Callable[[bytes], Awaitable[None]]
 
 
-def _head(response: UpstreamResponse, extra_headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    headers = [(name.lower(), value) for name, value in response.raw_headers if name.lower() not in NOT_RELAYED]
-    return headers + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers]
+def response_headers(response: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    """The headers of a backend's answer that the client may see."""
+    return [(name.lower(), value) for name, value in response.raw_headers if name.lower() in RELAYED_HEADERS]
+
+
+def client_headers(response: UpstreamResponse, extra_headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """What the client's answer carries: the headers it may see, and the gateway's own."""
+    return response_headers(response) + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers]
 
 
 def is_event_stream(response: UpstreamResponse) -> bool:
-    return (response.header("content-type") or "").startswith("text/event-stream")
+    return sse.is_event_stream(response.header("content-type"))
 
 
 async def relay(
@@ -57,7 +55,7 @@ async def relay(
 
     `tap` sees every chunk of an event stream just before the client gets it.
     """
-    headers = _head(response, extra_headers)
+    headers = client_headers(response, extra_headers)
     if not is_event_stream(response):
         body = await read_body(response, timeout)
         await _send_whole(send, response.status, headers, body)
@@ -70,59 +68,46 @@ async def relay(
     finally:
         disconnect.cancel()
         events.cancel()
-        await asyncio.gather(events, disconnect, return_exceptions=True)
+        for outcome in await asyncio.gather(events, disconnect, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("relaying an event stream failed", exc_info=outcome)
     await send({"type": "http.response.body", "body": b""})
 
 
-async def relay_rewritten(
+async def relay_checked(
     response: UpstreamResponse,
     extra_headers: list[tuple[str, str]],
     send: Send,
     timeout: float,
-    rewrite: Rewrite,
+    request_id: Any,
+    rewrite: Rewrite | None,
 ) -> None:
-    """Read a response whole, pass each JSON-RPC message through `rewrite`, send the result."""
-    headers = _head(response, extra_headers)
-    body = await read_body(response, timeout)
-    if response.status == 200:
-        if is_event_stream(response):
-            body = await _rewrite_events(body, rewrite)
-        else:
-            try:
-                message = json.loads(body)
-            except ValueError:
-                message = None  # not ours to fix: relayed as the backend sent it
-            if message is not None:
-                body = _dump(await rewrite(message))
-    await _send_whole(send, response.status, headers, body)
+    """Read a 2xx answer whole and check it, let `rewrite` change its result, send the gateway's serialisation.
+
+    A backend's error status is its own answer, relayed as it came.
+    """
+    headers = client_headers(response, extra_headers)
+    if not 200 <= response.status < 300:
+        await _send_whole(send, response.status, headers, await read_body(response, timeout))
+        return
+    answer = await read_answer(response, request_id, timeout)
+    result = answer.result
+    if rewrite is not None and result is not None:
+        await rewrite(result)
+    await send_answer(send, answer, headers)
 
 
-async def read_body(response: UpstreamResponse, timeout: float) -> bytes:
-    try:
-        return await response.read(timeout)
-    except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-        raise UpstreamUnavailable("Backend failed while answering") from exc
+async def send_answer(send: Send, answer: Answer, headers: list[tuple[bytes, bytes]]) -> None:
+    """A checked answer as the gateway serialises it, in the media type it came in."""
+    media_type = sse.EVENT_STREAM if answer.events is not None else "application/json"
+    headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", media_type.encode())]
+    await _send_whole(send, 200, headers, answer.encode())
 
 
 async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _rewrite_events(body: bytes, rewrite: Rewrite) -> bytes:
-    out = []
-    for lines, message in sse.events(body):
-        if message is None:
-            out.append(b"\n".join(lines))
-            continue
-        others = [line for line in lines if not line.startswith(b"data:")]
-        out.append(b"\n".join([*others, b"data: " + _dump(await rewrite(message))]))
-    return b"\n\n".join(out) + b"\n\n"
-
-
-def _dump(message: Any) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None) -> None:
@@ -132,8 +117,9 @@ async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None)
             if tap is not None:
                 await tap(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except UpstreamConnectionError:
-        pass  # the backend went away mid-stream; the client sees the stream end
+    except UpstreamConnectionError as exc:
+        # The answer has started: the client sees the stream end, the operator reads why.
+        log.warning("backend event stream broke after the answer started: %s", exc)
 
 
 async def wait_for_disconnect(receive: Receive) -> None:

@@ -55,6 +55,12 @@ class Metrics:
             ["provider", "model", "kind"],
             registry=owner,
         )
+        self._backend_refusals = Counter(
+            "agentgw_backend_refusals",
+            "What the gateway refused from a backend, agent, provider or identity provider, by reason",
+            ["target", "reason"],
+            registry=owner,
+        )
         if multiprocess:
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self._models = {provider: set(models) for provider, models in (configured_models or {}).items()}
@@ -79,6 +85,10 @@ class Metrics:
         if child is None:
             child = self._tool_children[key] = self._tool_calls.labels(*key)
         child.inc()
+
+    def backend_refusal(self, target: str, reason: str) -> None:
+        """`target` comes from the config and `reason` from a fixed set, so the series stay bounded."""
+        self._backend_refusals.labels(target, reason).inc()
 
     def llm_tokens(self, provider: str, model: str, prompt: int, completion: int) -> None:
         label = self._model_label(provider, model)

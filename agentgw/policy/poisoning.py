@@ -1,30 +1,47 @@
-"""Tool poisoning from the server side (contract 7): fingerprints, scanning, quarantine.
+"""Tool poisoning from the server side (contract 7 and 11): fingerprints, scanning, quarantine.
 
 Every tool a backend lists is fingerprinted per target and kept in the session
 store, so all replicas share one catalogue. A definition that differs from the
 approved one (a rug pull), or whose text hides instructions, is quarantined
-until an operator approves it. Each process keeps a copy of the catalogue,
-refreshed in the background, so a tool call costs no extra store round trip.
+until an operator approves it. Each process keeps a copy of the catalogue and
+re-reads a target only when the store announces that another process changed
+it, so a tool call costs a dict lookup and an idle gateway costs nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import jsonschema
+import rfc8785
 from jsonschema.protocols import Validator
 
+from agentgw.errors import StoreUnavailable
+from agentgw.observability.refusals import Refusals
 from agentgw.policy.model import PoisoningDetection
-from agentgw.sessions.store import SessionStore
+from agentgw.sessions.store import CatalogueStore
 
 log = logging.getLogger("agentgw.poisoning")
 
+# How fingerprints are made. 1: SHA-256 of sorted-key JSON of name, description, inputSchema
+# and annotations (entries written then carry no `rule`). 2: SHA-256 of the RFC 8785 canonical
+# JSON of the whole definition. An entry of an older rule is re-baselined when next listed.
+FINGERPRINT_RULE = 2
+_LEGACY_RULE = 1
+DEFAULT_MAX_TOOLS = 1000
+# Prefixed to what RFC 8785 cannot encode, so such a hash never equals a canonical one.
+_FALLBACK_TAG = b"agentgw-noncanonical\x00"
 _VALIDITY_CACHE_SIZE = 10_000
+# Wait between attempts to re-read a catalogue the store announced as changed.
+_REREAD_DELAY = 1.0
 
 _MARKERS = [
     (re.compile(r"<\s*/?\s*important\s*>", re.IGNORECASE), "hidden-instruction marker <IMPORTANT>"),
@@ -48,16 +65,68 @@ _INVISIBLE = re.compile(
 
 
 def fingerprint(tool: dict[str, Any]) -> str:
-    """Hash of what a model reads of a tool: name, description, inputSchema, annotations."""
+    """SHA-256 of the RFC 8785 canonical JSON of the whole definition, every field included.
+
+    A definition RFC 8785 cannot encode (a number outside its range, a lone surrogate, absurd
+    depth) still gets a stable fingerprint, from a deterministic encoding of its own.
+    """
+    try:
+        material = rfc8785.dumps(tool)
+    except (rfc8785.CanonicalizationError, RecursionError):
+        material = _FALLBACK_TAG + _plain_json(tool)
+    return hashlib.sha256(material).hexdigest()
+
+
+def legacy_fingerprint(tool: dict[str, Any]) -> str:
+    """The fingerprint of rule 1, only to recognise entries recorded before the upgrade."""
     material = {k: tool.get(k) for k in ("name", "description", "inputSchema", "annotations")}
-    canonical = json.dumps(material, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(_plain_json(material)).hexdigest()
 
 
-def scan(tool: dict[str, Any]) -> list[str]:
-    """What in a tool's texts looks like an attack on the model; empty when nothing does."""
+def _plain_json(value: Any) -> bytes:
+    try:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        text = _walked_json(value)
+    return text.encode("utf-8", "surrogatepass")
+
+
+class _Raw(str):
+    """Text already encoded."""
+
+
+def _walked_json(value: Any) -> str:
+    """Sorted-key JSON without recursion, for what nests deeper than the C encoder goes."""
+    out: list[str] = []
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, _Raw):
+            out.append(item)
+        elif isinstance(item, dict):
+            parts: list[Any] = [_Raw("{")]
+            for i, key in enumerate(sorted(item, key=str)):
+                parts += [_Raw(","), _Raw(json.dumps(str(key), ensure_ascii=False)), _Raw(":"), item[key]][i == 0 :]
+            pending.extend(reversed([*parts, _Raw("}")]))
+        elif isinstance(item, list | tuple):
+            parts = [_Raw("[")]
+            for i, inner in enumerate(item):
+                parts += [_Raw(","), inner][i == 0 :]
+            pending.extend(reversed([*parts, _Raw("]")]))
+        else:
+            try:
+                out.append(json.dumps(item, ensure_ascii=False))
+            except TypeError:
+                out.append(repr(item))
+    return "".join(out)
+
+
+def scan(value: Any) -> list[str]:
+    """What in any JSON value's strings (keys included, at any depth) looks like an attack on
+    the model reading it; empty when nothing does. Used for tool definitions, initialize
+    instructions, prompts and resources alike."""
     findings: list[str] = []
-    for text in _strings(tool):
+    for text in _strings(value):
         if _INVISIBLE.search(text) and "invisible Unicode characters" not in findings:
             findings.append("invisible Unicode characters")
         for pattern, finding in _MARKERS:
@@ -66,15 +135,19 @@ def scan(tool: dict[str, Any]) -> list[str]:
     return findings
 
 
-def _strings(value: Any) -> list[str]:
-    """Every string (keys included) of the description, title, schema and annotations."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in [*_strings(k), *_strings(v)]]
-    if isinstance(value, list):
-        return [s for item in value for s in _strings(item)]
-    return []
+def _strings(value: Any) -> Iterator[str]:
+    """Every string of a JSON value, keys included; iterative, so no depth can exhaust the stack."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                pending.append(key)
+                pending.append(inner)
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
 
 
 @dataclass
@@ -86,6 +159,12 @@ class ToolEntry:
     current: str  # the fingerprint last listed
     findings: list[str]  # what the scan found in the current definition, unless an operator approved it
     input_schema: dict[str, Any] | None
+    rule: int = FINGERPRINT_RULE  # how `approved` and `current` were made
+
+    @property
+    def flagged(self) -> bool:
+        """Quarantined under `action: quarantine`: such a record outlives its tool's absence."""
+        return self.current != self.approved or bool(self.findings)
 
     def quarantine_reason(self, detection: PoisoningDetection) -> str | None:
         if not detection.enabled or detection.action != "quarantine":
@@ -101,23 +180,47 @@ class ToolEntry:
 
     @classmethod
     def from_json(cls, text: str) -> ToolEntry | None:
+        """The entry, whatever version wrote it (fields it does not know are ignored); None when
+        it holds no fingerprints, and the tool is then judged again when next listed."""
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError):
-            return None  # written by another version: the tool is judged again when next listed
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        approved, current = data.get("approved"), data.get("current")
+        findings, schema = data.get("findings") or [], data.get("input_schema")
+        rule = data.get("rule", _LEGACY_RULE)
+        if not isinstance(approved, str) or not isinstance(current, str) or not isinstance(findings, list):
+            return None
+        if not isinstance(rule, int) or isinstance(rule, bool):
+            return None
+        return cls(approved, current, [str(f) for f in findings], schema if isinstance(schema, dict) else None, rule)
 
 
 class ToolCatalogue:
-    """The tools each target has listed, shared through the session store."""
+    """The tools each target has listed, shared through the session store.
 
-    def __init__(self, store: SessionStore) -> None:
+    A target's catalogue holds at most `max_tools` tools of the backend's listings plus
+    the records of quarantined tools (at most as many again); lookups never add to it.
+    """
+
+    def __init__(self, store: CatalogueStore, refusals: Refusals) -> None:
         self._store = store
+        self._refusals = refusals
         self._entries: dict[str, dict[str, ToolEntry]] = {}
+        self._versions: dict[str, int] = {}
+        # Reads and writes of one target take turns, so what is read never undoes what was written.
+        self._locks: dict[str, asyncio.Lock] = {}
+        # name -> (digest of the definition's plain JSON, its fingerprint): RFC 8785 in pure
+        # Python costs ~65 µs a tool, the C JSON encoder ~10, and a relisting is mostly unchanged.
+        self._known: dict[str, dict[str, tuple[bytes, str]]] = {}
+        # Names left out of the last listings for want of room: logged once, and never a reason
+        # to re-read the store.
+        self._refused: dict[str, set[str]] = {}
         self._validators: dict[str, Validator] = {}
         # Validity is a pure function of (definition, arguments): agents repeat calls, so remember it.
         self._valid: dict[tuple[str, str], bool] = {}
-        # Bumped by every local write, so a refresh that raced one does not undo it.
-        self._writes = 0
 
     def entry(self, target: str, name: str) -> ToolEntry | None:
         return self._entries.get(target, {}).get(name)
@@ -126,42 +229,105 @@ class ToolCatalogue:
         return dict(self._entries.get(target, {}))
 
     async def refresh(self, target: str) -> None:
-        writes = self._writes
-        stored = await self._store.tool_entries(target)
-        if writes != self._writes:
-            return  # a newer local write may be missing from what was read: the next refresh catches up
-        entries = {name: ToolEntry.from_json(text) for name, text in stored.items()}
-        self._entries[target] = {name: entry for name, entry in entries.items() if entry is not None}
+        """Read the target's whole catalogue from the store."""
+        async with self._lock(target):
+            await self._load(target)
 
-    async def observe(self, target: str, tools: list[dict[str, Any]]) -> None:
-        """Record a listing: new tools are scanned, changed ones remembered as changed."""
-        if any(tool.get("name") not in self._entries.get(target, {}) for tool in tools):
-            # Another replica may have seen them already (and quarantined one): never judge
-            # a tool as first seen before reading what the shared catalogue says of it.
-            await self.refresh(target)
-        known = self._entries.setdefault(target, {})
+    async def follow(self, targets: list[str]) -> None:
+        """Re-read a target whenever the store announces a version this process does not hold.
+
+        Returns at once for a store no other process writes; otherwise runs until cancelled.
+        """
+        async with contextlib.aclosing(self._store.catalogue_changes(targets)) as changes:
+            async for target, version in changes:
+                if version != self._versions.get(target, 0):  # else this process's own write, or nothing new
+                    await self._reread(target)
+
+    async def _reread(self, target: str) -> None:
+        """Refresh a target, trying again until the store answers: no other notice may come."""
+        while True:
+            try:
+                await self.refresh(target)
+                return
+            except StoreUnavailable:
+                log.warning("catalogue of target %s not re-read: session store unavailable", target)
+            except Exception:
+                log.exception("catalogue of target %s not re-read", target)  # a bug: retrying cannot help
+                return
+            await asyncio.sleep(_REREAD_DELAY)
+
+    async def observe(
+        self, target: str, tools: list[dict[str, Any]], max_tools: int = DEFAULT_MAX_TOOLS, complete: bool = False
+    ) -> list[dict[str, Any]]:
+        """Record a listing: new and changed definitions are scanned, changes remembered.
+
+        Returns the definitions recorded, in listing order: a name listed twice counts once
+        (its first definition), and tools beyond `max_tools` are left out (logged, counted).
+        When `complete` (every page of a listing), tools no longer listed are forgotten,
+        unless quarantined: hiding a tool and listing it again never clears a quarantine.
+        """
+        async with self._lock(target):
+            refused = self._refused.setdefault(target, set())
+            known = self._entries.get(target, {})
+            if target not in self._versions or any(
+                isinstance(t.get("name"), str) and t["name"] not in known and t["name"] not in refused for t in tools
+            ):
+                # Another replica may have seen them already (and quarantined one): never judge
+                # a tool as first seen before reading what the shared catalogue says of it.
+                await self._load(target)
+            return await self._record(target, tools, max_tools, complete)
+
+    async def _record(
+        self, target: str, tools: list[dict[str, Any]], max_tools: int, complete: bool
+    ) -> list[dict[str, Any]]:
+        entries = dict(self._entries.get(target, {}))
+        listed = {t["name"] for t in tools if isinstance(t.get("name"), str)}
+        removed = [n for n, e in entries.items() if complete and n not in listed and not e.flagged]
+        for gone in removed:
+            del entries[gone]
+        room = _Room(max_tools, entries.values())
+        recorded: list[dict[str, Any]] = []
+        refused: list[str] = []
         changed: dict[str, ToolEntry] = {}
+        seen: set[str] = set()
         for tool in tools:
             name = tool.get("name")
-            if not isinstance(name, str):
+            if not isinstance(name, str) or name in seen:
                 continue
-            entry = _judge(target, tool, known.get(name))
-            if entry is not None:
-                known[name] = changed[name] = entry
-        if changed:
-            self._writes += 1
-            await self._store.put_tool_entries(target, {name: e.to_json() for name, e in changed.items()})
+            seen.add(name)
+            old = entries.get(name)
+            new = self._judge(target, name, tool, old)
+            if not room.take(old, new):
+                refused.append(name)
+                self._known[target].pop(name, None)
+                continue
+            recorded.append(tool)
+            if new != old:
+                entries[name] = changed[name] = new
+        self._note_refused(target, refused, max_tools, complete)
+        if changed or removed:
+            await self._write(target, entries, changed, removed)
+        return recorded
+
+    def _note_refused(self, target: str, refused: list[str], max_tools: int, complete: bool) -> None:
+        already = self._refused[target]
+        for name in refused:
+            if name not in already:
+                self._refusals.record(target, "too_many_tools", name)
+        if complete or len(already) + len(refused) > 2 * max_tools:
+            already.clear()
+        already.update(refused)
 
     async def approve(self, target: str, name: str) -> ToolEntry | None:
-        await self.refresh(target)
-        entry = self.entry(target, name)
-        if entry is None:
-            return None
-        approved = ToolEntry(entry.current, entry.current, [], entry.input_schema)
-        self._entries[target][name] = approved
-        self._writes += 1
-        await self._store.put_tool_entries(target, {name: approved.to_json()})
-        return approved
+        async with self._lock(target):
+            await self._load(target)
+            entry = self.entry(target, name)
+            if entry is None:
+                return None
+            # An entry of an older rule keeps it: its next listing re-baselines it as approved.
+            approved = replace(entry, approved=entry.current, findings=[])
+            await self._write(target, {**self._entries[target], name: approved}, {name: approved}, [])
+            return approved
 
     def argument_errors(self, target: str, name: str, arguments: Any) -> list[str]:
         """JSON-Schema errors of a call's arguments, as `path: message`; empty when valid or unknown."""
@@ -187,18 +353,105 @@ class ToolCatalogue:
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         return [f"/{'/'.join(str(p) for p in error.absolute_path)}: {error.message}" for error in errors[:5]]
 
+    def _lock(self, target: str) -> asyncio.Lock:
+        lock = self._locks.get(target)
+        if lock is None:
+            lock = self._locks[target] = asyncio.Lock()
+        return lock
 
-def _judge(target: str, tool: dict[str, Any], entry: ToolEntry | None) -> ToolEntry | None:
-    """The new entry for a listed tool, or None when its definition is the one already known."""
-    current = fingerprint(tool)
-    if entry is not None and entry.current == current:
-        return None
+    async def _load(self, target: str) -> None:
+        version, stored = await self._store.tool_entries(target)
+        entries = {name: ToolEntry.from_json(text) for name, text in stored.items()}
+        self._entries[target] = {name: entry for name, entry in entries.items() if entry is not None}
+        self._versions[target] = version
+        known = self._known.get(target, {})
+        self._known[target] = {name: v for name, v in known.items() if name in self._entries[target]}
+
+    async def _write(
+        self, target: str, entries: dict[str, ToolEntry], changed: dict[str, ToolEntry], removed: Collection[str]
+    ) -> None:
+        written = {name: entry.to_json() for name, entry in changed.items()}
+        version = await self._store.put_tool_entries(target, written, removed)
+        if version == self._versions.get(target, 0) + 1:
+            self._entries[target] = entries
+            self._versions[target] = version
+        else:
+            await self._load(target)  # another process wrote in between: take the store's word
+        for name in removed:
+            self._known.get(target, {}).pop(name, None)
+
+    def _judge(self, target: str, name: str, tool: dict[str, Any], old: ToolEntry | None) -> ToolEntry:
+        """The entry for a listed definition; `old` itself when nothing about it changed."""
+        digest = _digest(tool)
+        known = self._known.setdefault(target, {})
+        cached = known.get(name)
+        if old is not None and old.rule == FINGERPRINT_RULE and cached == (digest, old.current):
+            return old
+        current = fingerprint(tool)
+        if old is not None and old.rule == FINGERPRINT_RULE and old.current == current:
+            known[name] = (digest, current)
+            return old
+        new = _judged(target, name, tool, current, old)
+        known[name] = (digest, current)
+        return new
+
+
+class _Room:
+    """Who may join a target's catalogue: at most `max_tools` unflagged entries, as many flagged."""
+
+    def __init__(self, max_tools: int, entries: Collection[ToolEntry]) -> None:
+        self._max = max_tools
+        self._total = len(entries)
+        self._flagged = sum(1 for e in entries if e.flagged)
+
+    def take(self, old: ToolEntry | None, new: ToolEntry) -> bool:
+        if old is not None:
+            self._flagged += int(new.flagged) - int(old.flagged)
+            return True  # already counted: a change never needs room
+        if self._total >= 2 * self._max:
+            return False
+        if new.flagged and self._flagged >= self._max:
+            return False
+        if not new.flagged and self._total - self._flagged >= self._max:
+            return False
+        self._total += 1
+        self._flagged += int(new.flagged)
+        return True
+
+
+def _digest(tool: dict[str, Any]) -> bytes:
+    return hashlib.blake2b(_plain_json(tool), digest_size=16).digest()
+
+
+def _judged(target: str, name: str, tool: dict[str, Any], current: str, old: ToolEntry | None) -> ToolEntry:
+    """The entry for a definition whose fingerprint is new to the catalogue: scanned whole."""
     schema = tool.get("inputSchema") if isinstance(tool.get("inputSchema"), dict) else None
     findings = scan(tool)
     if findings:
-        log.warning("tool %s of target %s: %s", tool["name"], target, ", ".join(findings))
-    if entry is None:
+        log.warning("tool %s of target %s: %s", name, target, ", ".join(findings))
+    if old is None:
         return ToolEntry(current, current, findings, schema)
-    if current != entry.approved:
-        log.warning("tool %s of target %s changed its definition after first sight", tool["name"], target)
-    return ToolEntry(entry.approved, current, findings, schema)
+    if old.rule != FINGERPRINT_RULE:
+        return _rebaselined(target, name, tool, current, old, findings, schema)
+    if current != old.approved:
+        log.warning("tool %s of target %s changed its definition after first sight", name, target)
+    return ToolEntry(old.approved, current, findings, schema)
+
+
+def _rebaselined(
+    target: str,
+    name: str,
+    tool: dict[str, Any],
+    current: str,
+    old: ToolEntry,
+    findings: list[str],
+    schema: dict[str, Any] | None,
+) -> ToolEntry:
+    """An entry of the older rule, judged under this one: accepted as it stands when it was
+    approved and the definition is still the one approved; quarantined otherwise."""
+    if old.approved == old.current == legacy_fingerprint(tool):
+        log.info("tool %s of target %s: fingerprint re-baselined under rule %d", name, target, FINGERPRINT_RULE)
+        return ToolEntry(current, current, findings, schema)
+    # Its old approved fingerprint can never equal a new one: quarantined until an operator approves.
+    log.warning("tool %s of target %s: quarantined under the older fingerprint rule, stays quarantined", name, target)
+    return ToolEntry(old.approved, current, findings, schema)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncGenerator, Collection
 
-from agentgw.sessions.store import SessionRecord
+from agentgw.sessions.store import SessionRecord, StoredCatalogue
 
 AUDIT_LENGTH = 10_000
 
@@ -17,6 +18,7 @@ class MemorySessionStore:
         self._records: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
         self._per_backend: Counter[tuple[str, str]] = Counter()
         self._tools: dict[str, dict[str, str]] = {}
+        self._tool_versions: dict[str, int] = {}
         self._audit: deque[str] = deque(maxlen=AUDIT_LENGTH)
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
@@ -62,11 +64,21 @@ class MemorySessionStore:
         found = [r for r, _ in reversed(self._records.values()) if r.target == target and r.backend in wanted]
         return found[:limit]
 
-    async def tool_entries(self, target: str) -> dict[str, str]:
-        return dict(self._tools.get(target, {}))
+    async def tool_entries(self, target: str) -> StoredCatalogue:
+        return StoredCatalogue(self._tool_versions.get(target, 0), dict(self._tools.get(target, {})))
 
-    async def put_tool_entries(self, target: str, entries: dict[str, str]) -> None:
-        self._tools.setdefault(target, {}).update(entries)
+    async def put_tool_entries(self, target: str, entries: dict[str, str], removed: Collection[str] = ()) -> int:
+        stored = self._tools.setdefault(target, {})
+        stored.update(entries)
+        for name in removed:
+            stored.pop(name, None)
+        version = self._tool_versions[target] = self._tool_versions.get(target, 0) + 1
+        return version
+
+    async def catalogue_changes(self, targets: list[str]) -> AsyncGenerator[tuple[str, int], None]:
+        # This process is the only writer: its catalogue already holds every change.
+        return
+        yield
 
     async def append_audit(self, entries: list[str]) -> None:
         self._audit.extend(entries)

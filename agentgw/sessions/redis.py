@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from agentgw.errors import StoreUnavailable
-from agentgw.sessions.store import SessionRecord
+from agentgw.sessions.store import SessionRecord, StoredCatalogue
 
 T = TypeVar("T")
+
+log = logging.getLogger("agentgw.sessions")
 
 # Reads the record, slides its lifetime and its place in the per-backend
 # index in one round trip: the hot path's only store call.
@@ -36,6 +41,23 @@ redis.call('ZADD', ARGV[3] .. target .. '|' .. backend, ARGV[4], ARGV[5])
 return fields
 """
 
+# A catalogue write, its version bump and its announcement as one step, so a process that
+# hears of version N and reads the catalogue finds at least what N wrote.
+_PUT_TOOLS = """
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+local version = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[1], version .. ' ' .. ARGV[2])
+return version
+"""
+
 # Fail fast: a store that does not answer within this many seconds is down,
 # and the client gets 503 rather than a hang.
 STORE_TIMEOUT = 1.0
@@ -44,6 +66,11 @@ STORE_TIMEOUT = 1.0
 MAX_CONNECTIONS = 64
 # The audit stream keeps about this many entries (XADD MAXLEN ~).
 AUDIT_LENGTH = 100_000
+# A silent catalogue subscription is pinged this often, and given up when a whole interval
+# passes without the answer: a Redis gone without a reset is noticed within twice this.
+WATCH_PING_INTERVAL = 30.0
+# Wait between attempts to subscribe again after the subscription was lost.
+WATCH_RETRY_DELAY = 1.0
 
 
 class RedisSessionStore:
@@ -147,12 +174,75 @@ class RedisSessionStore:
         records.sort(key=lambda r: r.last_seen, reverse=True)
         return records[:limit]
 
-    async def tool_entries(self, target: str) -> dict[str, str]:
-        entries: Any = await _call(lambda: self._redis.hgetall(f"{self._prefix}tools:{target}"))
-        return dict(entries)
+    def _tools_key(self, target: str) -> str:
+        return f"{self._prefix}tools:{target}"
 
-    async def put_tool_entries(self, target: str, entries: dict[str, str]) -> None:
-        await _call(lambda: self._redis.hset(f"{self._prefix}tools:{target}", mapping=entries))  # type: ignore[arg-type]
+    def _tools_version_key(self, target: str) -> str:
+        return f"{self._prefix}tools_version:{target}"
+
+    def _tools_channel(self) -> str:
+        return f"{self._prefix}tools_changed"
+
+    async def tool_entries(self, target: str) -> StoredCatalogue:
+        async def read() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(self._tools_version_key(target))
+                pipe.hgetall(self._tools_key(target))
+                return await pipe.execute()
+
+        version, entries = await _call(read)
+        return StoredCatalogue(int(version or 0), dict(entries))
+
+    async def put_tool_entries(self, target: str, entries: dict[str, str], removed: Collection[str] = ()) -> int:
+        keys = [self._tools_key(target), self._tools_version_key(target)]
+        pairs = [part for name, entry in entries.items() for part in (name, entry)]
+        args = [self._tools_channel(), target, str(len(entries)), *pairs, *removed]
+        version: Any = await _call(lambda: self._redis.eval(_PUT_TOOLS, len(keys), *keys, *args))
+        return int(version)
+
+    async def catalogue_changes(self, targets: list[str]) -> AsyncGenerator[tuple[str, int], None]:
+        lost = False
+        while True:
+            try:
+                async with contextlib.aclosing(self._watch_catalogues(targets)) as changes:
+                    async for change in changes:
+                        if lost:
+                            log.warning("catalogue change notifications resumed")
+                            lost = False
+                        yield change
+            except (RedisError, OSError) as exc:
+                if not lost:  # once per outage, not once per attempt
+                    log.warning("catalogue change notifications lost (%s); subscribing again", type(exc).__name__)
+                lost = True
+            await asyncio.sleep(WATCH_RETRY_DELAY)
+
+    async def _watch_catalogues(self, targets: list[str]) -> AsyncGenerator[tuple[str, int], None]:
+        wanted = set(targets)
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self._tools_channel())
+            # Writes made while nobody here listened went unannounced: compare every version once.
+            versions = await self._redis.mget([self._tools_version_key(t) for t in targets]) if targets else []
+            for target, version in zip(targets, versions, strict=True):
+                yield target, int(version or 0)
+            pinged = False
+            while True:
+                message = await pubsub.get_message(timeout=WATCH_PING_INTERVAL)
+                if message is None:
+                    if pinged:
+                        raise RedisConnectionError("the subscription did not answer a ping")
+                    await pubsub.ping()
+                    pinged = True
+                    continue
+                pinged = False
+                if message["type"] != "message":
+                    continue
+                version, _, target = str(message["data"]).partition(" ")
+                if target in wanted and version.isdigit():
+                    yield target, int(version)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def append_audit(self, entries: list[str]) -> None:
         async def append() -> Any:

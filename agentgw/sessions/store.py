@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import AsyncGenerator, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 def new_session_id() -> str:
@@ -51,7 +52,36 @@ class SessionRecord:
         )
 
 
-class SessionStore(Protocol):
+class StoredCatalogue(NamedTuple):
+    """A target's tool catalogue as stored: tool name -> its entry as JSON, and the version it is at."""
+
+    version: int
+    entries: dict[str, str]
+
+
+class CatalogueStore(Protocol):
+    """The tool catalogues (contract 7), with change notification so that keeping a copy
+    current costs nothing while nothing changes.
+
+    Every method raises `StoreUnavailable` when the store does not answer.
+    """
+
+    async def tool_entries(self, target: str) -> StoredCatalogue:
+        """The whole catalogue of a target, read at one version."""
+        ...
+
+    async def put_tool_entries(self, target: str, entries: dict[str, str], removed: Collection[str] = ()) -> int:
+        """Write and remove entries and bump the target's version, all at once; the new version."""
+        ...
+
+    def catalogue_changes(self, targets: list[str]) -> AsyncGenerator[tuple[str, int], None]:
+        """(target, version) for catalogues other processes may have changed: each target once
+        when watching starts or resumes after a lost connection, then one per write. Ends at
+        once when no other process can write the store; otherwise never ends, whatever fails."""
+        ...
+
+
+class SessionStore(CatalogueStore, Protocol):
     """Session records shared by every gateway process that uses the same store.
 
     Every method raises `StoreUnavailable` when the store does not answer.
@@ -80,12 +110,6 @@ class SessionStore(Protocol):
     async def sessions(self, target: str, backends: list[str], now: float, limit: int) -> list[SessionRecord]:
         """Up to `limit` live sessions of a target's backends, the most recently used first."""
         ...
-
-    async def tool_entries(self, target: str) -> dict[str, str]:
-        """The tool catalogue of a target: tool name -> its entry as JSON (contract 7)."""
-        ...
-
-    async def put_tool_entries(self, target: str, entries: dict[str, str]) -> None: ...
 
     async def append_audit(self, entries: list[str]) -> None:
         """Append JSON audit lines to the bounded audit stream."""

@@ -1,23 +1,35 @@
-"""A2A agents: the replicas of each agent, their cards, and their JSON-RPC endpoints."""
+"""A2A agents: the replicas of each agent, their cards, and their JSON-RPC endpoints.
+
+The configured backend URL is the only place a call goes (contract 11): a card
+may name the JSON-RPC path on that same origin, never another host, so a card
+cannot redirect every caller's traffic.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from agentgw.config import A2AAgentConfig
-from agentgw.errors import UpstreamUnavailable
-from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
+from agentgw.errors import BadAgentCard, UpstreamUnavailable
+from agentgw.observability.refusals import Refusals
+from agentgw.upstream.http import ConnectionPool, UpstreamBodyTooLarge, UpstreamConnectionError, UpstreamTimeoutError
 
 CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
 CARD_TIMEOUT = 5.0
+# A card is a small document: a larger one is refused, not held in memory.
+MAX_CARD_BYTES = 1024 * 1024
 # A cached card is revalidated (If-None-Match) after this long.
 CARD_FRESH_FOR = 30.0
 # A replica that could not be reached gets no new tasks for this long, then is tried again.
 RETRY_DOWN_AFTER = 2.0
+# A path taken from a card goes into a request line: visible ASCII only, nothing that could end the line.
+_SAFE_PATH = re.compile(r"[\x21-\x7e]*")
 
 
 @dataclass
@@ -43,11 +55,12 @@ class Replica:
 class AgentReplicas:
     """One agent's replicas; the card of each, fetched and cached with its ETag."""
 
-    def __init__(self, config: A2AAgentConfig, http: ConnectionPool) -> None:
+    def __init__(self, config: A2AAgentConfig, http: ConnectionPool, refusals: Refusals) -> None:
         self.name = config.name
         self.replicas = [Replica(b.url.rstrip("/")) for b in config.backends]
         self._by_url = {r.base_url: r for r in self.replicas}
         self._http = http
+        self._refusals = refusals
         self._round_robin = itertools.count()
 
     def replica(self, base_url: str) -> Replica | None:
@@ -60,6 +73,7 @@ class AgentReplicas:
         return [r for r in rotated if not r.down] + [r for r in rotated if r.down]
 
     async def card(self, replica: Replica) -> dict[str, Any]:
+        """The replica's card, checked to be a card; BadAgentCard (502) when it is not."""
         if replica.card is not None and time.monotonic() - replica.checked_at < CARD_FRESH_FOR:
             return replica.card
         headers = {"accept": "application/json"}
@@ -69,9 +83,12 @@ class AgentReplicas:
             try:
                 response = await self._http.request("GET", replica.base_url + path, headers, None, CARD_TIMEOUT)
                 try:
-                    body = await response.read(CARD_TIMEOUT)
+                    body = await response.read(CARD_TIMEOUT, limit=MAX_CARD_BYTES)
                 finally:
                     response.release()
+            except UpstreamBodyTooLarge as exc:
+                self._refusals.record(self.name, BadAgentCard.reason, "card too large")
+                raise BadAgentCard(f"Agent {self.name!r} serves a card larger than {MAX_CARD_BYTES} bytes") from exc
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 replica.mark_down()
                 raise UpstreamUnavailable(f"Agent {self.name!r} unreachable") from exc
@@ -80,12 +97,10 @@ class AgentReplicas:
                 replica.checked_at = time.monotonic()
                 return replica.card
             if response.status == 200:
-                card = json.loads(body)
-                if not isinstance(card, dict):
-                    break
+                card = self._checked_card(body)
                 replica.card, replica.etag = card, response.header("etag")
                 replica.checked_at = time.monotonic()
-                replica.rpc_url = _rpc_url(card, replica.base_url)
+                replica.rpc_url = self._rpc_url(card, replica.base_url)
                 return card
         raise UpstreamUnavailable(f"Agent {self.name!r} serves no agent card")
 
@@ -95,12 +110,86 @@ class AgentReplicas:
         assert replica.rpc_url is not None
         return replica.rpc_url
 
+    def _checked_card(self, body: bytes) -> dict[str, Any]:
+        try:
+            card = json.loads(body)
+        except ValueError:
+            card = None
+        return self.checked_card(card)
 
-def _rpc_url(card: dict[str, Any], base_url: str) -> str:
+    def checked_card(self, card: Any) -> dict[str, Any]:
+        """`card` if it is an agent card the gateway can serve; else the refusal is recorded, BadAgentCard."""
+        problem = card_problem(card)
+        if problem is not None:
+            self._refusals.record(self.name, BadAgentCard.reason, problem)
+            raise BadAgentCard(f"Agent {self.name!r} serves no valid agent card")
+        checked: dict[str, Any] = card
+        return checked
+
+    def _rpc_url(self, card: dict[str, Any], base_url: str) -> str:
+        """Where calls go: the card's JSON-RPC path on the configured origin, else the configured URL."""
+        named = card_rpc_url(card)
+        if named is None:
+            return base_url
+        confined = same_origin_url(named, base_url)
+        if confined is None:
+            self._refusals.record(self.name, "card_url_ignored", "card names a JSON-RPC URL on another origin")
+            return base_url
+        return confined
+
+
+def card_problem(card: Any) -> str | None:
+    """Why a parsed card (None: not JSON) is not one the gateway can serve, or None when it is one."""
+    if not isinstance(card, dict):
+        return "not a JSON object"
+    if not isinstance(card.get("name"), str):
+        return "no name"
+    interfaces = card.get("supportedInterfaces", [])
+    if not isinstance(interfaces, list) or not all(_is_interface(i) for i in interfaces):
+        return "supportedInterfaces is not a list of interfaces"
+    if not isinstance(card.get("url", ""), str) or not isinstance(card.get("preferredTransport", ""), str):
+        return "url or preferredTransport is not a string"
+    if not isinstance(card.get("skills", []), list):
+        return "skills is not a list"
+    return None
+
+
+def _is_interface(interface: Any) -> bool:
+    return (
+        isinstance(interface, dict)
+        and isinstance(interface.get("url", ""), str)
+        and isinstance(interface.get("protocolBinding", ""), str)
+    )
+
+
+def card_rpc_url(card: dict[str, Any]) -> str | None:
     """The JSON-RPC endpoint a card names: v1 `supportedInterfaces`, else 0.3 `url`."""
     for interface in card.get("supportedInterfaces") or []:
-        if isinstance(interface, dict) and str(interface.get("protocolBinding", "")).upper() == "JSONRPC":
+        if str(interface.get("protocolBinding", "")).upper() == "JSONRPC" and interface.get("url"):
             return str(interface["url"])
-    if card.get("preferredTransport", "JSONRPC").upper() == "JSONRPC" and isinstance(card.get("url"), str):
+    if str(card.get("preferredTransport", "JSONRPC")).upper() == "JSONRPC" and card.get("url"):
         return str(card["url"])
-    return base_url
+    return None
+
+
+def same_origin_url(url: str, base_url: str) -> str | None:
+    """`url`'s path and query on `base_url`'s origin, when `url` is on that origin; else None.
+
+    The result is built from the configured origin, never from `url`'s authority,
+    so no reading of userinfo or odd hosts can send it anywhere else.
+    """
+    try:
+        named, base = urlsplit(url), urlsplit(base_url)
+        if _origin(named) != _origin(base) or named.username is not None or named.password is not None:
+            return None
+    except ValueError:  # an invalid port, say
+        return None
+    if not _SAFE_PATH.fullmatch(named.path) or not _SAFE_PATH.fullmatch(named.query):
+        return None
+    path = named.path or "/"
+    return f"{base.scheme}://{base.netloc}{path}" + (f"?{named.query}" if named.query else "")
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int]:
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)

@@ -9,11 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agentgw import jsonrpc, sse
+from agentgw import jsonrpc
 from agentgw.config import McpTargetConfig
-from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
+from agentgw.errors import BackendAuthRefused, UpstreamTimeout, UpstreamUnavailable
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.sessions.store import SessionRecord, SessionStore
+from agentgw.upstream.answers import Answer, read_answer, read_body
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.upstream.mcp")
@@ -96,7 +97,9 @@ class McpUpstream:
     async def close(self) -> None:
         for task in self._health_tasks:
             task.cancel()
-        await asyncio.gather(*self._health_tasks, return_exceptions=True)
+        for outcome in await asyncio.gather(*self._health_tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("a health check loop failed", exc_info=outcome)
 
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, timeout: float
@@ -118,14 +121,22 @@ class McpUpstream:
     async def initialize(self, url: str, initialize: bytes, protocol_version: str, timeout: float) -> str | None:
         """Open a backend session as the client once did (failover: reinitialize); its session id."""
         headers = {"content-type": "application/json", "accept": ACCEPT}
-        _, response = await self._exchange(url, headers, initialize, timeout)
+        response = await self.send("POST", url, headers, initialize, timeout=timeout)
+        try:
+            await read_body(response, timeout)
+        finally:
+            response.release()
         if response.status != 200:
             raise UpstreamUnavailable("Backend refused the replayed initialize")
         backend_session_id = response.header(MCP_SESSION_ID)
         headers[MCP_PROTOCOL_VERSION] = protocol_version
         if backend_session_id is not None:
             headers[MCP_SESSION_ID] = backend_session_id
-        await self._exchange(url, headers, _INITIALIZED, timeout)
+        notified = await self.send("POST", url, headers, _INITIALIZED, timeout=timeout)
+        try:
+            await read_body(notified, timeout)
+        finally:
+            notified.release()
         return backend_session_id
 
     async def end_session(self, record: SessionRecord, timeout: float) -> None:
@@ -139,8 +150,12 @@ class McpUpstream:
         except (UpstreamUnavailable, UpstreamTimeout):
             pass
 
-    async def list_tools(self, url: str, headers: dict[str, str], meta: Any, timeout: float) -> list[Any]:
-        """A backend's tools, listed as a client would (all pages); empty when it cannot say."""
+    async def list_tools(self, url: str, headers: dict[str, str], meta: Any, timeout: float) -> tuple[list[Any], bool]:
+        """A backend's tools, listed as a client would (all pages), and whether that is all of them.
+
+        An answer that fails the checks of contract 11 raises BadBackendAnswer: nothing
+        it holds is taken as listed.
+        """
         headers = {**headers, "content-type": "application/json", "accept": ACCEPT}
         tools: list[Any] = []
         cursor = None
@@ -151,29 +166,29 @@ class McpUpstream:
             request_id = f"{_LIST_ID_PREFIX}{next(self._list_ids)}"
             request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params}
             try:
-                body, response = await self._exchange(url, headers, jsonrpc.serialise(request), timeout)
+                answer = await self._exchange(url, headers, jsonrpc.serialise(request), request_id, timeout)
             except UpstreamUnavailable:
-                return tools
-            event_stream = (response.header("content-type") or "").startswith("text/event-stream")
-            answers = [m for m in sse.messages_in(body, event_stream) if isinstance(m, dict)]
-            result = next((m.get("result") for m in answers if m.get("id") == request_id), None)
-            if response.status != 200 or not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-                return tools
+                return tools, False
+            result = answer.result if answer is not None else None
+            if result is None or not isinstance(result.get("tools"), list):
+                return tools, False
             tools += result["tools"]
             cursor = result.get("nextCursor")
             if not isinstance(cursor, str):
-                return tools
-        return tools
+                return tools, True
+        return tools, False
 
     async def _exchange(
-        self, url: str, headers: dict[str, str], body: bytes, timeout: float
-    ) -> tuple[bytes, UpstreamResponse]:
-        """One POST whose answer is read whole."""
+        self, url: str, headers: dict[str, str], body: bytes, request_id: Any, timeout: float
+    ) -> Answer | None:
+        """One POST whose answer is read whole and checked; None when the backend answered with an error status."""
         response = await self.send("POST", url, headers, body, timeout=timeout)
         try:
-            return await response.read(timeout), response
-        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise UpstreamUnavailable("Backend failed while answering") from exc
+            if response.status in (401, 403):
+                raise BackendAuthRefused("Backend refused the gateway's credentials")
+            if response.status != 200:
+                return None
+            return await read_answer(response, request_id, timeout)
         finally:
             response.release()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -10,8 +11,8 @@ import pytest
 from agentgw.errors import StoreUnavailable
 from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
-from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
-from tests.support import free_port
+from agentgw.sessions.store import SessionRecord, SessionStore, StoredCatalogue, new_session_id
+from tests.support import free_port, poll
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -162,3 +163,58 @@ async def test_redis_url_password_and_database_are_honoured() -> None:
         await wrong.close()
     finally:
         server.stop()
+
+
+async def test_catalogue_writes_bump_one_version_and_remove_what_they_name(store: SessionStore) -> None:
+    assert await store.tool_entries("docs") == StoredCatalogue(0, {})
+    first = await store.put_tool_entries("docs", {"a": "1", "b": "2"})
+    second = await store.put_tool_entries("docs", {"c": "3", "b": "4"}, removed=["a", "never-there"])
+    assert second == first + 1
+    assert await store.tool_entries("docs") == StoredCatalogue(second, {"b": "4", "c": "3"})
+    assert await store.tool_entries("mail") == StoredCatalogue(0, {})
+
+
+async def test_the_memory_store_announces_no_catalogue_changes() -> None:
+    # One process writes it: the catalogue already holds every change, and watching ends at once.
+    store = MemorySessionStore(max_sessions=10)
+    await store.put_tool_entries("docs", {"a": "1"})
+    assert [change async for change in store.catalogue_changes(["docs"])] == []
+
+
+async def test_redis_announces_catalogue_writes_and_catches_up_after_losing_the_subscription(
+    redis_url: str,
+) -> None:
+    import redis.asyncio as aioredis
+
+    prefix = f"changes-{time.monotonic_ns()}:"
+    watcher, writer = RedisSessionStore(redis_url, prefix), RedisSessionStore(redis_url, prefix)
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    changes = watcher.catalogue_changes(["docs", "mail"])
+
+    async def next_change() -> tuple[str, int]:
+        return await asyncio.wait_for(anext(changes), timeout=5)
+
+    try:
+        assert [await next_change(), await next_change()] == [("docs", 0), ("mail", 0)]
+        docs = await writer.put_tool_entries("docs", {"a": "1"})
+        await writer.put_tool_entries("unwatched", {"a": "1"})
+        assert await next_change() == ("docs", docs)
+        # The watcher's own answer comes from Redis, so it hears its own writes as well.
+        again = await watcher.put_tool_entries("docs", {"a": "2"})
+        assert await next_change() == ("docs", again)
+
+        assert await admin.client_kill_filter(_type="pubsub") >= 1
+
+        async def nobody_listens() -> bool:
+            numsub = await admin.pubsub_numsub(f"{prefix}tools_changed")
+            return bool(numsub[0][1] == 0)
+
+        await poll(nobody_listens, timeout=5, interval=0.01)
+        mail = await writer.put_tool_entries("mail", {"b": "1"})  # announced to nobody
+        # Subscribed again, the watcher compares every version once: the missed write is found.
+        assert {await next_change(), await next_change()} == {("docs", again), ("mail", mail)}
+    finally:
+        await changes.aclose()
+        await admin.aclose()
+        await watcher.close()
+        await writer.close()
