@@ -40,10 +40,10 @@ from agentgw.observability.tracing import (
     configured_provider,
     flush_spans,
 )
+from agentgw.policy.catalogue import ToolCatalogue
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
-from agentgw.policy.poisoning import ToolCatalogue
 from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionStore

@@ -30,8 +30,9 @@ from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import LiveMetrics, Metrics
 from agentgw.observability.requests import without_credentials
+from agentgw.policy.catalogue import ToolCatalogue
 from agentgw.policy.model import PoisoningDetection
-from agentgw.policy.poisoning import ToolCatalogue, ToolEntry
+from agentgw.policy.poisoning import ToolEntry
 from agentgw.sessions.store import SessionRecord, SessionStore
 from agentgw.upstream.mcp import McpUpstream
 

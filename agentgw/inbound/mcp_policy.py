@@ -26,9 +26,10 @@ from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import request_info
+from agentgw.policy.catalogue import ToolCatalogue
 from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision
 from agentgw.policy.live import LivePolicies
-from agentgw.policy.poisoning import ToolCatalogue, scan
+from agentgw.policy.poisoning import scan
 
 log = logging.getLogger("agentgw.inbound.mcp_policy")
 

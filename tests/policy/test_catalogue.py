@@ -22,8 +22,9 @@ import pytest
 
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
+from agentgw.policy.catalogue import ToolCatalogue
 from agentgw.policy.model import PoisoningDetection
-from agentgw.policy.poisoning import FINGERPRINT_RULE, ToolCatalogue, fingerprint, legacy_fingerprint, scan
+from agentgw.policy.poisoning import FINGERPRINT_RULE, fingerprint, legacy_fingerprint, scan
 from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionStore
