@@ -93,7 +93,7 @@ def create_app(
     a2a = A2AEndpoint(settings, store, live, http, refusals) if settings.a2a.agents else None
     chat = None
     if settings.llm.providers:
-        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, metrics, settings.server.max_body_bytes)
+        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, metrics, refusals, settings.server)
     target_names = [t.name for t in targets]
 
     async def live_metrics() -> list[Metric]:
@@ -193,7 +193,7 @@ def create_app(
     app: ASGIApp = ProtocolRouter(mcp if targets else None, mcp_websocket, a2a, chat, other)
     # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
     # even whether a token is valid), then authentication, then the protocol endpoints.
-    app = AuthMiddleware(app, live)
+    app = AuthMiddleware(app, live, refusals)
     app = OriginGuard(
         app,
         listen_host=host,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import PyJWK, PyJWKSet
 
 from agentgw.auth.principal import Principal
-from agentgw.errors import InvalidToken
+from agentgw.errors import IdentityProviderUnavailable, InvalidToken
 from agentgw.policy.model import SessionAuthPolicy
 from agentgw.typed_yaml import ConfigError
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
@@ -32,15 +33,33 @@ from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, Upstr
 log = logging.getLogger("agentgw.auth")
 
 JWKS_TIMEOUT = 5.0
+# After a failed fetch the issuer is asked again this soon (or at its refreshInterval, if sooner).
+JWKS_RETRY_INTERVAL = 5.0
 # An unknown `kid` refetches the JWKS once; random kids cannot hammer the issuer, since
 # each kid is refetched for once per refresh and all of them share this many per window.
 JWKS_REFETCH_BUDGET = 5
 JWKS_REFETCH_WINDOW = 10.0
 TOKEN_CACHE_SIZE = 10_000
+# What reading a document that is not a JWKS (or not an OpenID configuration) raises.
+_GARBAGE = (ValueError, KeyError, TypeError, AttributeError, jwt.PyJWTError)
+
+
+class JwksUnavailable(IdentityProviderUnavailable):
+    """The JWKS that would hold a token's key cannot be fetched: the issuer's outage, not a bad token."""
+
+    def __init__(self, issuer: str, retry_after: float) -> None:
+        super().__init__(
+            f"The identity provider {issuer} cannot be reached", retry_after=max(1, math.ceil(retry_after))
+        )
+        self.issuer = issuer
 
 
 class _Jwks:
-    """An issuer's JWKS: fetched, refreshed every `refresh_interval`, refetched once on an unknown kid."""
+    """An issuer's JWKS: fetched, refreshed every `refresh_interval`, refetched once on an unknown kid.
+
+    While the last fetch failed, a kid the cached set does not hold cannot be
+    judged: the caller gets JwksUnavailable (503), never a 401 for the issuer's fault.
+    """
 
     def __init__(self, url: str | None, issuer: str, refresh_interval: float, http: ConnectionPool) -> None:
         self._url = url
@@ -48,22 +67,26 @@ class _Jwks:
         self._refresh_interval = refresh_interval
         self._http = http
         self._keys: dict[str, PyJWK] = {}
-        self._fetched_at = 0.0
+        self._next_fetch = 0.0
+        self._failing = False
+        self._fetches = 0  # lets a caller that waited for the lock see that the set it wanted was fetched
         self._lock = asyncio.Lock()
         self._refetched_for: set[str | None] = set()
         self._refetches: list[float] = []
 
     async def key(self, kid: str | None) -> PyJWK:
-        if time.monotonic() - self._fetched_at > self._refresh_interval:
+        if time.monotonic() >= self._next_fetch:
             await self._fetch()
             self._refetched_for.clear()
         key = self._find(kid)
         if key is None and self._may_refetch(kid):
             await self._fetch()  # the issuer may have rotated its keys
             key = self._find(kid)
-        if key is None:
-            raise InvalidToken("Invalid token: unknown signing key")
-        return key
+        if key is not None:
+            return key
+        if self._failing:
+            raise JwksUnavailable(self._issuer, self._next_fetch - time.monotonic())
+        raise InvalidToken("Invalid token: unknown signing key")
 
     def _may_refetch(self, kid: str | None) -> bool:
         now = time.monotonic()
@@ -82,17 +105,24 @@ class _Jwks:
         return next(iter(self._keys.values())) if len(self._keys) == 1 else None
 
     async def _fetch(self) -> None:
+        fetches = self._fetches
         async with self._lock:
+            if self._fetches != fetches:
+                return  # fetched while this caller waited: a dead issuer is not asked once per waiting request
+            self._fetches += 1
             try:
                 url = self._url or await self._discover()
                 document = await self._get_json(url)
                 keys = PyJWKSet.from_dict(document).keys
-            except (UpstreamConnectionError, UpstreamTimeoutError, ValueError, KeyError, jwt.PyJWTError) as exc:
+            except (UpstreamConnectionError, UpstreamTimeoutError, *_GARBAGE) as exc:
+                # The old keys stay: tokens of a kid already known still verify during the outage.
                 log.warning("cannot fetch the JWKS of %s: %s", self._issuer, exc)
-                self._fetched_at = time.monotonic()  # keep the old keys; try again after the interval
+                self._failing = True
+                self._next_fetch = time.monotonic() + min(self._refresh_interval, JWKS_RETRY_INTERVAL)
                 return
             self._keys = {key.key_id or f"key-{index}": key for index, key in enumerate(keys)}
-            self._fetched_at = time.monotonic()
+            self._failing = False
+            self._next_fetch = time.monotonic() + self._refresh_interval
 
     async def _discover(self) -> str:
         """Without jwksUri, the issuer's OpenID configuration names its JWKS."""

@@ -12,9 +12,10 @@ import urllib.parse
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentgw.auth.jwt import Authenticator
+from agentgw.auth.jwt import Authenticator, JwksUnavailable
 from agentgw.auth.principal import SCOPE_KEY, Principal
 from agentgw.errors import InvalidToken
+from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import request_info
 from agentgw.policy.live import LivePolicies
 
@@ -47,20 +48,27 @@ def challenge(scope: Scope, error: str = "invalid_token", scope_needed: str | No
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, live: LivePolicies) -> None:
+    def __init__(self, app: ASGIApp, live: LivePolicies, refusals: Refusals) -> None:
         self.app = app
         self.live = live
+        self.refusals = refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authenticator = self.live.authenticator
         if authenticator is None or scope["type"] not in ("http", "websocket") or not protected(scope["path"]):
             await self.app(scope, receive, send)
             return
+        openai = scope["path"].startswith(OPENAI_PREFIX)
         try:
             principal = scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
         except InvalidToken as exc:
             exc.headers["www-authenticate"] = challenge(scope)
-            await exc.refuse(scope, receive, send, openai=scope["path"].startswith(OPENAI_PREFIX))
+            await exc.refuse(scope, receive, send, openai=openai)
+            return
+        except JwksUnavailable as exc:
+            # No challenge: the token may well be good, and a client told `invalid_token` would drop it.
+            self.refusals.record(exc.issuer, "identity_provider_unavailable", "JWKS unreachable; answered 503")
+            await exc.refuse(scope, receive, send, openai=openai)
             return
         request_info(scope).subject = principal.subject
         await self.app(scope, receive, send)
@@ -75,7 +83,7 @@ async def _authenticate(scope: Scope, authenticator: Authenticator) -> Principal
         token = _bearer_token(scope)
     try:
         return await authenticator.authenticate(token)
-    except InvalidToken:
+    except (InvalidToken, JwksUnavailable):  # the identity provider's outage is answered as such, not as 401
         raise
     except Exception as exc:  # fail closed: whatever went wrong, the token is not accepted
         log.exception("token verification failed unexpectedly")

@@ -21,15 +21,18 @@ from starlette.types import Receive, Scope, Send
 
 from agentgw import jsonrpc
 from agentgw.auth.principal import Principal, principal_of
+from agentgw.config import ServerConfig
 from agentgw.errors import GatewayError
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import wait_for_disconnect
 from agentgw.observability.metrics import Metrics
+from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import RequestInfo, request_info
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.model import RateLimitTier
 from agentgw.sessions.store import SessionStore
-from agentgw.upstream.llm.provider import ChatChunk, ProviderError, usage_of
+from agentgw.upstream.llm.chat_fields import InvalidChatRequest
+from agentgw.upstream.llm.provider import BadProviderAnswer, ChatChunk, ProviderError, usage_of
 from agentgw.upstream.llm.router import LlmRouter, Route, UnknownModel
 
 log = logging.getLogger("agentgw.inbound.chat")
@@ -41,22 +44,47 @@ WINDOW = 60.0  # rate limits count per minute
 
 
 class ChatError(GatewayError):
-    """An error of the chat endpoints, with the `type` and `code` OpenAI SDKs read."""
+    """An error of the chat endpoints, with the `type`, `code` and `param` OpenAI SDKs read."""
 
-    def __init__(self, status: int, message: str, kind: str, code: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        code: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message, headers=headers)
         self.http_status, self.openai_type, self.openai_code = status, kind, code
+        self.param = param
+
+    def openai_body(self) -> bytes:
+        error = {"message": self.message, "type": self.openai_type, "param": self.param, "code": self.openai_code}
+        return _dump({"error": error})
+
+
+def _invalid_field(exc: InvalidChatRequest) -> ChatError:
+    return ChatError(400, str(exc), "invalid_request_error", "invalid_request", param=exc.param)
 
 
 class ChatEndpoint:
     def __init__(
-        self, router: LlmRouter, store: SessionStore, live: LivePolicies, metrics: Metrics, max_body: int
+        self,
+        router: LlmRouter,
+        store: SessionStore,
+        live: LivePolicies,
+        metrics: Metrics,
+        refusals: Refusals,
+        server: ServerConfig,
     ) -> None:
         self.router = router
         self.store = store
         self.live = live
         self.metrics = metrics
-        self.max_body = max_body
+        self.refusals = refusals
+        self.max_body = server.max_body_bytes
+        self.body_timeout = server.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -81,7 +109,7 @@ class ChatEndpoint:
     async def _complete(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         check_content_type(headers)
-        request = jsonrpc.parse(await read_body(headers, receive, self.max_body))
+        request = jsonrpc.parse(await read_body(headers, receive, self.max_body, self.body_timeout))
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise ChatError(400, "messages must be a list", "invalid_request_error", "invalid_request")
         if not request["messages"] or not all(isinstance(m, dict) for m in request["messages"]):
@@ -90,6 +118,8 @@ class ChatEndpoint:
             )
         if not isinstance(request.get("model"), str):
             raise ChatError(400, "model must be a string", "invalid_request_error", "invalid_request")
+        if request.get("stream") is not None and not isinstance(request["stream"], bool):
+            raise _invalid_field(InvalidChatRequest("stream", "a boolean"))
         principal = principal_of(scope)
         tier = self._tier(principal)
         subject = principal.subject if principal is not None else "anonymous"
@@ -105,9 +135,9 @@ class ChatEndpoint:
         if request.get("stream"):
             await self._stream(request, routes, subject, info, receive, send)
         else:
-            route, answer = await self._first_answer(request, routes)
+            route, (answer, usage) = await self._first_answer(request, routes)
             _note_route(info, route)
-            await self._count(subject, route, *usage_of(answer))
+            await self._count(subject, route, *usage)
             await _send_json(send, 200, answer)
 
     # -- limits ---------------------------------------------------------------
@@ -147,9 +177,14 @@ class ChatEndpoint:
 
     # -- forwarding -------------------------------------------------------------
 
-    async def _first_answer(self, request: dict[str, Any], routes: list[Route]) -> tuple[Route, dict[str, Any]]:
-        async def complete(route: Route) -> dict[str, Any]:
-            return await route.provider.complete(request, route.model)
+    async def _first_answer(
+        self, request: dict[str, Any], routes: list[Route]
+    ) -> tuple[Route, tuple[dict[str, Any], tuple[int, int]]]:
+        """The first answer and its usage; an answer whose usage is no count fails like a provider down."""
+
+        async def complete(route: Route) -> tuple[dict[str, Any], tuple[int, int]]:
+            answer = await route.provider.complete(request, route.model)
+            return answer, usage_of(answer)
 
         return await self._first_success(routes, complete)
 
@@ -165,9 +200,14 @@ class ChatEndpoint:
         async def open_stream(route: Route) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
             chunks = route.provider.stream(request, route.model)
             try:
-                return await anext(chunks), chunks
+                first = await anext(chunks)
+                usage_of(first)  # a malformed first chunk fails before the client saw anything: fall back
             except StopAsyncIteration:
                 return None, chunks
+            except BaseException:
+                await _close(route, chunks)  # its response goes back to the pool
+                raise
+            return first, chunks
 
         route, (first, chunks) = await self._first_success(routes, open_stream)
         _note_route(info, route)
@@ -198,12 +238,14 @@ class ChatEndpoint:
                 try:
                     answer = await call(route)
                     outcome = True
+                except InvalidChatRequest as exc:  # refused before the provider was asked: no outcome
+                    raise _invalid_field(exc) from None
                 except ProviderError as exc:
                     outcome = not exc.retryable  # a refusal means the provider answered; the request was at fault
                     if not exc.retryable:
                         raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
                     last = exc
-                    log.warning("provider %s failed (%s)", route.name, exc)
+                    self._provider_failed(route, exc)
                     if exc.timed_out:
                         break
                     continue
@@ -211,6 +253,14 @@ class ChatEndpoint:
                     route.breaker.done(outcome)
                 return route, answer
         raise _all_failed(last)
+
+    def _provider_failed(self, route: Route, exc: ProviderError, when: str = "") -> None:
+        """One log line per provider failure; what the provider sent that the gateway would not relay
+        is a refusal (contract 11), logged and counted as such."""
+        if isinstance(exc, BadProviderAnswer):
+            self.refusals.record(route.provider.name, "bad_provider_answer", f"{str(exc)[:120]}{when}")
+        else:
+            log.warning("provider %s failed%s: %s", route.name, when, exc)
 
     async def _relay_stream(
         self,
@@ -221,6 +271,8 @@ class ChatEndpoint:
         receive: Receive,
         send: Send,
     ) -> None:
+        """Relay chunk by chunk. From the response start on, nothing may escape unlogged: a failure
+        can no longer become an error response, so it is logged here and the stream ended cleanly."""
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         usage = [0, 0]
@@ -232,9 +284,14 @@ class ChatEndpoint:
             # A client that went away stops the provider's stream too: nobody would read the rest.
             for task in (relaying, disconnect):
                 task.cancel()
-            await asyncio.gather(relaying, disconnect, return_exceptions=True)
-            await chunks.aclose()  # type: ignore[attr-defined]
-        await self._count(subject, route, *usage)
+            for result in await asyncio.gather(relaying, disconnect, return_exceptions=True):
+                if isinstance(result, Exception):  # CancelledError is no Exception: cancelled is fine
+                    log.error("relaying the stream of %s failed", route.name, exc_info=result)
+            await _close(route, chunks)
+        try:
+            await self._count(subject, route, *usage)
+        except Exception:  # the client has its answer; only the count is lost, and that must be known
+            log.exception("the usage of a stream of %s could not be counted", route.name)
 
     async def _relay_chunks(
         self, route: Route, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], usage: list[int], send: Send
@@ -246,15 +303,12 @@ class ChatEndpoint:
                     await _send_event(send, chunk, usage)
         except ProviderError as exc:
             # The client already has part of the answer: no fallback now, but a clean error, not a cut.
+            self._provider_failed(route, exc, when=" mid-stream")
             route.breaker.failed_later()
-            error = {
-                "error": {
-                    "message": f"provider failed mid-stream: {exc}",
-                    "type": "server_error",
-                    "code": "upstream_error",
-                }
-            }
-            await send({"type": "http.response.body", "body": b"data: " + _dump(error) + b"\n\n", "more_body": True})
+            await _send_error_event(send, f"provider failed mid-stream: {exc}", "upstream_error")
+        except Exception:
+            log.exception("the stream of %s failed mid-way", route.name)
+            await _send_error_event(send, "the gateway failed mid-stream", "internal_error")
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
@@ -310,6 +364,22 @@ async def _send_event(send: Send, chunk: ChatChunk, usage: list[int]) -> None:
     usage[0] += prompt
     usage[1] += completion
     await send({"type": "http.response.body", "body": b"data: " + _dump(chunk) + b"\n\n", "more_body": True})
+
+
+async def _send_error_event(send: Send, message: str, code: str) -> None:
+    error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    await send({"type": "http.response.body", "body": b"data: " + _dump(error) + b"\n\n", "more_body": True})
+
+
+async def _close(route: Route, chunks: AsyncIterator[ChatChunk]) -> None:
+    """End a provider's stream (its connection goes back to the pool); a failure to is logged, not raised."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        log.exception("closing the stream of %s failed", route.name)
 
 
 async def _send_json(send: Send, status: int, value: Any) -> None:

@@ -61,7 +61,9 @@ class AuditLog:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            [result] = await asyncio.gather(self._task, return_exceptions=True)
+            if isinstance(result, Exception):  # CancelledError is no Exception: cancelled is fine
+                log.error("the audit writer had stopped", exc_info=result)
         try:
             await self.flush()
         except StoreUnavailable:
@@ -85,6 +87,8 @@ class AuditLog:
                 await self.flush()
             except StoreUnavailable:
                 log.warning("audit flush failed; %d entries wait", len(self._buffer))
+            except Exception:  # the writer lives on: one bad batch must not end the audit trail
+                log.exception("audit flush failed; a batch of entries is lost")
 
 
 def _line(decision: _Decision) -> str:

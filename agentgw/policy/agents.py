@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from agentgw.policy.engine import Decision
+from agentgw.policy.engine import Decision, evaluating, evaluation_failed
 from agentgw.policy.model import AgentPolicy
 
 V1_NAME_OF = {
@@ -39,28 +39,41 @@ class AgentPolicyEngine:
     def decide(self, agent: str, method: str, scopes: frozenset[str]) -> Decision:
         try:
             return self._decide(agent, v1_method(method), scopes)
-        except Exception:  # a rule that cannot be evaluated denies
-            return Decision(False, "tool", method, "not_allowed", rule="evaluation failed")
+        except Exception as exc:  # a rule that cannot be evaluated denies
+            return evaluation_failed(exc, "tool", method, agent)
 
     def _decide(self, agent: str, method: str, scopes: frozenset[str]) -> Decision:
         policies = [p for p in self._policies if p.spec.target_refs is None or agent in p.spec.target_refs]
         if not policies:
             return Decision(True, "tool", method, rule="no AgentPolicy applies to this agent")
         for policy in policies:
-            if any(v1_method(denied) == method for denied in policy.spec.deny_list):
+            with evaluating(policy.metadata.name):
+                denied = any(v1_method(denied) == method for denied in policy.spec.deny_list)
+            if denied:
                 return Decision(False, "tool", method, "deny_list", policy.metadata.name, rule="denyList")
         for policy in policies:
-            spec = policy.spec
-            if spec.allowed_methods is not None and method not in {v1_method(m) for m in spec.allowed_methods}:
-                return Decision(False, "tool", method, "not_allowed", policy.metadata.name, rule="allowedMethods")
-            rule = next((r for r in spec.allowed_agents if fnmatchcase(agent, r.name)), None)
-            if rule is None:
-                if spec.default_action == "deny":
-                    return Decision(False, "tool", method, "not_allowed", policy.metadata.name, rule="no rule")
-                continue
-            required = tuple(rule.allowed_scopes or ())
-            if required and not scopes.intersection(required):
-                return Decision(False, "tool", method, "missing_scope", policy.metadata.name, required)
-            if rule.allowed_methods is not None and method not in {v1_method(m) for m in rule.allowed_methods}:
-                return Decision(False, "tool", method, "not_allowed", policy.metadata.name, rule="allowedMethods")
+            with evaluating(policy.metadata.name):
+                decision = _verdict(policy, agent, method, scopes)
+            if decision is not None:
+                return decision
         return Decision(True, "tool", method, policy=policies[0].metadata.name, rule="allowed")
+
+
+def _verdict(policy: AgentPolicy, agent: str, method: str, scopes: frozenset[str]) -> Decision | None:
+    """One policy's denial, or None when it lets the call through."""
+    spec, name = policy.spec, policy.metadata.name
+    if spec.allowed_methods is not None and method not in {v1_method(m) for m in spec.allowed_methods}:
+        return Decision(False, "tool", method, "not_allowed", name, rule="allowedMethods")
+    rule = next((r for r in spec.allowed_agents if fnmatchcase(agent, r.name)), None)
+    if rule is None:
+        return (
+            Decision(False, "tool", method, "not_allowed", name, rule="no rule")
+            if spec.default_action == "deny"
+            else None
+        )
+    required = tuple(rule.allowed_scopes or ())
+    if required and not scopes.intersection(required):
+        return Decision(False, "tool", method, "missing_scope", name, required)
+    if rule.allowed_methods is not None and method not in {v1_method(m) for m in rule.allowed_methods}:
+        return Decision(False, "tool", method, "not_allowed", name, rule="allowedMethods")
+    return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
@@ -34,6 +36,31 @@ class Decision:
     policy: str | None = None
     required_scopes: tuple[str, ...] = ()
     rule: str | None = None  # what decided, in words, for `agentgw policy explain` and logs
+
+
+class PolicyEvaluationFailed(Exception):
+    """A policy that could not be evaluated (a rule of an unexpected type, say): the call is denied."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(f"policy {policy} could not be evaluated")
+        self.policy = policy
+
+
+@contextmanager
+def evaluating(policy: str) -> Iterator[None]:
+    """Whatever fails while a policy is evaluated becomes PolicyEvaluationFailed naming it, so the
+    denial is logged with the policy an operator has to fix."""
+    try:
+        yield
+    except Exception as exc:
+        raise PolicyEvaluationFailed(policy) from exc
+
+
+def evaluation_failed(exc: Exception, kind: Kind, name: str, where: str) -> Decision:
+    """The denial for a failed evaluation (fail closed), logged with the policy and the cause."""
+    policy = exc.policy if isinstance(exc, PolicyEvaluationFailed) else None
+    log.error("policy %s failed to evaluate %s %r on %s; denying", policy or "(none)", kind, name, where, exc_info=exc)
+    return Decision(False, kind, name, "not_allowed", policy, rule="evaluation failed")
 
 
 def normalise(name: str) -> str:
@@ -93,9 +120,8 @@ class PolicyEngine:
         if decision is None:
             try:
                 decision = self._decide(target, kind, name, scopes)
-            except Exception:  # a rule that cannot be evaluated denies
-                log.exception("policy evaluation failed; denying")
-                decision = Decision(False, kind, name, "not_allowed", rule="evaluation failed")
+            except Exception as exc:  # a rule that cannot be evaluated denies
+                decision = evaluation_failed(exc, kind, name, target)
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
                 self._decisions.clear()
             self._decisions[key] = decision
@@ -117,28 +143,34 @@ class PolicyEngine:
             return Decision(True, kind, name, rule="no ToolPolicy applies to this target")
         folded = normalise(name)
         for policy in policies:
-            for pattern in policy.deny:
-                if fnmatchcase(folded, pattern):
-                    return Decision(False, kind, name, "deny_list", policy.name, rule=f"denyList {pattern!r}")
+            with evaluating(policy.name):
+                denied = next((p for p in policy.deny if fnmatchcase(folded, p)), None)
+            if denied is not None:
+                return Decision(False, kind, name, "deny_list", policy.name, rule=f"denyList {denied!r}")
         allowed_by = []
         for policy in policies:
-            rules = policy.rules[kind]
-            if rules is None:
-                continue  # this policy gives no list for this kind: it does not restrict it
-            rule = rules.match(name)
-            if rule is None:
-                if not policy.default_allow:
-                    rule_text = "on no list; defaultAction deny"
-                    return Decision(False, kind, name, "not_allowed", policy.name, rule=rule_text)
-                allowed_by.append(f"{policy.name}: defaultAction allow")
-                continue
-            required = tuple(rule.allowed_scopes or ())
-            if required and not scopes.intersection(required):
-                return Decision(
-                    False, kind, name, "missing_scope", policy.name, required, rule=f"allowed rule {rule.name!r}"
-                )
-            allowed_by.append(f"{policy.name}: rule {rule.name!r}")
+            with evaluating(policy.name):
+                decision = _verdict(policy, kind, name, scopes)
+            if isinstance(decision, Decision):
+                return decision
+            allowed_by += decision
         return Decision(True, kind, name, policy=first, rule="; ".join(allowed_by) or "no list restricts this kind")
+
+
+def _verdict(policy: _CompiledPolicy, kind: Kind, name: str, scopes: frozenset[str]) -> Decision | list[str]:
+    """One policy's denial, or why it allows the name (nothing when it gives no list for this kind)."""
+    rules = policy.rules[kind]
+    if rules is None:
+        return []  # this policy gives no list for this kind: it does not restrict it
+    rule = rules.match(name)
+    if rule is None:
+        if not policy.default_allow:
+            return Decision(False, kind, name, "not_allowed", policy.name, rule="on no list; defaultAction deny")
+        return [f"{policy.name}: defaultAction allow"]
+    required = tuple(rule.allowed_scopes or ())
+    if required and not scopes.intersection(required):
+        return Decision(False, kind, name, "missing_scope", policy.name, required, rule=f"allowed rule {rule.name!r}")
+    return [f"{policy.name}: rule {rule.name!r}"]
 
 
 def _is_glob(pattern: str) -> bool:

@@ -1,7 +1,9 @@
 """A JWKS endpoint on loopback that serves whatever a file holds at the moment it is asked.
 
 A test rotates an issuer's keys by rewriting the file; the gateway sees the
-new set the next time it fetches.
+new set the next time it fetches; a file that is not a JWKS is served as it
+is (an identity provider answering garbage), and a missing file is answered
+500 (an identity provider that is down behind its load balancer).
 
     python tests/auth/jwks_server.py PORT JWKS_FILE
 """
@@ -19,7 +21,11 @@ def serve(port: int, jwks_file: Path) -> None:
             if self.path != "/jwks.json":
                 self.send_error(404)
                 return
-            body = jwks_file.read_bytes()
+            try:
+                body = jwks_file.read_bytes()
+            except FileNotFoundError:
+                self.send_error(500)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

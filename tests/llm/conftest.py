@@ -63,8 +63,17 @@ class StubProvider:
     def set_modes(self, *modes: str) -> None:
         httpx2.post(f"http://127.0.0.1:{self.port}/_modes", json={"modes": list(modes)}, timeout=5).raise_for_status()
 
-    def script(self, message: dict[str, Any] | None = None, events: list[Any] | None = None) -> None:
-        script = {"message": message, "events": events}
+    def script(
+        self,
+        message: dict[str, Any] | None = None,
+        events: list[Any] | None = None,
+        chunks: list[Any] | None = None,
+        completion: Any = None,
+        line_end: str | None = None,
+    ) -> None:
+        """What the stub answers from now on (see stub_upstream.py); None leaves its own answer."""
+        script = {"message": message, "events": events, "chunks": chunks, "completion": completion}
+        script["line_end"] = line_end
         httpx2.post(f"http://127.0.0.1:{self.port}/_script", json=script, timeout=5).raise_for_status()
 
     def stop(self) -> None:

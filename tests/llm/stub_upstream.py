@@ -15,7 +15,10 @@ Modes (also replaceable at run time with `POST /_modes {"modes": [...]}`):
 Every request outside `/_...` is recorded (method, path, lower-cased headers, JSON body)
 and listed by `GET /_requests`; `GET /_streams` counts the streams being sent.
 `POST /_script {"message": {...}, "events": [[name, data], ...]}` makes `/v1/messages`
-answer exactly that message, or stream exactly those events.
+answer exactly that message, or stream exactly those events; `"chunks": [...]` makes a
+streamed `/v1/chat/completions` send exactly those `data:` payloads, then `[DONE]`, and
+`"completion": {...}` a plain one answer exactly that. `"line_end": "\r"` (or `"\r\n"`)
+ends the lines of scripted streams that way.
 """
 
 from __future__ import annotations
@@ -119,6 +122,10 @@ class Stub:
         failure = await self.misbehave()
         if failure is not None:
             return failure
+        if body.get("stream") and self.script.get("chunks") is not None:
+            return self.stream(self.data_events([*self.script["chunks"], "[DONE]"]))
+        if not body.get("stream") and self.script.get("completion") is not None:
+            return JSONResponse(self.script["completion"])
         model = body.get("model", "")
         words = self.reply(body).split(" ")
         usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
@@ -143,6 +150,10 @@ class Stub:
         events = [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks]
         return self.stream([*events, b"data: [DONE]\n\n"])
 
+    def data_events(self, payloads: list[Any]) -> list[bytes]:
+        end = self.script.get("line_end") or "\n"
+        return [f"data: {p if p == '[DONE]' else json.dumps(p)}{end}{end}".encode() for p in payloads]
+
     async def list_models(self, request: Request) -> Response:
         await self.record(request)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models]
@@ -158,7 +169,8 @@ class Stub:
         if not body.get("stream"):
             return JSONResponse(self.script.get("message") or self._message(body))
         events = self.script.get("events") or self._events(body)
-        return self.stream([f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events])
+        end = self.script.get("line_end") or "\n"
+        return self.stream([f"event: {name}{end}data: {json.dumps(data)}{end}{end}".encode() for name, data in events])
 
     def _message(self, body: dict[str, Any]) -> dict[str, Any]:
         text = self.reply(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import unicodedata
 from typing import Any
@@ -14,8 +15,9 @@ from hypothesis import strategies as st
 
 from agentgw import jsonrpc
 from agentgw.errors import GatewayError
+from agentgw.policy.agents import AgentPolicyEngine
 from agentgw.policy.engine import TOOL_NAME, Decision, PolicyEngine, normalise
-from agentgw.policy.model import Metadata, NameRule, ToolPolicy, ToolPolicySpec
+from agentgw.policy.model import AgentPolicy, AgentPolicySpec, Metadata, NameRule, ToolPolicy, ToolPolicySpec
 
 READ = frozenset({"read:documents"})
 NO_SCOPES: frozenset[str] = frozenset()
@@ -395,3 +397,44 @@ def test_a_lone_surrogate_escape_cannot_be_forwarded() -> None:
     with pytest.raises(GatewayError) as raised:
         read_like_the_gateway(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\\ud800"}}')
     assert raised.value.jsonrpc_code == -32700
+
+
+# -- evaluation errors: logged with the policy's name, then denied ---------------------------------
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "agentgw.policy" and r.levelno >= logging.ERROR]
+
+
+def test_a_rule_that_cannot_be_evaluated_denies_and_is_logged_with_its_policy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A policy built in code, not loaded from YAML, can hold what the loader would refuse.
+    spec = ToolPolicySpec(allowed_tools=[NameRule("search_*", allowed_scopes=5)])  # type: ignore[arg-type]
+    broken = ToolPolicy("agentgw.dev/v1alpha1", "ToolPolicy", Metadata("broken-scopes"), spec)
+    engine = PolicyEngine([policy("open", default_action="allow"), broken])
+
+    with caplog.at_level(logging.ERROR, logger="agentgw.policy"):
+        decision = decide(engine, "search_documents")
+        allowed = decide(engine, "add")  # names the broken rule does not match are decided as before
+
+    assert (decision.allowed, decision.reason, decision.policy) == (False, "not_allowed", "broken-scopes")
+    assert decision.rule == "evaluation failed"
+    assert allowed.allowed is False and allowed.reason == "not_allowed"  # broken's defaultAction is deny
+    [record] = failures_logged(caplog)
+    assert "broken-scopes" in record.getMessage() and "search_documents" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_an_agent_policy_that_cannot_be_evaluated_denies_and_is_logged_with_its_name(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = AgentPolicySpec(default_action="allow", deny_list=[5])  # type: ignore[list-item]
+    engine = AgentPolicyEngine([AgentPolicy("agentgw.dev/v1alpha1", "AgentPolicy", Metadata("agents"), spec)])
+
+    with caplog.at_level(logging.ERROR, logger="agentgw.policy"):
+        decision = engine.decide("helper", "message/send", READ)
+
+    assert (decision.allowed, decision.reason, decision.policy) == (False, "not_allowed", "agents")
+    [record] = failures_logged(caplog)
+    assert "agents" in record.getMessage() and "helper" in record.getMessage()

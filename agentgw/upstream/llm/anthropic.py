@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -10,14 +9,32 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agentgw.config import LlmProviderConfig
-from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
-from agentgw.upstream.llm.openai import post
-from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse, ProviderError, content_text
+from agentgw.upstream.http import ConnectionPool
+from agentgw.upstream.llm.chat_fields import (
+    InvalidChatRequest,
+    check_tool_choice,
+    check_tools,
+    message_role,
+    message_text,
+    optional_int,
+    optional_number,
+    optional_string,
+    stop_sequences,
+)
+from agentgw.upstream.llm.openai import post, read_json
+from agentgw.upstream.llm.provider import (
+    BadProviderAnswer,
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ProviderError,
+    token_count,
+)
 from agentgw.upstream.llm.sse_client import events
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 API_VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 1024
+MAX_TOKENS = 1024  # the Messages API requires a limit; OpenAI's default is none
 FINISH_REASON = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
@@ -36,13 +53,7 @@ class AnthropicProvider:
         response = await post(
             self._http, self._base + "/messages", self._headers, to_messages(request, model), self._timeout
         )
-        try:
-            answer = json.loads(await response.read(self._timeout))
-        except (UpstreamConnectionError, UpstreamTimeoutError, ValueError) as exc:
-            raise ProviderError(f"provider broke off: {exc}") from exc
-        finally:
-            response.release()
-        return to_completion(answer, model)
+        return to_completion(await read_json(response, self._timeout), model)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatChunk]:
         body = {**to_messages(request, model), "stream": True}
@@ -62,36 +73,42 @@ class AnthropicProvider:
 
 
 def to_messages(request: ChatRequest, model: str) -> dict[str, Any]:
-    """An OpenAI chat request as a Messages API request."""
-    system = [
-        content_text(m.get("content")) for m in request.get("messages", []) if m.get("role") in ("system", "developer")
-    ]
-    messages = [
-        {"role": m["role"], "content": content_text(m.get("content"))}
-        for m in request.get("messages", [])
-        if m.get("role") in ("user", "assistant")
-    ]
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": request.get("max_completion_tokens") or request.get("max_tokens") or DEFAULT_MAX_TOKENS,
-    }
+    """An OpenAI chat request as a Messages API request; InvalidChatRequest for a field of the wrong type."""
+    check_tools(request)
+    check_tool_choice(request)
+    optional_string(request, "user")
+    system, messages = [], []
+    for index, message in enumerate(request.get("messages", [])):
+        if not isinstance(message, dict):
+            raise InvalidChatRequest(f"messages[{index}]", "an object")
+        role, text = message_role(message, index), message_text(message, index)
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role in ("user", "assistant"):
+            messages.append({"role": role, "content": text})
+    # Both are read, so a wrong one is refused even when the other would win.
+    limits = optional_int(request, "max_completion_tokens", 1), optional_int(request, "max_tokens", 1)
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": limits[0] or limits[1] or MAX_TOKENS}
     if system:
         body["system"] = "\n\n".join(system)
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
-        if request.get(ours) is not None:
-            body[theirs] = request[ours]
-    stop = request.get("stop")
+    for field, high in (("temperature", 2.0), ("top_p", 1.0)):
+        value = optional_number(request, field, 0.0, high)
+        if value is not None:
+            body[field] = value
+    stop = stop_sequences(request)
     if stop:
-        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        body["stop_sequences"] = stop
     return body
 
 
-def to_completion(answer: dict[str, Any], model: str) -> ChatResponse:
-    """A Messages API answer as an OpenAI chat.completion."""
-    text = "".join(block.get("text", "") for block in answer.get("content", []) if block.get("type") == "text")
-    usage = answer.get("usage") or {}
-    prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+def to_completion(answer: Any, model: str) -> ChatResponse:
+    """A Messages API answer as an OpenAI chat.completion; BadProviderAnswer when it is not a message."""
+    content = answer.get("content", []) if isinstance(answer, dict) else None
+    if not isinstance(content, list):
+        raise BadProviderAnswer("provider answered something that is not a message")
+    text = "".join(_block_text(block) for block in content)
+    usage = _object(answer.get("usage"), "usage")
+    prompt, completion = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
     return {
         "id": str(answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}"),
         "object": "chat.completion",
@@ -108,6 +125,27 @@ def to_completion(answer: dict[str, Any], model: str) -> ChatResponse:
     }
 
 
+def _block_text(block: Any) -> str:
+    block = _object(block, "content block")
+    return _text(block) if block.get("type") == "text" else ""
+
+
+def _text(block: dict[str, Any]) -> str:
+    text = block.get("text", "")
+    if not isinstance(text, str):
+        raise BadProviderAnswer("provider sent a text whose value is not a string")
+    return text
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """An object of the Messages API; absent is empty, anything else is the provider's fault."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadProviderAnswer(f"provider sent a {what} that is not an object")
+    return value
+
+
 class StreamTranslation:
     """Messages API stream events to OpenAI chunks, keeping what later chunks need."""
 
@@ -118,18 +156,20 @@ class StreamTranslation:
         self.prompt_tokens = 0
         self.finished = False
 
-    def __call__(self, name: str | None, event: dict[str, Any]) -> list[ChatChunk]:
+    def __call__(self, name: str, data: Any) -> list[ChatChunk]:
+        event = _object(data, "stream event")
         kind = event.get("type", name)
         if kind == "message_start":
-            message = event.get("message") or {}
+            message = _object(event.get("message"), "message")
             self.id = str(message.get("id") or self.id)
-            self.prompt_tokens = int((message.get("usage") or {}).get("input_tokens", 0))
+            self.prompt_tokens = token_count(_object(message.get("usage"), "usage").get("input_tokens"))
             return [self._chunk({"role": "assistant", "content": ""}, None)]
-        if kind == "content_block_delta" and (event.get("delta") or {}).get("type") == "text_delta":
-            return [self._chunk({"content": event["delta"].get("text", "")}, None)]
+        if kind == "content_block_delta":
+            delta = _object(event.get("delta"), "delta")
+            return [self._chunk({"content": _text(delta)}, None)] if delta.get("type") == "text_delta" else []
         if kind == "message_delta":
-            reason = FINISH_REASON.get(str((event.get("delta") or {}).get("stop_reason")), "stop")
-            completion = int((event.get("usage") or {}).get("output_tokens", 0))
+            reason = FINISH_REASON.get(str(_object(event.get("delta"), "delta").get("stop_reason")), "stop")
+            completion = token_count(_object(event.get("usage"), "usage").get("output_tokens"))
             chunk = self._chunk({}, reason)
             chunk["usage"] = {
                 "prompt_tokens": self.prompt_tokens,
@@ -141,7 +181,8 @@ class StreamTranslation:
             self.finished = True
             return []
         if kind == "error":
-            raise ProviderError(f"provider error: {(event.get('error') or {}).get('message', 'unknown')}")
+            message = _object(event.get("error"), "error").get("message", "unknown")
+            raise ProviderError(f"provider error: {str(message)[:200]}")
         return []
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> ChatChunk:

@@ -9,7 +9,7 @@ from typing import Any
 
 from agentgw.config import LlmProviderConfig
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
-from agentgw.upstream.llm.provider import ChatChunk, ChatRequest, ChatResponse, ProviderError
+from agentgw.upstream.llm.provider import BadProviderAnswer, ChatChunk, ChatRequest, ChatResponse, ProviderError
 from agentgw.upstream.llm.sse_client import events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -28,7 +28,7 @@ class OpenAIProvider:
 
     async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
         response = await self._post("/chat/completions", {**request, "model": model, "stream": False})
-        answer: ChatResponse = await _json(response, self._timeout)
+        answer: ChatResponse = await read_json(response, self._timeout)
         return answer
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatChunk]:
@@ -43,10 +43,11 @@ class OpenAIProvider:
     async def models(self) -> list[str]:
         try:
             response = await self._http.request("GET", self._base + "/models", self._headers, None, self._timeout)
-            listed = await _json(response, self._timeout)
+            listed = await read_json(response, self._timeout)
         except (ProviderError, UpstreamConnectionError, UpstreamTimeoutError):
             return []
-        return [str(m["id"]) for m in listed.get("data", []) if isinstance(m, dict) and "id" in m]
+        data = listed.get("data") if isinstance(listed, dict) else None
+        return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m] if isinstance(data, list) else []
 
     async def _post(self, path: str, body: dict[str, Any]) -> UpstreamResponse:
         return await post(self._http, self._base + path, self._headers, body, self._timeout)
@@ -76,12 +77,13 @@ async def post(
     return response
 
 
-async def _json(response: UpstreamResponse, timeout: float) -> Any:
+async def read_json(response: UpstreamResponse, timeout: float) -> Any:
+    """The whole body as JSON, released after; ProviderError when it breaks off or is not JSON."""
     try:
         return json.loads(await response.read(timeout))
     except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
         raise ProviderError(f"provider broke off: {exc}") from exc
     except ValueError:
-        raise ProviderError("provider answered something that is not JSON") from None
+        raise BadProviderAnswer("provider answered something that is not JSON") from None
     finally:
         response.release()

@@ -30,6 +30,11 @@ class ProviderError(Exception):
         self.timed_out = timed_out
 
 
+class BadProviderAnswer(ProviderError):
+    """What a provider sent is not what its API promises (a usage that is no count, an event that is
+    no object): never relayed as if it were, and the provider's failure like any other."""
+
+
 class LLMProvider(Protocol):
     """One configured provider (`llm.providers[]`); `model` is the part after `provider/`."""
 
@@ -69,6 +74,25 @@ def content_text(content: Any, separator: str = "") -> str:
     return ""
 
 
-def usage_of(response: ChatResponse) -> tuple[int, int]:
-    usage = response.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+def usage_of(response: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens of an OpenAI-shaped completion or chunk; BadProviderAnswer when the
+    answer is no object or its usage holds something other than counts (token limits read these)."""
+    if not isinstance(response, dict):
+        raise BadProviderAnswer("provider sent something that is not a JSON object")
+    usage = response.get("usage")
+    if usage is None:
+        return 0, 0
+    if not isinstance(usage, dict):
+        raise BadProviderAnswer("provider sent a usage that is not an object")
+    return token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+
+
+def token_count(value: Any) -> int:
+    """A token count a provider reported: absent is 0; anything but a non-negative integer is its fault."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadProviderAnswer("provider sent a token count that is not a non-negative integer")
+    return value

@@ -1,42 +1,39 @@
-"""Reading a provider's event stream: `data:` payloads as they complete."""
+"""Reading a provider's event stream: each event's JSON data as the event completes.
+
+The bytes are decoded by the gateway's one SSE reader (`agentgw.sse`); what is
+particular to LLM providers stays here: OpenAI's `[DONE]` sentinel, and that
+every event carries JSON.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from agentgw.sse import SseDecoder
 from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
-from agentgw.upstream.llm.provider import ProviderError
+from agentgw.upstream.llm.provider import BadProviderAnswer, ProviderError
+
+DONE = "[DONE]"
 
 
-async def events(
-    response: UpstreamResponse, timeout: float, until_done: bool = True
-) -> AsyncIterator[tuple[str | None, Any]]:
+async def events(response: UpstreamResponse, timeout: float, until_done: bool = True) -> AsyncIterator[tuple[str, Any]]:
     """(event name, JSON data) for each event; `[DONE]` ends the stream.
 
     A stream that breaks, or (with `until_done`) ends without `[DONE]`, raises
     ProviderError: a truncated answer must never pass for a complete one.
     """
-    pending = b""
-    event: str | None = None
+    decoder = SseDecoder()
     try:
         async for chunk in response.chunks(timeout):
-            pending += chunk.replace(b"\r\n", b"\n")
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.startswith(b"event:"):
-                    event = line[6:].strip().decode()
-                elif line.startswith(b"data:"):
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    try:
-                        yield event, json.loads(data)
-                    except ValueError:
-                        raise ProviderError("provider sent an unreadable event") from None
-                elif not line:
-                    event = None
+            for event in decoder.feed(chunk):
+                if event.data == DONE:
+                    return
+                try:
+                    data = event.json()
+                except ValueError:
+                    raise BadProviderAnswer("provider sent an event that is not JSON") from None
+                yield event.event, data
     except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
         raise ProviderError(f"provider stream broke: {exc}") from exc
     if until_done:
