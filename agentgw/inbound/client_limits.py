@@ -80,7 +80,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.served = True
-        self._deadline: asyncio.TimerHandle | None = None
+        # One lazy timer per connection: phases only move `_expires_at`, so a request costs two
+        # clock reads instead of scheduling and cancelling timers; the timer re-arms itself when
+        # it fires early.
+        self._expires_at: float | None = None
+        self._reason = ""
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.served = len(self.connections) < self.limits.max_connections
@@ -91,11 +96,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:
+        if self._expires_at is None:
             self._arm(self.limits.header_timeout, "header_timeout")
 
     def on_headers_complete(self) -> None:
@@ -116,19 +124,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return self.served and super()._should_upgrade()
 
     def _arm(self, seconds: float, reason: str) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expire, reason)
+        self._expires_at, self._reason = self.loop.time() + seconds, reason
+        if self._timer is None:
+            self._timer = self.loop.call_later(seconds, self._check)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._expires_at = None
 
-    def _expire(self, reason: str) -> None:
-        self._deadline = None
+    def _check(self) -> None:
+        self._timer = None
+        if self._expires_at is None:
+            return
+        remaining = self._expires_at - self.loop.time()
+        if remaining > 0:
+            self._timer = self.loop.call_later(remaining, self._check)
+            return
+        self._expires_at = None
         if self.transport.is_closing():
             return
-        log.warning("slow client disconnected", extra={"fields": self._fields(reason)})
+        log.warning("slow client disconnected", extra={"fields": self._fields(self._reason)})
         self.transport.close()
 
     def _fields(self, reason: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from agentgw.inbound.mcp_request import (
     read_headers,
 )
 from agentgw.inbound.relay import Rewrite, client_headers, relay, relay_checked, send_answer
-from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_MCP_SESSION_ID
+from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.stateless import StatelessHandles
@@ -99,7 +99,7 @@ class McpHttpEndpoint:
         pool = None
         try:
             pool = self._pool(scope)
-            request = read_headers(scope)
+            request = read_headers(scope, self.live.policies.session.second_header)
             request.info.target, request.info.session_id = pool.target.name, request.session_id
             if request.method == "POST":
                 await self._post(scope, request, pool, receive, send)
@@ -233,7 +233,7 @@ class McpHttpEndpoint:
             )
             answer = await self._open(record, response, message.get("id"), pool)
             request.info.session_id, request.info.backend = record.id, url
-            await send_answer(send, answer, client_headers(response, _session_headers(record.id)))
+            await send_answer(send, answer, client_headers(response, self._session_headers(record.id)))
         finally:
             response.release()
 
@@ -277,7 +277,8 @@ class McpHttpEndpoint:
         receive: Receive,
         send: Send,
     ) -> None:
-        pinned = await self._pinned_backend(request, pool)
+        sticky = self.live.policies.session.sticky_session
+        pinned = await self._pinned_backend(request, pool) if sticky else None
         candidates = pool.rotation()
         if pinned is not None:
             candidates = [pinned] + [url for url in candidates if url != pinned]
@@ -293,10 +294,13 @@ class McpHttpEndpoint:
         checked = self._checked(request, pool, message)
         url, response = await self._send_to_first(candidates, request, body, pool)
         try:
-            if url != pinned or handle is None:
-                handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
+            handle_header = []
+            if sticky:
+                if url != pinned or handle is None:
+                    handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
+                handle_header = [(self.live.policies.session.second_header, handle)]
             request.info.session_id, request.info.backend = handle, url
-            await self._relay(response, [(X_MCP_SESSION_ID, handle)], receive, send, pool, checked)
+            await self._relay(response, handle_header, receive, send, pool, checked)
         finally:
             response.release()
 
@@ -382,7 +386,7 @@ class McpHttpEndpoint:
                     record = await self._failover(pool, record)
                     continue
                 request.info.backend = record.backend
-                await self._relay(response, _session_headers(record.id), receive, send, pool, checked)
+                await self._relay(response, self._session_headers(record.id), receive, send, pool, checked)
                 return
             finally:
                 response.release()
@@ -422,6 +426,9 @@ class McpHttpEndpoint:
         await self.store.delete(record.id)
         raise SessionNotFound("Session ended: its backend is gone; initialize a new session")
 
-
-def _session_headers(session_id: str) -> list[tuple[str, str]]:
-    return [(MCP_SESSION_ID, session_id), (X_MCP_SESSION_ID, session_id)]
+    def _session_headers(self, session_id: str) -> list[tuple[str, str]]:
+        """Mcp-Session-Id, and the SessionPolicy's second header, both naming the gateway's session."""
+        second = self.live.policies.session.second_header
+        if second == MCP_SESSION_ID:
+            return [(MCP_SESSION_ID, session_id)]
+        return [(MCP_SESSION_ID, session_id), (second, session_id)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from agentgw.typed_yaml import Duration, yaml_key
@@ -27,15 +29,40 @@ class Metadata:
 # -- SessionPolicy -------------------------------------------------------------
 
 
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+# Headers that already mean something to the gateway, a client or a proxy: never a session header.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host", "authorization", "cookie", "set-cookie", "content-type", "content-length", "accept",
+        "connection", "transfer-encoding", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization",
+        "mcp-protocol-version", "mcp-method", "mcp-name", "last-event-id", "traceparent", "tracestate",
+        "x-request-id", "x-forwarded-for", "x-forwarded-proto", "forwarded", "origin",
+    }
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SessionPolicySpec:
+    # The second header (beside Mcp-Session-Id) the gateway answers and accepts a session id in,
+    # and the one that carries the stateless revision's pinning handle.
     session_id_header: str = field(default="X-MCP-Session-ID", metadata=yaml_key("sessionIdHeader"))
     session_timeout: Duration = field(default=DEFAULT_SESSION_TIMEOUT, metadata=yaml_key("sessionTimeout"))
+    # False: each request of the stateless revision goes to any healthy backend (no handle is minted).
     sticky_session: bool = field(default=True, metadata=yaml_key("stickySession"))
 
     def __post_init__(self) -> None:
         if self.session_timeout <= 0:
             raise ValueError("sessionTimeout must be positive")
+        if not _HEADER_NAME.fullmatch(self.session_id_header):
+            raise ValueError(f"sessionIdHeader {self.session_id_header!r} is not an HTTP header name")
+        if self.second_header in _RESERVED_HEADERS or self.second_header.startswith("mcp-param-"):
+            raise ValueError(f"sessionIdHeader {self.session_id_header!r} already means something else")
+
+    @cached_property
+    def second_header(self) -> str:
+        """The session header beside Mcp-Session-Id, lower-case as the gateway reads and writes it."""
+        return self.session_id_header.lower()
 
 
 # -- SessionAuthPolicy ---------------------------------------------------------
