@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Scope, Send
 
 from agentgw import jsonrpc
@@ -26,16 +26,12 @@ from agentgw.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    SessionForbidden,
-    SessionNotFound,
-    SessionRequired,
     StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from agentgw.inbound.mcp_policy import McpGuard
 from agentgw.inbound.mcp_request import (
-    DEFAULT_STATEFUL_VERSION,
     InboundRequest,
     check_accept,
     check_content_type,
@@ -44,12 +40,13 @@ from agentgw.inbound.mcp_request import (
     read_body,
     read_headers,
 )
+from agentgw.inbound.mcp_sessions import McpSessions
 from agentgw.inbound.relay import Rewrite, client_headers, relay, relay_checked, send_answer
 from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.stateless import StatelessHandles
-from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
+from agentgw.sessions.store import SessionRecord, SessionStore
 from agentgw.upstream.answers import Answer, read_answer
 from agentgw.upstream.http import UpstreamResponse
 from agentgw.upstream.mcp import BackendPool, McpUpstream
@@ -89,11 +86,8 @@ class McpHttpEndpoint:
         self.live = live
         self.guard = guard
         self.handles = StatelessHandles(store)
+        self.sessions = McpSessions(store, upstream, live)
         self._default_target = settings.mcp.targets[0].name if settings.mcp.targets else None
-
-    @property
-    def _ttl(self) -> float:
-        return self.live.policies.session.session_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pool = None
@@ -175,7 +169,7 @@ class McpHttpEndpoint:
         receive: Receive,
         send: Send,
     ) -> None:
-        record = await self._session(request, pool)
+        record = await self.sessions.find(request, pool)
         session_headers = {MCP_PROTOCOL_VERSION: request.protocol_version or record.protocol_version}
         if record.backend_session_id is not None:
             session_headers[MCP_SESSION_ID] = record.backend_session_id
@@ -207,8 +201,7 @@ class McpHttpEndpoint:
     ) -> None:
         if request.session_id is not None:
             raise InvalidRequest("initialize must not carry a session id")
-        now = time.time()
-        url, response = await self._send_to_first(await pool.candidates(self.store, now), request, body, pool)
+        url, response = await self._send_to_first(await pool.candidates(self.store, time.time()), request, body, pool)
         try:
             if response.status in (401, 403):
                 raise BackendAuthRefused("Backend refused the gateway's credentials")
@@ -216,21 +209,8 @@ class McpHttpEndpoint:
                 # The backend refused: its answer, and no session.
                 await relay(response, [], receive, send, pool.target.timeout)
                 return
-            requested = message.get("params", {}).get("protocolVersion")
-            principal = request.principal
-            record = SessionRecord(
-                id=new_session_id(),
-                target=pool.target.name,
-                backend=url,
-                backend_session_id=response.header(MCP_SESSION_ID),
-                protocol_version=requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else DEFAULT_STATEFUL_VERSION,
-                created_at=now,
-                last_seen=now,
-                initialize=body.decode(),
-                issuer=principal.issuer if principal else None,
-                subject=principal.subject if principal else None,
-                scopes=sorted(principal.scopes) if principal else [],
-            )
+            backend_session_id = response.header(MCP_SESSION_ID)
+            record = self.sessions.new_record(pool, url, backend_session_id, message, body, request.principal)
             answer = await self._open(record, response, message.get("id"), pool)
             request.info.session_id, request.info.backend = record.id, url
             await send_answer(send, answer, client_headers(response, self._session_headers(record.id)))
@@ -246,7 +226,7 @@ class McpHttpEndpoint:
             answer = await read_answer(response, request_id, pool.target.timeout)
             if answer.result is not None:
                 self.guard.scan_initialize(pool.target.name, answer.result)
-            await self.store.create(record, self._ttl)
+            await self.sessions.create(record)
         except (StoreUnavailable, BackendRefused, UpstreamUnavailable):
             await self.upstream.end_session(record, pool.target.timeout)
             raise
@@ -319,43 +299,15 @@ class McpHttpEndpoint:
         check_accept(request.headers, ("text/event-stream",))
         if request.is_modern:
             raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
-        record = await self._session(request, pool)
+        record = await self.sessions.find(request, pool)
         await self._forward_in_session(request, pool, record, None, receive, send, None)
 
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
-        record = await self._session(request, pool)
-        await self.upstream.end_session(record, pool.target.timeout)
-        await self.store.delete(record.id)
+        await self.sessions.end(await self.sessions.find(request, pool), pool)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
-    # -- sessions and failover ----------------------------------------------
-
-    async def _session(self, request: InboundRequest, pool: BackendPool) -> SessionRecord:
-        if request.session_id is None:
-            raise SessionRequired("Bad Request: missing session id")
-        record = await self.store.touch(request.session_id, time.time(), self._ttl)
-        # Another target's session is as unknown here as no session: targets never shadow each other.
-        if record is None or record.target != pool.target.name:
-            raise SessionNotFound("Session not found")
-        if not self._owned_by_caller(request, record):
-            # Refused, and the session stays as it was for its owner.
-            raise SessionForbidden("Forbidden: the session belongs to another subject")
-        return record
-
-    def _owned_by_caller(self, request: InboundRequest, record: SessionRecord) -> bool:
-        """A session belongs to the issuer and subject whose token created it (contract 5.4).
-
-        A refreshed token of the same subject continues it; its scopes, not the
-        session's, are the ones every check uses.
-        """
-        principal = request.principal
-        authenticator = self.live.authenticator
-        if principal is None or record.subject is None or authenticator is None:
-            return True
-        if not authenticator.binds_sessions(record.issuer):
-            return True
-        return (principal.issuer, principal.subject) == (record.issuer, record.subject)
+    # -- forwarding in a session ------------------------------------------------
 
     async def _forward_in_session(
         self,
@@ -378,12 +330,12 @@ class McpHttpEndpoint:
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable:
-                record = await self._failover(pool, record)
+                record = await self.sessions.fail_over(pool, record)
                 continue
             try:
                 if response.status == 404 and record.backend_session_id is not None:
                     # The backend no longer knows its session: it restarted or expired it.
-                    record = await self._failover(pool, record)
+                    record = await self.sessions.fail_over(pool, record)
                     continue
                 request.info.backend = record.backend
                 await self._relay(response, self._session_headers(record.id), receive, send, pool, checked)
@@ -408,23 +360,6 @@ class McpHttpEndpoint:
             await relay(response, headers, receive, send, pool.target.timeout)
         else:
             await relay_checked(response, headers, send, pool.target.timeout, checked.request_id, checked.rewrite)
-
-    async def _failover(self, pool: BackendPool, record: SessionRecord) -> SessionRecord:
-        """Move the session to a healthy backend, or end it so the client re-initializes."""
-        if pool.target.failover == "reinitialize" and record.initialize is not None:
-            for url in await pool.candidates(self.store, time.time()):
-                try:
-                    backend_session_id = await self.upstream.initialize(
-                        url, record.initialize.encode(), record.protocol_version, pool.target.timeout
-                    )
-                except UpstreamUnavailable:
-                    continue
-                record.backend = url
-                record.backend_session_id = backend_session_id
-                await self.store.replace_backend(record, self._ttl)
-                return record
-        await self.store.delete(record.id)
-        raise SessionNotFound("Session ended: its backend is gone; initialize a new session")
 
     def _session_headers(self, session_id: str) -> list[tuple[str, str]]:
         """Mcp-Session-Id, and the SessionPolicy's second header, both naming the gateway's session."""
