@@ -17,6 +17,8 @@ SERVER_UNAVAILABLE = -32000
 UNAUTHORIZED = -32001
 POLICY_DENIED = -32051
 BAD_BACKEND_ANSWER = -32052
+# No JSON-RPC code is standard for this; 429's digits in the server-error range.
+RATE_LIMITED = -32029
 
 
 class GatewayError(Exception):
@@ -27,6 +29,8 @@ class GatewayError(Exception):
     # The `type` and `code` of the OpenAI-shaped body the chat endpoints answer with (no type: from the status).
     openai_type: str | None = None
     openai_code = "invalid_request"
+    # The request field at fault, the `param` of the OpenAI-shaped body.
+    openai_param: str | None = None
 
     def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -45,7 +49,7 @@ class GatewayError(Exception):
     def openai_body(self) -> bytes:
         """The error as OpenAI SDKs expect it on `/v1/...`."""
         kind = self.openai_type or ("server_error" if self.http_status >= 500 else "invalid_request_error")
-        error = {"message": self.message, "type": kind, "param": None, "code": self.openai_code}
+        error = {"message": self.message, "type": kind, "param": self.openai_param, "code": self.openai_code}
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send, openai: bool = False) -> None:
@@ -82,6 +86,8 @@ class GatewayError(Exception):
 
 class InternalError(GatewayError):
     """A fault of the gateway itself, logged where it happened; never a client's fault."""
+
+    openai_code = "internal_error"
 
 
 class ParseError(GatewayError):
@@ -134,6 +140,13 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     http_status = 404
     jsonrpc_code = INVALID_REQUEST
+    openai_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """A chat request naming a model that no provider or alias answers."""
+
+    openai_code = "model_not_found"
 
 
 class SessionNotFound(NotFound):
@@ -189,6 +202,29 @@ class PolicyDenied(GatewayError):
 
     http_status = 200
     jsonrpc_code = POLICY_DENIED
+
+
+class InsufficientScope(PolicyDenied):
+    """`missing_scope`: 403 with the challenge naming the scopes that would allow the call, so a client
+    can step up its authorization (MCP authorization; RFC 6750 section 3.1). The challenge needs the
+    request's own URL, so the caller builds it with `agentgw.auth.middleware.challenge`."""
+
+    http_status = 403
+
+    def __init__(self, message: str, *, data: Any, challenge: str) -> None:
+        super().__init__(message, data=data, headers={"www-authenticate": challenge})
+
+
+class RateLimited(GatewayError):
+    """Over a RateLimitPolicy tier's limit for this minute: 429, and when the window ends."""
+
+    http_status = 429
+    jsonrpc_code = RATE_LIMITED
+    openai_type = "rate_limit_error"
+    openai_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
 
 
 class BatchDenied(GatewayError):

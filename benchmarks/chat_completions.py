@@ -1,14 +1,17 @@
 """Chat completions throughput, latency and memory: direct to a fast stub vs through agentgw, in one run.
 
-    make bench            (or: .venv/bin/python benchmarks/chat_completions.py [--seconds 5] [--requests 100000])
+    make bench            (or: .venv/bin/python benchmarks/chat_completions.py [--seconds 5] [--requests 100000]
+                                                                               [--server both])
 
-Needs `wrk` on PATH (Debian/Ubuntu: apt-get install wrk). Everything runs on
+Needs `wrk` on PATH (Debian/Ubuntu: apt-get install wrk), and granian for
+`--server granian|both` (pip install -e ".[bench]"). Everything runs on
 127.0.0.1: the stub provider (benchmarks/fast_chat_stub.py) and the gateway,
 each in its own process. The gateway routes `stub/fast` to the stub as an
 `openai` provider; requests are non-streaming. Two gateways are measured: one
 with no policies, and one with the shipped SessionAuthPolicy (a bearer JWT on
 every request) and a RateLimitPolicy whose limits are never reached, so the
 per-request counting in the session store is in the path but no 429 is.
+Each is run on each server named (benchmarks/servers.py), one after the other.
 
 For each: wrk at 64 and at 1 connection (median of --repeat runs), the
 gateway's CPU per request, then its RSS after a warm-up and again after
@@ -31,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import servers
 import wrk
 import yaml
 
@@ -56,6 +60,7 @@ class Setup:
 @dataclass
 class Memory:
     setup: str
+    server: str
     requests: int
     seconds: float
     errors: int
@@ -109,13 +114,14 @@ def drive(load: wrk.Load, requests: int, connections: int, seconds: int) -> tupl
     return int(data["requests"]), time.monotonic() - started, int(data["errors"])
 
 
-def measure_memory(name: str, port: int, pid: int, token: str, requests: int, time_limit: int) -> Memory:
+def measure_memory(name: str, server: str, port: int, pid: int, token: str, requests: int, time_limit: int) -> Memory:
     """The gateway's RSS after a warm-up, and again after `requests` more requests."""
     load = chat_load(port, "stub/fast", token)
     drive(load, WARM_UP_REQUESTS, 64, time_limit)
     before = wrk.status_kib(pid, "VmRSS")
     done, seconds, errors = drive(load, requests, 64, time_limit)
-    return Memory(name, done, seconds, errors, before, wrk.status_kib(pid, "VmRSS"), wrk.status_kib(pid, "VmHWM"))
+    after, peak = wrk.status_kib(pid, "VmRSS"), wrk.status_kib(pid, "VmHWM")
+    return Memory(name, server, done, seconds, errors, before, after, peak)
 
 
 def write_policies(tmp: Path, secured: bool) -> Path:
@@ -142,7 +148,7 @@ def write_policies(tmp: Path, secured: bool) -> Path:
     return folder
 
 
-def start_gateway(tmp: Path, stub_port: int, setup: Setup, secret: str) -> Process:
+def start_gateway(tmp: Path, stub_port: int, setup: Setup, secret: str, server: str) -> Process:
     port = free_port()
     config = {
         "server": {"listen": f"127.0.0.1:{port}", "metrics_listen": "", "workers": 1},
@@ -161,8 +167,8 @@ def start_gateway(tmp: Path, stub_port: int, setup: Setup, secret: str) -> Proce
     }
     config_file = tmp / f"gateway-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    args = [sys.executable, "-m", "agentgw", "serve", "--config", str(config_file)]
-    env = {"AGENTGW_JWT_SECRET": secret, "BENCH_STUB_API_KEY": "sk-bench"}
+    args, env = servers.command(server, config_file, port, 1)
+    env |= {"AGENTGW_JWT_SECRET": secret, "BENCH_STUB_API_KEY": "sk-bench"}
     # The gateway may log a line per request: into a file in the temp dir, not onto the report.
     return Process(args, port, env=env, log=tmp / f"gateway-{port}.log").start()
 
@@ -175,6 +181,7 @@ def main() -> None:
     parser.add_argument(
         "--time-limit", type=int, default=300, help="seconds the RSS run may take at most, whatever the count"
     )
+    parser.add_argument("--server", choices=[*servers.SERVERS, "both"], default="both", help="HTTP server(s)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH (apt-get install wrk)")
@@ -191,15 +198,18 @@ def main() -> None:
     try:
         results += wrk.measure("direct", chat_load(stub_port, "fast", ""), args.seconds, args.repeat)
         for setup in setups:
-            gateway = start_gateway(tmp, stub_port, setup, secret)
-            processes.append(gateway)
-            setup_token = token if setup.secured else ""
-            assert gateway.process is not None
-            pid = gateway.process.pid
-            load = chat_load(gateway.port, "stub/fast", setup_token)
-            results += wrk.measure(setup.name, load, args.seconds, args.repeat, pid)
-            memory.append(measure_memory(setup.name, gateway.port, pid, setup_token, args.requests, args.time_limit))
-            gateway.stop()
+            for server in servers.choices(args.server):
+                gateway = start_gateway(tmp, stub_port, setup, secret, server)
+                processes.append(gateway)
+                setup_token = token if setup.secured else ""
+                assert gateway.process is not None
+                pid = gateway.process.pid
+                load = chat_load(gateway.port, "stub/fast", setup_token)
+                results += wrk.measure(setup.name, load, args.seconds, args.repeat, pid, server)
+                memory.append(
+                    measure_memory(setup.name, server, gateway.port, pid, setup_token, args.requests, args.time_limit)
+                )
+                gateway.stop()
     finally:
         for process in reversed(processes):
             process.stop()
@@ -217,16 +227,20 @@ def report(results: list[wrk.Result], memory: list[Memory]) -> None:
             base = direct[r.connections]
             ratio = r.requests_per_second / base.requests_per_second
             added_p50_us = (r.p50_ms - base.p50_ms) * 1000
-            line = f"  {r.setup:<24} c{r.connections:<3} throughput {ratio:6.3f}x   added p50 {added_p50_us:+7.0f} us"
+            line = (
+                f"  {r.setup:<24} {r.server:<8} c{r.connections:<3}"
+                f" throughput {ratio:6.3f}x   added p50 {added_p50_us:+7.0f} us"
+            )
             if r.connections == 1:
                 added_us = 1e6 / r.requests_per_second - 1e6 / base.requests_per_second
                 line += f"   added per request {added_us:+7.0f} us"
             print(line)
-    print("\ngateway RSS (VmRSS, process and workers) after a warm-up, and after the counted run:")
+    wrk.print_servers_side_by_side(results)
+    print("\ngateway RSS (VmRSS, the server process and its workers) after a warm-up, and after the counted run:")
     for m in memory:
         growth = m.rss_after_kib - m.rss_before_kib
         print(
-            f"  {m.setup:<24} {m.requests} requests in {m.seconds:.1f} s, {m.errors} errors:"
+            f"  {m.setup:<24} {m.server:<8} {m.requests} requests in {m.seconds:.1f} s, {m.errors} errors:"
             f" {m.rss_before_kib / 1024:.1f} MiB -> {m.rss_after_kib / 1024:.1f} MiB"
             f" ({growth / 1024:+.1f} MiB, {growth / m.rss_before_kib * 100:+.1f}%),"
             f" peak {m.hwm_after_kib / 1024:.1f} MiB"

@@ -1,11 +1,14 @@
 """tools/call throughput and latency: direct to a backend vs through agentgw, in one run.
 
-    make bench            (or: .venv/bin/python benchmarks/mcp_tools_call.py [--seconds 10])
+    make bench            (or: .venv/bin/python benchmarks/mcp_tools_call.py [--seconds 10] [--server both])
 
-Needs `wrk` on PATH (Debian/Ubuntu: apt-get install wrk). Everything runs on
+Needs `wrk` on PATH (Debian/Ubuntu: apt-get install wrk), and granian for
+`--server granian|both` (pip install -e ".[bench]"). Everything runs on
 127.0.0.1: the fast backend (benchmarks/fast_backend.py), a redis-server for
-the Redis runs, and the gateway, each in its own process. Prints one row per
-setup and the gateway/direct ratios.
+the Redis runs, and the gateway, each in its own process. Each setup is run on
+each server named (benchmarks/servers.py), one right after the other. Prints
+one row per setup and server, the gateway/direct ratios, and granian against
+uvicorn for the same setup.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import servers
 import wrk
 import yaml
 
@@ -67,7 +71,7 @@ def tools_call_load(port: int, path: str, token: str) -> wrk.Load:
     return wrk.Load(f"http://127.0.0.1:{port}{path}", LUA, {"SESSION_ID": session_id, "TOKEN": token})
 
 
-def start_gateway(tmp: Path, backend_port: int, setup: Setup, secret: str) -> Process:
+def start_gateway(tmp: Path, backend_port: int, setup: Setup, secret: str, server: str) -> Process:
     port = free_port()
     policies = ROOT / "policies" if setup.secured else tmp / "no-policies"
     policies.mkdir(exist_ok=True)
@@ -79,8 +83,8 @@ def start_gateway(tmp: Path, backend_port: int, setup: Setup, secret: str) -> Pr
     }
     config_file = tmp / f"gateway-{port}.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    args = [sys.executable, "-m", "agentgw", "serve", "--config", str(config_file)]
-    env = {"AGENTGW_JWT_SECRET": secret}
+    args, env = servers.command(server, config_file, port, setup.workers)
+    env["AGENTGW_JWT_SECRET"] = secret
     return Process(args, port, env=env, log=tmp / f"gateway-{port}.log").start()
 
 
@@ -114,6 +118,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--redis-workers", type=int, default=2, help="gateway workers with the Redis store")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    parser.add_argument("--server", choices=[*servers.SERVERS, "both"], default="both", help="HTTP server(s)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH (apt-get install wrk)")
@@ -140,15 +145,16 @@ def main() -> None:
     try:
         results += wrk.measure("direct", tools_call_load(backend_port, "/mcp", ""), args.seconds, args.repeat)
         for setup in setups:
-            gateway = start_gateway(tmp, backend_port, setup, secret)
-            processes.append(gateway)
-            setup_token = token if setup.secured else ""
-            if setup.store["type"] == "redis" and setup.secured:
-                round_trips = redis_round_trips(redis_port, gateway.port, setup_token)
-            load = tools_call_load(gateway.port, "/mcp/v1", setup_token)
-            assert gateway.process is not None
-            results += wrk.measure(setup.name, load, args.seconds, args.repeat, gateway.process.pid)
-            gateway.stop()
+            for server in servers.choices(args.server):
+                gateway = start_gateway(tmp, backend_port, setup, secret, server)
+                processes.append(gateway)
+                setup_token = token if setup.secured else ""
+                if setup.store["type"] == "redis" and setup.secured and round_trips is None:
+                    round_trips = redis_round_trips(redis_port, gateway.port, setup_token)
+                load = tools_call_load(gateway.port, "/mcp/v1", setup_token)
+                assert gateway.process is not None
+                results += wrk.measure(setup.name, load, args.seconds, args.repeat, gateway.process.pid, server)
+                gateway.stop()
     finally:
         for process in reversed(processes):
             process.stop()
@@ -165,10 +171,11 @@ def report(results: list[wrk.Result], round_trips: dict[str, float] | None) -> N
         if r.setup != "direct":
             _compare(r, direct[r.connections])
     print("\nauth + ToolPolicy in the path, relative to the same gateway without them:")
-    plain = {(r.setup.split()[1], r.connections): r for r in results if r.setup.startswith("gateway ")}
+    plain = {(r.setup.split()[1], r.server, r.connections): r for r in results if r.setup.startswith("gateway ")}
     for r in results:
         if r.setup.endswith("+auth+policy"):
-            _compare(r, plain[(r.setup.split()[0], r.connections)])
+            _compare(r, plain[(r.setup.split()[0], r.server, r.connections)])
+    wrk.print_servers_side_by_side(results)
     if round_trips is not None:
         per_request = ", ".join(f"{name} {count:.2f}" for name, count in sorted(round_trips.items()))
         print(f"\nRedis commands per tools/call, with auth+policy (inside evalsha counted too): {per_request}")
@@ -177,7 +184,10 @@ def report(results: list[wrk.Result], round_trips: dict[str, float] | None) -> N
 def _compare(result: wrk.Result, base: wrk.Result) -> None:
     ratio = result.requests_per_second / base.requests_per_second
     added = result.p50_ms - base.p50_ms
-    print(f"  {result.setup:<24} c{result.connections:<3} throughput {ratio:6.2f}x   added p50 {added:+.3f} ms")
+    print(
+        f"  {result.setup:<24} {result.server:<8} c{result.connections:<3}"
+        f" throughput {ratio:6.2f}x   added p50 {added:+.3f} ms"
+    )
 
 
 if __name__ == "__main__":

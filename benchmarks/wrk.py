@@ -29,6 +29,7 @@ class Result:
     p99_ms: float
     errors: int
     cpu_us_per_request: float | None = None
+    server: str = ""  # the HTTP server the gateway ran on; empty for a backend measured directly
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,20 @@ class Load:
 
 
 def process_tree(pid: int) -> list[int]:
-    """The process and its children (uvicorn workers, when there are several)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid] + [int(child) for child in children]
+    """The process and all its descendants (uvicorn's or granian's workers).
+
+    A child is listed under the thread that started it, and granian's workers
+    may be started from any thread of the server, so every thread is read.
+    """
+    tree = [pid]
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (thread / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            tree += process_tree(int(child))
+    return tree
 
 
 def cpu_seconds(pid: int) -> float:
@@ -98,10 +110,12 @@ def run(load: Load, connections: int, seconds: int, setup: str) -> Result:
     )
 
 
-def measure(setup: str, load: Load, seconds: int, repeat: int, pid: int | None = None) -> list[Result]:
+def measure(
+    setup: str, load: Load, seconds: int, repeat: int, pid: int | None = None, server: str = ""
+) -> list[Result]:
     """wrk at 64 and at 1 connection, `repeat` times each, the median run of each kept.
 
-    With `pid`, that process's CPU time per request is measured too.
+    With `pid`, that process's CPU time per request is measured too (its descendants' included).
     """
     run(load, 16, 2, setup)  # warm-up: connection pools, caches
     results = []
@@ -113,6 +127,7 @@ def measure(setup: str, load: Load, seconds: int, repeat: int, pid: int | None =
             if pid:
                 used = cpu_seconds(pid) - before
                 result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
+            result.server = server
             runs.append(result)
         runs.sort(key=lambda r: r.requests_per_second)
         results.append(runs[len(runs) // 2])
@@ -121,11 +136,33 @@ def measure(setup: str, load: Load, seconds: int, repeat: int, pid: int | None =
 
 def print_table(results: list[Result]) -> None:
     """One row per setup and connection count."""
-    columns = f"{'setup':<24} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    columns = f"{'setup':<24} {'server':<8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
     print(f"\n{columns} {'gateway CPU us/req':>19}")
     for r in results:
         cpu = f"{r.cpu_us_per_request:.0f}" if r.cpu_us_per_request is not None else "-"
         print(
-            f"{r.setup:<24} {r.connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f}"
-            f" {r.errors:>6} {cpu:>19}"
+            f"{r.setup:<24} {r.server or '-':<8} {r.connections:>5} {r.requests_per_second:>9.0f}"
+            f" {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} {r.errors:>6} {cpu:>19}"
         )
+
+
+def print_servers_side_by_side(results: list[Result]) -> None:
+    """Each server against the first one measured (uvicorn) for the same setup and connections."""
+    baseline: dict[tuple[str, int], Result] = {}
+    for r in results:
+        if r.server:
+            baseline.setdefault((r.setup, r.connections), r)
+    others = [r for r in results if r.server and baseline[(r.setup, r.connections)] is not r]
+    if not others:
+        return
+    print("\nthe same setup on another server, relative to the first (req/s ratio; p50, p99, CPU differences):")
+    for r in others:
+        base = baseline[(r.setup, r.connections)]
+        line = (
+            f"  {r.setup:<24} {r.server} vs {base.server} c{r.connections:<3}"
+            f" throughput {r.requests_per_second / base.requests_per_second:6.2f}x"
+            f"   p50 {r.p50_ms - base.p50_ms:+.3f} ms   p99 {r.p99_ms - base.p99_ms:+.3f} ms"
+        )
+        if r.cpu_us_per_request is not None and base.cpu_us_per_request is not None:
+            line += f"   CPU {r.cpu_us_per_request - base.cpu_us_per_request:+.0f} us/req"
+        print(line)

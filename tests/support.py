@@ -323,37 +323,92 @@ async def poll(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
 # -- the gateway in this process, for tests where a process boundary is not what is tested --------
 
 
+@dataclass
+class InProcessGateway:
+    """The gateway served from the test's own event loop; the same addresses as a `Gateway`."""
+
+    port: int
+    config_file: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base}/mcp/v1"
+
+
 @contextlib.asynccontextmanager
-async def gateway_in_process(
-    tmp: Path, config: dict[str, Any], policies: str | None = None, env: dict[str, str] | None = None
-) -> AsyncIterator[int]:
-    """Serve the gateway from this event loop on a port the kernel picks; yields that port."""
+async def in_process_gateway(
+    tmp: Path,
+    config: dict[str, Any],
+    policies: str | None = None,
+    env: dict[str, str] | None = None,
+    name: str = "gateway",
+) -> AsyncIterator[InProcessGateway]:
+    """Serve the gateway from this event loop on a port the kernel picks (no free-port race).
+
+    The files go where `gateway()` puts them (`tmp/<name>-policies/policies.yaml`), so a test
+    that rewrites a policy file reads the same either way. Its log records reach `caplog`:
+    request and refusal lines carry their JSON fields as `record.fields`.
+    """
     import uvicorn
 
     from agentgw.app import create_app
+    from agentgw.cli import _UVICORN_OPTIONS
     from agentgw.config import load_settings
+    from agentgw.inbound.client_limits import ClientLimits, http_protocol
     from agentgw.policy.loader import load_policies
 
-    policy_dir = tmp / "inproc-policies"
+    policy_dir = tmp / f"{name}-policies"
     policy_dir.mkdir(parents=True, exist_ok=True)
     if policies is not None:
         (policy_dir / "policies.yaml").write_text(policies)
     config = {**config, "policies": [str(policy_dir)]}
     config["server"] = {"listen": "127.0.0.1:0", "metrics_listen": "", **config.get("server", {})}
-    config_file = tmp / "inproc-gateway.yaml"
+    config_file = tmp / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     settings = load_settings(config_file, env={})
     app = create_app(settings, load_policies(settings.policies), env=env or {})
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
+    # Served as `agentgw serve` serves it (client limits, WebSocket frame bound, no access log), but
+    # in the loop pytest already runs: uvloop is a choice for `uvicorn.run`, not for `serve()`.
+    options = {k: v for k, v in _UVICORN_OPTIONS.items() if k != "loop"}
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            http=http_protocol(ClientLimits.of(settings.server)),
+            ws_max_size=settings.server.max_body_bytes,
+            **options,
+            log_level="warning",
+        )
+    )
     task = asyncio.create_task(server.serve())
     try:
+
         async def started() -> bool:
             return server.started or task.done()
 
         await poll(started, timeout=START_TIMEOUT, interval=0.01)
         if task.done():
             task.result()
-        yield server.servers[0].sockets[0].getsockname()[1]
+        yield InProcessGateway(server.servers[0].sockets[0].getsockname()[1], config_file)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def gateway_in_process(
+    tmp: Path, config: dict[str, Any], policies: str | None = None, env: dict[str, str] | None = None
+) -> AsyncIterator[int]:
+    """`in_process_gateway`, for tests that need only its port."""
+    async with in_process_gateway(tmp, config, policies, env) as running:
+        yield running.port
+
+
+def logged(caplog: Any, needle: str) -> int:
+    """How many captured log messages of an in-process gateway contain `needle`."""
+    return sum(needle in record.getMessage() for record in caplog.records)

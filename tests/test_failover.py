@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import (
-    Gateway,
+    InProcessGateway,
     Process,
     free_port,
-    gateway,
+    in_process_gateway,
     initialize_body,
     mcp_backend,
     mcp_headers,
@@ -32,20 +33,23 @@ def replicas(tmp: Path) -> Iterator[dict[str, Process]]:
         replica.stop()
 
 
-def start_gateway(tmp: Path, replicas: dict[str, Process], failover: str) -> Gateway:
+def start_gateway(
+    tmp: Path, replicas: dict[str, Process], failover: str
+) -> contextlib.AbstractAsyncContextManager[InProcessGateway]:
+    # The processes that die are backends; the gateway itself can live in this process.
     ports = [r.port for r in replicas.values()]
     target = mcp_target("docs", *ports, failover=failover, health_check_interval="200ms")
-    return gateway(tmp, {"mcp": {"targets": [target]}})
+    return in_process_gateway(tmp, {"mcp": {"targets": [target]}})
 
 
-async def whoami(gw: Gateway, session_id: str) -> tuple[str, int]:
+async def whoami(gw: InProcessGateway, session_id: str) -> tuple[str, int]:
     response = await raw_call(gw.port, session_id, "whoami", {})
     assert response.status == 200, response.body
     replica, count = tool_text(response).split()
     return replica, int(count)
 
 
-async def session_on_a_lost_backend(gw: Gateway, replicas: dict[str, Process], how: str) -> tuple[str, str]:
+async def session_on_a_lost_backend(gw: InProcessGateway, replicas: dict[str, Process], how: str) -> tuple[str, str]:
     """A session, then its backend killed or restarted (same port, its sessions forgotten)."""
     session_id = await raw_session(gw.port)
     pinned, _ = await whoami(gw, session_id)
@@ -60,8 +64,7 @@ async def session_on_a_lost_backend(gw: Gateway, replicas: dict[str, Process], h
 async def test_end_session_answers_404_then_a_new_session_works_elsewhere(
     tmp: Path, replicas: dict[str, Process], how: str
 ) -> None:
-    gw = start_gateway(tmp, replicas, "end_session")
-    try:
+    async with start_gateway(tmp, replicas, "end_session") as gw:
         session_id, pinned = await session_on_a_lost_backend(gw, replicas, how)
         response = await raw_call(gw.port, session_id, "whoami", {})
         assert response.status == 404
@@ -73,40 +76,31 @@ async def test_end_session_answers_404_then_a_new_session_works_elsewhere(
         assert count == 1
         if how == "killed":
             assert replica != pinned
-    finally:
-        gw.stop()
 
 
 @pytest.mark.parametrize("how", ["killed", "restarted"])
 async def test_reinitialize_carries_on_under_the_same_session_id(
     tmp: Path, replicas: dict[str, Process], how: str
 ) -> None:
-    gw = start_gateway(tmp, replicas, "reinitialize")
-    try:
+    async with start_gateway(tmp, replicas, "reinitialize") as gw:
         session_id, pinned = await session_on_a_lost_backend(gw, replicas, how)
         replica, count = await whoami(gw, session_id)
         assert count == 1  # a new backend session, reached through the old gateway id
         if how == "killed":
             assert replica != pinned
         assert await whoami(gw, session_id) == (replica, 2)
-    finally:
-        gw.stop()
 
 
 async def test_health_checks_keep_new_sessions_off_a_dead_backend(tmp: Path, replicas: dict[str, Process]) -> None:
-    gw = start_gateway(tmp, replicas, "end_session")
-    try:
+    async with start_gateway(tmp, replicas, "end_session") as gw:
         replicas["replica-a"].kill()
         for _ in range(4):
             assert (await whoami(gw, await raw_session(gw.port)))[0] == "replica-b"
-    finally:
-        gw.stop()
 
 
 async def test_ready_turns_503_when_a_target_has_no_healthy_backend(tmp: Path, replicas: dict[str, Process]) -> None:
-    gw = start_gateway(tmp, replicas, "end_session")
-    host = [("Host", f"127.0.0.1:{gw.port}")]
-    try:
+    async with start_gateway(tmp, replicas, "end_session") as gw:
+        host = [("Host", f"127.0.0.1:{gw.port}")]
         assert (await raw_request(gw.port, "GET", "/ready", host)).status == 200
         for replica in replicas.values():
             replica.kill()
@@ -122,8 +116,6 @@ async def test_ready_turns_503_when_a_target_has_no_healthy_backend(tmp: Path, r
         response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
         assert response.status == 503
         assert response.json()["error"]["code"] == -32000
-    finally:
-        gw.stop()
 
 
 async def test_initialize_tries_the_next_backend_before_health_checks_notice(
@@ -132,19 +124,13 @@ async def test_initialize_tries_the_next_backend_before_health_checks_notice(
     ports = [r.port for r in replicas.values()]
     # Health checks so rare that only the failed initialize itself can reveal the dead replica.
     target = mcp_target("docs", *ports, balance="round_robin", health_check_interval="1h")
-    gw = gateway(tmp, {"mcp": {"targets": [target]}})
-    try:
+    async with in_process_gateway(tmp, {"mcp": {"targets": [target]}}) as gw:
         replicas["replica-a"].kill()
         for _ in range(4):
             assert (await whoami(gw, await raw_session(gw.port)))[0] == "replica-b"
-    finally:
-        gw.stop()
 
 
 async def test_least_sessions_balances_new_sessions(tmp: Path, replicas: dict[str, Process]) -> None:
-    gw = start_gateway(tmp, replicas, "end_session")
-    try:
+    async with start_gateway(tmp, replicas, "end_session") as gw:
         placed = [(await whoami(gw, await raw_session(gw.port)))[0] for _ in range(6)]
         assert sorted(placed) == ["replica-a"] * 3 + ["replica-b"] * 3
-    finally:
-        gw.stop()

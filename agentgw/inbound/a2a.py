@@ -27,6 +27,7 @@ from agentgw.config import Settings
 from agentgw.errors import (
     BadBackendAnswer,
     GatewayError,
+    InsufficientScope,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
@@ -42,6 +43,7 @@ from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import relay, response_headers
 from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import RequestInfo, request_info
+from agentgw.policy import rate_limits
 from agentgw.policy.agents import AgentPolicyEngine, v1_method
 from agentgw.policy.engine import Decision
 from agentgw.policy.live import LivePolicies
@@ -171,6 +173,8 @@ class A2AEndpoint:
             self._authorize(scope, agent.name, method, principal)
             params = message.get("params", {})
             await self._check_webhooks(scope, agent.name, method, params)
+            # After the policy: a denied call does not use up the caller's limit.
+            await rate_limits.admit(self.live.policies.rate_limits, self.store, principal, "a2a")
             info.decision = "allow"
             task_id, context_id = _named_ids(message["method"], params)
             replicas = await self._replicas_for(agent, task_id, context_id, principal)
@@ -347,18 +351,16 @@ def _field(holder: dict[str, Any], name: str) -> Any:
 
 def _denial(scope: Scope, agent: str, decision: Decision) -> PolicyDenied:
     reason = decision.reason or "not_allowed"
-    denial = PolicyDenied(
-        f"Method '{decision.name}' of agent '{agent}' denied: {reason}",
-        data={
-            "agent": agent,
-            "method": decision.name,
-            "tool": decision.name,
-            "reason": reason,
-            "policy": decision.policy,
-            "requiredScopes": list(decision.required_scopes),
-        },
-    )
+    message = f"Method '{decision.name}' of agent '{agent}' denied: {reason}"
+    data = {
+        "agent": agent,
+        "method": decision.name,
+        "tool": decision.name,
+        "reason": reason,
+        "policy": decision.policy,
+        "requiredScopes": list(decision.required_scopes),
+    }
     if reason == "missing_scope":
-        denial.http_status = 403
-        denial.headers["www-authenticate"] = challenge(scope, "insufficient_scope", " ".join(decision.required_scopes))
-    return denial
+        required = " ".join(decision.required_scopes)
+        return InsufficientScope(message, data=data, challenge=challenge(scope, "insufficient_scope", required))
+    return PolicyDenied(message, data=data)

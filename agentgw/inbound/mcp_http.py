@@ -44,6 +44,7 @@ from agentgw.inbound.mcp_sessions import McpSessions
 from agentgw.inbound.relay import Rewrite, client_headers, relay, relay_checked, send_answer
 from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.refusals import Refusals
+from agentgw.policy import rate_limits
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionStore
@@ -142,6 +143,8 @@ class McpHttpEndpoint:
         forwarded = jsonrpc.serialise(payload)
         batch = isinstance(payload, list)
         try:
+            # Counted per POST (a batch is one), before a backend is touched; no store call without a policy.
+            await rate_limits.admit(self.live.policies.rate_limits, self.store, request.principal, "mcp")
             if request.is_modern:
                 if batch:
                     raise InvalidRequest("Batches are not part of MCP 2026-07-28")

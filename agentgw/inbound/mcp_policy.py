@@ -20,7 +20,7 @@ from starlette.types import Scope
 from agentgw import jsonrpc
 from agentgw.auth.middleware import challenge
 from agentgw.auth.principal import Principal
-from agentgw.errors import BadBackendAnswer, BatchDenied, PolicyDenied
+from agentgw.errors import BadBackendAnswer, BatchDenied, InsufficientScope, PolicyDenied
 from agentgw.inbound.relay import Rewrite
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import Metrics
@@ -255,10 +255,11 @@ def _denial(scope: Scope, message: jsonrpc.Message, decision: Decision, errors: 
     if errors:
         data["errors"] = errors
     words = f"{decision.kind.capitalize()} '{decision.name}' denied: {_REASON_WORDS.get(reason, reason)}"
-    denial = PolicyDenied(words, data=data)
+    required = decision.required_scopes
+    denial = (
+        InsufficientScope(words, data=data, challenge=challenge(scope, "insufficient_scope", " ".join(required)))
+        if reason == "missing_scope"
+        else PolicyDenied(words, data=data)
+    )
     denial.request_id = message.get("id")
-    if reason == "missing_scope":
-        # 403 with the scopes that would allow the call, so an MCP client can step up its authorization.
-        denial.http_status = 403
-        denial.headers["www-authenticate"] = challenge(scope, "insufficient_scope", " ".join(decision.required_scopes))
     return denial

@@ -20,52 +20,35 @@ from typing import Any, TypeVar
 from starlette.types import Receive, Scope, Send
 
 from agentgw import jsonrpc
-from agentgw.auth.principal import Principal, principal_of
+from agentgw.auth.principal import principal_of
 from agentgw.config import ServerConfig
-from agentgw.errors import GatewayError
+from agentgw.errors import GatewayError, InternalError, InvalidRequest, NotFound
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import wait_for_disconnect
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import RequestInfo, request_info
+from agentgw.policy import rate_limits
 from agentgw.policy.live import LivePolicies
-from agentgw.policy.model import RateLimitTier
+from agentgw.policy.rate_limits import TokenAccount
 from agentgw.sessions.store import SessionStore
 from agentgw.upstream.llm.chat_fields import InvalidChatRequest
-from agentgw.upstream.llm.provider import BadProviderAnswer, ChatChunk, ProviderError, usage_of
-from agentgw.upstream.llm.router import LlmRouter, Route, UnknownModel
+from agentgw.upstream.llm.provider import (
+    BadProviderAnswer,
+    NoProviderAnswered,
+    ProviderError,
+    RawChunk,
+    StreamChunk,
+    chunk_usage,
+    usage_of,
+)
+from agentgw.upstream.llm.router import LlmRouter, Route
 
 log = logging.getLogger("agentgw.inbound.chat")
 
 T = TypeVar("T")
 
 MODEL_COMMAND = "/model "
-WINDOW = 60.0  # rate limits count per minute
-
-
-class ChatError(GatewayError):
-    """An error of the chat endpoints, with the `type`, `code` and `param` OpenAI SDKs read."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str,
-        code: str,
-        headers: dict[str, str] | None = None,
-        param: str | None = None,
-    ):
-        super().__init__(message, headers=headers)
-        self.http_status, self.openai_type, self.openai_code = status, kind, code
-        self.param = param
-
-    def openai_body(self) -> bytes:
-        error = {"message": self.message, "type": self.openai_type, "param": self.param, "code": self.openai_code}
-        return _dump({"error": error})
-
-
-def _invalid_field(exc: InvalidChatRequest) -> ChatError:
-    return ChatError(400, str(exc), "invalid_request_error", "invalid_request", param=exc.param)
 
 
 class ChatEndpoint:
@@ -93,12 +76,12 @@ class ChatEndpoint:
             elif scope["path"].rstrip("/") == "/v1/chat/completions" and scope["method"] == "POST":
                 await self._complete(scope, receive, send)
             else:
-                raise ChatError(404, "Unknown endpoint", "invalid_request_error", "not_found")
-        except GatewayError as exc:  # bad input, store down: the same status, OpenAI's shape
+                raise NotFound("Unknown endpoint")
+        except GatewayError as exc:  # bad input, store down, providers down: the same status, OpenAI's shape
             await exc.send(send, openai=True)
         except Exception:
             log.exception("unexpected error in the chat endpoint")
-            await ChatError(500, "Internal error", "server_error", "internal_error").send(send, openai=True)
+            await InternalError("Internal error").send(send, openai=True)
 
     async def _models(self, send: Send) -> None:
         data = [
@@ -111,69 +94,31 @@ class ChatEndpoint:
         check_content_type(headers)
         request = jsonrpc.parse(await read_body(headers, receive, self.max_body, self.body_timeout))
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-            raise ChatError(400, "messages must be a list", "invalid_request_error", "invalid_request")
+            raise InvalidRequest("messages must be a list")
         if not request["messages"] or not all(isinstance(m, dict) for m in request["messages"]):
-            raise ChatError(
-                400, "messages must be a non-empty list of objects", "invalid_request_error", "invalid_request"
-            )
+            raise InvalidRequest("messages must be a non-empty list of objects")
         if not isinstance(request.get("model"), str):
-            raise ChatError(400, "model must be a string", "invalid_request_error", "invalid_request")
+            raise InvalidRequest("model must be a string")
         if request.get("stream") is not None and not isinstance(request["stream"], bool):
-            raise _invalid_field(InvalidChatRequest("stream", "a boolean"))
-        principal = principal_of(scope)
-        tier = self._tier(principal)
-        subject = principal.subject if principal is not None else "anonymous"
-        await self._admit(subject, tier)
-        model = _apply_model_command(request)
-        try:
-            routes = self.router.routes(model)
-        except UnknownModel:
-            raise ChatError(
-                404, f"The model {model!r} does not exist", "invalid_request_error", "model_not_found"
-            ) from None
+            raise InvalidChatRequest("stream", "a boolean")
+        # One store round trip when a RateLimitPolicy applies to the caller, none otherwise.
+        account = await rate_limits.admit(self.live.policies.rate_limits, self.store, principal_of(scope), "llm")
+        routes = self.router.routes(_apply_model_command(request))
         info = request_info(scope)
         if request.get("stream"):
-            await self._stream(request, routes, subject, info, receive, send)
+            await self._stream(request, routes, account, info, receive, send)
         else:
             route, (answer, usage) = await self._first_answer(request, routes)
             _note_route(info, route)
-            await self._count(subject, route, *usage)
+            self._count(account, route, *usage)
             await _send_json(send, 200, answer)
 
-    # -- limits ---------------------------------------------------------------
-
-    def _tier(self, principal: Principal | None) -> RateLimitTier | None:
-        for policy in self.live.policies.rate_limits:
-            spec = policy.spec
-            if "llm" not in spec.applies_to:
-                continue
-            claimed = principal.claims.get(spec.tier_claim) if principal is not None else None
-            name = claimed if isinstance(claimed, str) and claimed in spec.tiers else spec.default_tier
-            if name is not None:
-                return spec.tiers[name]
-        return None
-
-    async def _admit(self, subject: str, tier: RateLimitTier | None) -> None:
-        """Requests and tokens per minute, counted in the session store: N replicas share one limit."""
-        if tier is None:
-            return
-        window = int(time.time() // WINDOW)
-        retry_after = str(int(WINDOW - time.time() % WINDOW) + 1)
-        if tier.requests_per_minute is not None:
-            used = await self.store.add(f"ratelimit:{subject}:requests:{window}", 1, WINDOW * 2)
-            if used > tier.requests_per_minute:
-                raise _rate_limited("requests", tier.requests_per_minute, retry_after)
-        if tier.tokens_per_minute is not None:
-            used = await self.store.add(f"ratelimit:{subject}:tokens:{window}", 0, WINDOW * 2)
-            if used >= tier.tokens_per_minute:
-                raise _rate_limited("tokens", tier.tokens_per_minute, retry_after)
-
-    async def _count(self, subject: str, route: Route, prompt: int, completion: int) -> None:
-        """Usage per provider and model in the metrics, per subject in the store (the token limits read it)."""
+    def _count(self, account: TokenAccount | None, route: Route, prompt: int, completion: int) -> None:
+        """Usage per provider and model in the metrics, per subject in the store when its tier limits
+        tokens (written in the background: the client does not wait for it)."""
         if prompt + completion:
             self.metrics.llm_tokens(route.provider.name, route.model, prompt, completion)
-            window = int(time.time() // WINDOW)
-            await self.store.add(f"ratelimit:{subject}:tokens:{window}", prompt + completion, WINDOW * 2)
+            rate_limits.spend_tokens(self.store, account, prompt + completion)
 
     # -- forwarding -------------------------------------------------------------
 
@@ -192,16 +137,16 @@ class ChatEndpoint:
         self,
         request: dict[str, Any],
         routes: list[Route],
-        subject: str,
+        account: TokenAccount | None,
         info: RequestInfo,
         receive: Receive,
         send: Send,
     ) -> None:
-        async def open_stream(route: Route) -> tuple[ChatChunk | None, AsyncIterator[ChatChunk]]:
+        async def open_stream(route: Route) -> tuple[StreamChunk | None, AsyncIterator[StreamChunk]]:
             chunks = route.provider.stream(request, route.model)
             try:
                 first = await anext(chunks)
-                usage_of(first)  # a malformed first chunk fails before the client saw anything: fall back
+                chunk_usage(first)  # a malformed first chunk fails before the client saw anything: fall back
             except StopAsyncIteration:
                 return None, chunks
             except BaseException:
@@ -211,7 +156,7 @@ class ChatEndpoint:
 
         route, (first, chunks) = await self._first_success(routes, open_stream)
         _note_route(info, route)
-        await self._relay_stream(route, first, chunks, subject, receive, send)
+        await self._relay_stream(route, first, chunks, account, receive, send)
 
     async def _first_success(self, routes: list[Route], call: Callable[[Route], Awaitable[T]]) -> tuple[Route, T]:
         """The first route that answers: each in turn, and the last one retried with backoff.
@@ -235,15 +180,15 @@ class ChatEndpoint:
                 if not await route.breaker.admit(wait):
                     break
                 outcome: bool | None = None
+                # Anything but a ProviderError (InvalidChatRequest: refused before the provider was
+                # asked) leaves the outcome unknown.
                 try:
                     answer = await call(route)
                     outcome = True
-                except InvalidChatRequest as exc:  # refused before the provider was asked: no outcome
-                    raise _invalid_field(exc) from None
                 except ProviderError as exc:
                     outcome = not exc.retryable  # a refusal means the provider answered; the request was at fault
                     if not exc.retryable:
-                        raise ChatError(exc.status, str(exc), "invalid_request_error", "provider_refused") from None
+                        raise
                     last = exc
                     self._provider_failed(route, exc)
                     if exc.timed_out:
@@ -252,7 +197,8 @@ class ChatEndpoint:
                 finally:
                     route.breaker.done(outcome)
                 return route, answer
-        raise _all_failed(last)
+        detail = f": {last}" if last is not None else " (every provider's circuit is open)"
+        raise NoProviderAnswered(f"No provider could answer{detail}")
 
     def _provider_failed(self, route: Route, exc: ProviderError, when: str = "") -> None:
         """One log line per provider failure; what the provider sent that the gateway would not relay
@@ -265,9 +211,9 @@ class ChatEndpoint:
     async def _relay_stream(
         self,
         route: Route,
-        first: ChatChunk | None,
-        chunks: AsyncIterator[ChatChunk],
-        subject: str,
+        first: StreamChunk | None,
+        chunks: AsyncIterator[StreamChunk],
+        account: TokenAccount | None,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -288,13 +234,15 @@ class ChatEndpoint:
                 if isinstance(result, Exception):  # CancelledError is no Exception: cancelled is fine
                     log.error("relaying the stream of %s failed", route.name, exc_info=result)
             await _close(route, chunks)
-        try:
-            await self._count(subject, route, *usage)
-        except Exception:  # the client has its answer; only the count is lost, and that must be known
-            log.exception("the usage of a stream of %s could not be counted", route.name)
+        self._count(account, route, *usage)
 
     async def _relay_chunks(
-        self, route: Route, first: ChatChunk | None, chunks: AsyncIterator[ChatChunk], usage: list[int], send: Send
+        self,
+        route: Route,
+        first: StreamChunk | None,
+        chunks: AsyncIterator[StreamChunk],
+        usage: list[int],
+        send: Send,
     ) -> None:
         try:
             if first is not None:
@@ -305,10 +253,10 @@ class ChatEndpoint:
             # The client already has part of the answer: no fallback now, but a clean error, not a cut.
             self._provider_failed(route, exc, when=" mid-stream")
             route.breaker.failed_later()
-            await _send_error_event(send, f"provider failed mid-stream: {exc}", "upstream_error")
+            await _send_error_event(send, ProviderError(f"provider failed mid-stream: {exc}"))
         except Exception:
             log.exception("the stream of %s failed mid-way", route.name)
-            await _send_error_event(send, "the gateway failed mid-stream", "internal_error")
+            await _send_error_event(send, InternalError("the gateway failed mid-stream"))
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
@@ -343,35 +291,32 @@ def _note_route(info: RequestInfo, route: Route) -> None:
     info.target, info.backend = route.provider.name, route.name
 
 
-def _rate_limited(what: str, limit: int, retry_after: str) -> ChatError:
-    return ChatError(
-        429,
-        f"Rate limit reached: {limit} {what} per minute",
-        "rate_limit_error",
-        "rate_limit_exceeded",
-        headers={"retry-after": retry_after},
-    )
-
-
-def _all_failed(last: ProviderError | None) -> ChatError:
-    detail = f": {last}" if last is not None else " (every provider's circuit is open)"
-    return ChatError(503, f"No provider could answer{detail}", "server_error", "upstream_unavailable")
-
-
-async def _send_event(send: Send, chunk: ChatChunk, usage: list[int]) -> None:
-    """Send one chunk, adding the usage it reports to `usage` ([prompt, completion])."""
-    prompt, completion = usage_of(chunk)
+async def _send_event(send: Send, chunk: StreamChunk, usage: list[int]) -> None:
+    """Send one chunk, adding the usage it reports to `usage` ([prompt, completion]). A chunk the
+    provider sent in OpenAI's shape goes out as it came: only its `usage` is read."""
+    if isinstance(chunk, RawChunk):
+        data, value = chunk
+    else:
+        data, value = _dump(chunk), chunk
+    prompt, completion = usage_of(value)
     usage[0] += prompt
     usage[1] += completion
-    await send({"type": "http.response.body", "body": b"data: " + _dump(chunk) + b"\n\n", "more_body": True})
+    await send({"type": "http.response.body", "body": _event(data), "more_body": True})
 
 
-async def _send_error_event(send: Send, message: str, code: str) -> None:
-    error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-    await send({"type": "http.response.body", "body": b"data: " + _dump(error) + b"\n\n", "more_body": True})
+async def _send_error_event(send: Send, error: GatewayError) -> None:
+    await send({"type": "http.response.body", "body": _event(error.openai_body()), "more_body": True})
 
 
-async def _close(route: Route, chunks: AsyncIterator[ChatChunk]) -> None:
+def _event(data: bytes) -> bytes:
+    """One SSE event holding `data`. JSON may span lines (a provider's pretty-printed chunk): each line
+    is a data line of its own, so that no line of it can pass for a field or end the event."""
+    if b"\n" not in data:  # the SSE decoder joined a provider's data lines with LF, and ends lines at CR
+        return b"data: " + data + b"\n\n"
+    return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
+
+
+async def _close(route: Route, chunks: AsyncIterator[StreamChunk]) -> None:
     """End a provider's stream (its connection goes back to the pool); a failure to is logged, not raised."""
     aclose = getattr(chunks, "aclose", None)
     if aclose is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Collection, Sequence
 
 from agentgw.sessions.store import SessionRecord, StoredCatalogue
 
@@ -106,13 +106,21 @@ class MemorySessionStore:
         return value
 
     async def add(self, key: str, amount: int, ttl: float) -> int:
-        entry = self._values.get(key)
+        return self._add(key, amount, ttl, time.time())
+
+    async def add_many(self, amounts: Sequence[tuple[str, int]], ttl: float) -> list[int]:
         now = time.time()
+        return [self._add(key, amount, ttl, now) for key, amount in amounts]
+
+    def _add(self, key: str, amount: int, ttl: float, now: float) -> int:
+        entry = self._values.get(key)
         if entry is None or entry[1] <= now:
             entry = ("0", now + ttl)
         total = int(entry[0]) + amount
         self._values[key] = (str(total), entry[1])
         self._values.move_to_end(key)
+        while len(self._values) > self._max_sessions:
+            self._values.popitem(last=False)  # counters of every subject must not grow without bound
         return total
 
     async def ping(self) -> None:

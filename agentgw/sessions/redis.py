@@ -8,7 +8,7 @@ import hashlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import hiredis
@@ -56,6 +56,16 @@ end
 local version = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[1], version .. ' ' .. ARGV[2])
 return version
+"""
+
+# Counters created with their lifetime on first use, then added to: the rate limits' one round trip.
+_ADD_MANY = """
+local totals = {}
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], 0, 'PX', ARGV[1], 'NX')
+  totals[i] = redis.call('INCRBY', KEYS[i], ARGV[i + 1])
+end
+return totals
 """
 
 # Fail fast: a store that does not answer within this many seconds is down,
@@ -286,6 +296,11 @@ class RedisSessionStore:
 
         _, total = await _call(add)
         return int(total)
+
+    async def add_many(self, amounts: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+        keys = [f"{self._prefix}{key}" for key, _ in amounts]
+        totals = await self._hot.eval_script(_ADD_MANY, keys, [str(int(ttl * 1000)), *(str(n) for _, n in amounts)])
+        return [int(total) for total in totals]
 
     async def ping(self) -> None:
         await _call(self._redis.ping)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -131,6 +131,11 @@ class SessionStore(CatalogueStore, Protocol):
 
     async def add(self, key: str, amount: int, ttl: float) -> int:
         """Add to a counter that lives `ttl` seconds from its first use; the new total. One round trip."""
+        ...
+
+    async def add_many(self, amounts: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+        """Add to several counters as `add` does, all in one round trip (a request counted and a
+        token count read at once); their new totals, in order."""
         ...
 
     async def ping(self) -> None: ...

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +16,14 @@ from tests.auth.test_jwt import AUDIENCE, ISSUER, Jwks
 from tests.llm.conftest import STUB, StubProvider
 from tests.support import (
     ROOT,
-    Gateway,
+    InProcessGateway,
     Process,
     RawResponse,
     bearer,
     free_port,
-    gateway,
+    in_process_gateway,
     initialize_body,
+    logged,
     mcp_headers,
     mcp_target,
     poll,
@@ -89,7 +90,7 @@ def provider(tmp: Path) -> Iterator[StubProvider]:
 
 
 @pytest.fixture
-def jwks_gw(jwks: Jwks, recording: Process, provider: StubProvider, tmp: Path) -> Iterator[Gateway]:
+async def jwks_gw(jwks: Jwks, recording: Process, provider: StubProvider, tmp: Path) -> AsyncIterator[InProcessGateway]:
     # A long refreshInterval: only an unknown kid makes the gateway fetch the JWKS again.
     policies = f"""\
 apiVersion: agentgw.dev/v1alpha1
@@ -103,16 +104,15 @@ spec:
         "mcp": {"targets": [mcp_target("docs", recording.port)]},
         "llm": {"providers": [{"name": "stub", "type": "openai", "base_url": provider.base_url}]},
     }
-    running = gateway(tmp, config, policies=policies)
-    yield running
-    running.stop()
+    async with in_process_gateway(tmp, config, policies=policies) as running:
+        yield running
 
 
-async def initialize(gw: Gateway, token: str) -> RawResponse:
+async def initialize(gw: InProcessGateway, token: str) -> RawResponse:
     return await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port, bearer(token)), initialize_body())
 
 
-async def chat(gw: Gateway, token: str) -> RawResponse:
+async def chat(gw: InProcessGateway, token: str) -> RawResponse:
     body = json.dumps({"model": "stub/x", "messages": [{"role": "user", "content": "hi"}]}).encode()
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Content-Type", "application/json"), bearer(token)]
     return await raw_request(gw.port, "POST", "/v1/chat/completions", headers, body)
@@ -139,14 +139,14 @@ def assert_identity_provider_unavailable(response: RawResponse) -> None:
     assert retry_after is not None and retry_after.isdigit() and 1 <= int(retry_after) <= 10
 
 
-def gateway_log(gw: Gateway) -> list[dict[str, object]]:
-    assert gw.process.log is not None
-    return [json.loads(line) for line in gw.process.log.read_text().splitlines() if line.startswith("{")]
-
-
 @pytest.mark.parametrize("how", OUTAGES)
 async def test_key_behind_an_unreachable_jwks_is_503_with_retry_after_never_401(
-    jwks_gw: Gateway, jwks: Jwks, recording: Process, provider: StubProvider, how: str
+    jwks_gw: InProcessGateway,
+    jwks: Jwks,
+    recording: Process,
+    provider: StubProvider,
+    how: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     assert (await initialize(jwks_gw, jwks.token("k1"))).status == 200  # k1 is now cached
     jwks.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -165,10 +165,10 @@ async def test_key_behind_an_unreachable_jwks_is_503_with_retry_after_never_401(
     assert provider.chat_requests() == []
     # Keys fetched before the outage still verify: one issuer's outage does not lock out every caller.
     assert (await initialize(jwks_gw, jwks.token("k1", jti="after-the-outage"))).status == 200
-    assert any("cannot fetch the JWKS" in str(line.get("message")) for line in gateway_log(jwks_gw))
+    assert logged(caplog, "cannot fetch the JWKS")
 
 
-async def test_new_key_is_accepted_once_the_identity_provider_is_back(jwks_gw: Gateway, jwks: Jwks) -> None:
+async def test_new_key_is_accepted_once_the_identity_provider_is_back(jwks_gw: InProcessGateway, jwks: Jwks) -> None:
     jwks.keys["k2"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     outage = Outage(jwks, "stopped")
     outage.start()
@@ -183,7 +183,9 @@ async def test_new_key_is_accepted_once_the_identity_provider_is_back(jwks_gw: G
     await poll(k2_accepted, timeout=20, interval=0.5)
 
 
-async def test_unpublished_key_is_still_401_while_the_identity_provider_answers(jwks_gw: Gateway, jwks: Jwks) -> None:
+async def test_unpublished_key_is_still_401_while_the_identity_provider_answers(
+    jwks_gw: InProcessGateway, jwks: Jwks
+) -> None:
     jwks.keys["unpublished"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     response = await initialize(jwks_gw, jwks.token("unpublished"))

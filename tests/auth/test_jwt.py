@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,13 @@ from agentgw.cli import TRUSTED_PROXIES_ENV
 from tests.mcp_client import call_text
 from tests.support import (
     Gateway,
+    InProcessGateway,
     Process,
     RawResponse,
     bearer,
     free_port,
     gateway,
+    in_process_gateway,
     initialize_body,
     mcp_headers,
     mcp_target,
@@ -134,7 +136,7 @@ def challenge(value: str | None) -> tuple[str, dict[str, str]]:
     return scheme, params
 
 
-def assert_invalid_token(response: RawResponse, gw: Gateway) -> None:
+def assert_invalid_token(response: RawResponse, gw: Gateway | InProcessGateway) -> None:
     assert response.status == 401, response.body
     scheme, params = challenge(response.header("www-authenticate"))
     assert scheme == "Bearer"
@@ -405,14 +407,12 @@ async def test_ec_public_key_file_without_algorithms_accepts_es256_tokens(
     backends: list[Process], issuers: AsymmetricIssuers, tmp: Path
 ) -> None:
     policies = public_key_policy("es-default", ES_ISSUER, issuers.ec_pem_file, None)
-    running = gateway(tmp, {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}, policies=policies)
-    try:
+    config = {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
+    async with in_process_gateway(tmp, config, policies=policies) as running:
         token = jwt.encode(claims(iss=ES_ISSUER), issuers.ec_key, algorithm="ES256")
         session_id = await open_session(running.port, token)
         response = await call_add(running.port, session_id, bearer(token))
         assert response.status == 200
-    finally:
-        running.stop()
 
 
 # -- JWKS: fetched, and refetched on an unknown kid ------------------------------
@@ -457,7 +457,7 @@ def jwks(tmp: Path) -> Iterator[Jwks]:
 
 
 @pytest.fixture
-def jwks_gw(backends: list[Process], jwks: Jwks, tmp: Path) -> Iterator[Gateway]:
+async def jwks_gw(backends: list[Process], jwks: Jwks, tmp: Path) -> AsyncIterator[InProcessGateway]:
     # A long refreshInterval: only an unknown kid can make the gateway fetch the JWKS again.
     policies = f"""\
 apiVersion: agentgw.dev/v1alpha1
@@ -468,26 +468,25 @@ spec:
   sessionBinding: {{refreshInterval: 10m}}
 """
     config = {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
-    running = gateway(tmp, config, policies=policies)
-    yield running
-    running.stop()
+    async with in_process_gateway(tmp, config, policies=policies) as running:
+        yield running
 
 
-async def test_jwks_token_with_a_known_kid_is_accepted(jwks_gw: Gateway, jwks: Jwks) -> None:
+async def test_jwks_token_with_a_known_kid_is_accepted(jwks_gw: InProcessGateway, jwks: Jwks) -> None:
     session_id = await open_session(jwks_gw.port, jwks.token("k1"))
     response = await call_add(jwks_gw.port, session_id, bearer(jwks.token("k1")))
     assert response.status == 200
     assert tool_text(response) == "3"
 
 
-async def test_jwks_token_with_an_unpublished_kid_is_401(jwks_gw: Gateway, jwks: Jwks) -> None:
+async def test_jwks_token_with_an_unpublished_kid_is_401(jwks_gw: InProcessGateway, jwks: Jwks) -> None:
     jwks.keys["unpublished"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     headers = mcp_headers(jwks_gw.port, bearer(jwks.token("unpublished")))
     response = await raw_request(jwks_gw.port, "POST", "/mcp/v1", headers, initialize_body())
     assert_invalid_token(response, jwks_gw)
 
 
-async def test_rotated_jwks_key_is_accepted_without_a_restart(jwks_gw: Gateway, jwks: Jwks) -> None:
+async def test_rotated_jwks_key_is_accepted_without_a_restart(jwks_gw: InProcessGateway, jwks: Jwks) -> None:
     session_id = await open_session(jwks_gw.port, jwks.token("k1"))
     jwks.publish("k2")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentgw.auth.jwt import mint_token
 from tests.mcp_websocket_client import websocket_client
-from tests.support import Gateway, Process, free_port, gateway, hs256_auth_policy, mcp_target, poll
+from tests.support import (
+    Gateway,
+    InProcessGateway,
+    Process,
+    free_port,
+    gateway,
+    hs256_auth_policy,
+    in_process_gateway,
+    mcp_target,
+    poll,
+)
 
 SECRET = "websocket-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
@@ -43,29 +53,44 @@ def token(*scopes: str, subject: str = "ws-user") -> str:
     return mint_token(SECRET, subject, list(scopes), 600, issuer=ISSUER, audience="agentgw")
 
 
-@pytest.fixture
-def served(tmp: Path, backends: list[Process]) -> Iterator[tuple[Gateway, int]]:
+def served_config(backends: list[Process]) -> tuple[dict[str, Any], int]:
+    # The admin port is named before the gateway binds it: create_app does not report a port it picked.
     metrics_port = free_port()
     config = {
         "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
         "mcp": {"targets": [mcp_target("docs", backends[0].port)]},
     }
+    return config, metrics_port
+
+
+@pytest.fixture
+async def served(tmp: Path, backends: list[Process]) -> AsyncIterator[tuple[InProcessGateway, int]]:
+    config, metrics_port = served_config(backends)
+    async with in_process_gateway(tmp, config, POLICIES, env={"WS_JWT_SECRET": SECRET}) as gw:
+        yield gw, metrics_port
+
+
+@pytest.fixture
+def served_process(tmp: Path, backends: list[Process]) -> Iterator[tuple[Gateway, int]]:
+    """For what only the process's own log file shows: uvicorn's lines through the JSON formatter."""
+    config, metrics_port = served_config(backends)
     gw = gateway(tmp, config, POLICIES, env={"WS_JWT_SECRET": SECRET})
     yield gw, metrics_port
     gw.stop()
 
 
-def ws_url(gw: Gateway, query: str = "") -> str:
+def ws_url(gw: Gateway | InProcessGateway, query: str = "") -> str:
     return f"ws://127.0.0.1:{gw.port}/mcp/v1/docs/ws{query}"
 
 
-def live_sessions(metrics_port: int) -> list[dict[str, Any]]:
-    answer = httpx2.get(f"http://127.0.0.1:{metrics_port}/admin/sessions", timeout=10)
+async def live_sessions(metrics_port: int) -> list[dict[str, Any]]:
+    async with httpx2.AsyncClient(timeout=10) as client:
+        answer = await client.get(f"http://127.0.0.1:{metrics_port}/admin/sessions")
     return list(answer.json()["sessions"])
 
 
 async def test_the_sdk_client_initializes_lists_calls_and_is_denied_over_websocket(
-    served: tuple[Gateway, int],
+    served: tuple[InProcessGateway, int],
 ) -> None:
     gw, metrics_port = served
     headers = {"Authorization": f"Bearer {token('read:documents')}"}
@@ -85,15 +110,16 @@ async def test_the_sdk_client_initializes_lists_calls_and_is_denied_over_websock
         assert getattr(getattr(denied.value, "error", None), "code", None) == -32051
 
         # The WebSocket's session is an ordinary gateway session, bound to the token's subject.
-        [record] = live_sessions(metrics_port)
+        [record] = await live_sessions(metrics_port)
         assert (record["target"], record["subject"]) == ("docs", "ws-user")
 
-    metrics = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    async with httpx2.AsyncClient(timeout=10) as client:
+        metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     assert 'agentgw_requests_total{route="/mcp/v1/{target}/ws",status="200"}' in metrics
     assert 'agentgw_tool_calls_total{decision="deny",target="docs",tool="whoami"} 1.0' in metrics
 
 
-async def test_scopes_come_from_the_token_on_the_socket(served: tuple[Gateway, int]) -> None:
+async def test_scopes_come_from_the_token_on_the_socket(served: tuple[InProcessGateway, int]) -> None:
     gw, _ = served
     headers = {"Authorization": f"Bearer {token()}"}  # no read:documents
     async with websocket_client(ws_url(gw), headers) as (read, write), ClientSession(read, write) as session:
@@ -119,9 +145,9 @@ INITIALIZE = {
 
 
 async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_headers(
-    served: tuple[Gateway, int],
+    served_process: tuple[Gateway, int],
 ) -> None:
-    gw, metrics_port = served
+    gw, metrics_port = served_process
     query_token = token()
     async with connect(ws_url(gw, f"?access_token={query_token}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "mcp"
@@ -140,10 +166,10 @@ async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_heade
         assert called["id"] == 2 and called["result"]["content"][0]["text"] == "3"
         broken = await raw_exchange(ws, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": "nope"})
         assert broken["error"]["code"] == -32602 or broken["error"]["code"] == -32600
-        assert len(live_sessions(metrics_port)) == 1
+        assert len(await live_sessions(metrics_port)) == 1
 
     async def ended() -> bool:
-        return live_sessions(metrics_port) == []
+        return (await live_sessions(metrics_port)) == []
 
     assert await poll(ended)  # closing the socket ends its session
     log = gw.config_file.with_suffix(".log").read_text()
@@ -165,7 +191,7 @@ async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_heade
     ids=["no-token", "bad-query-token", "bad-header-token", "foreign-origin", "other-local-origin", "unknown-target"],
 )
 async def test_refused_handshakes_get_the_http_answer(
-    served: tuple[Gateway, int], path: str, query: str, headers: dict[str, str], status: int
+    served: tuple[InProcessGateway, int], path: str, query: str, headers: dict[str, str], status: int
 ) -> None:
     gw, metrics_port = served
     url = f"ws://127.0.0.1:{gw.port}/mcp/v1/{path}/ws{query.format(token=token())}"
@@ -175,10 +201,10 @@ async def test_refused_handshakes_get_the_http_answer(
     assert refused.value.response.status_code == status
     if status == 401:
         assert refused.value.response.headers["www-authenticate"].startswith('Bearer realm="agentgw"')
-    assert live_sessions(metrics_port) == []
+    assert (await live_sessions(metrics_port)) == []
 
 
-async def test_a_socket_whose_token_expired_is_closed(served: tuple[Gateway, int]) -> None:
+async def test_a_socket_whose_token_expired_is_closed(served: tuple[InProcessGateway, int]) -> None:
     gw, metrics_port = served
     short = mint_token(SECRET, "ws-user", [], 2, issuer=ISSUER, audience="agentgw")
     async with connect(ws_url(gw, f"?access_token={short}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
@@ -190,12 +216,14 @@ async def test_a_socket_whose_token_expired_is_closed(served: tuple[Gateway, int
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
     async def ended() -> bool:
-        return live_sessions(metrics_port) == []
+        return (await live_sessions(metrics_port)) == []
 
     assert await poll(ended)
 
 
-async def test_notifications_keep_their_order_and_many_requests_are_answered(served: tuple[Gateway, int]) -> None:
+async def test_notifications_keep_their_order_and_many_requests_are_answered(
+    served: tuple[InProcessGateway, int],
+) -> None:
     gw, _ = served
     async with connect(ws_url(gw, f"?access_token={token()}"), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
         assert "result" in await raw_exchange(ws, INITIALIZE)
@@ -220,32 +248,29 @@ async def test_notifications_keep_their_order_and_many_requests_are_answered(ser
     assert all(a["result"]["content"][0]["text"] == str(a["id"] - 100 + 1) for a in answers)
 
 
-async def test_a_client_not_offering_the_mcp_subprotocol_is_refused(served: tuple[Gateway, int]) -> None:
+async def test_a_client_not_offering_the_mcp_subprotocol_is_refused(served: tuple[InProcessGateway, int]) -> None:
     gw, _ = served
     with pytest.raises(InvalidStatus):
         async with connect(ws_url(gw, f"?access_token={token()}")):
             pass
 
 
-async def test_a_query_token_still_does_not_authenticate_plain_http(served: tuple[Gateway, int]) -> None:
+async def test_a_query_token_still_does_not_authenticate_plain_http(served: tuple[InProcessGateway, int]) -> None:
     gw, _ = served
-    answer = httpx2.post(
-        f"{gw.base}/mcp/v1/docs?access_token={token()}",
-        headers={"Accept": "application/json, text/event-stream"},
-        json=INITIALIZE,
-        timeout=10,
-    )
+    async with httpx2.AsyncClient(timeout=10) as client:
+        answer = await client.post(
+            f"{gw.base}/mcp/v1/docs?access_token={token()}",
+            headers={"Accept": "application/json, text/event-stream"},
+            json=INITIALIZE,
+        )
     assert answer.status_code == 401
 
 
 async def test_a_frame_over_the_body_limit_closes_the_socket_with_1009(tmp: Path, backends: list[Process]) -> None:
     config = {"server": {"max_body_bytes": 65536}, "mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
-    gw = gateway(tmp, config)
-    try:
+    async with in_process_gateway(tmp, config) as gw:
         async with connect(ws_url(gw), subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
             await ws.send(json.dumps({**INITIALIZE, "params": {**INITIALIZE["params"], "pad": "x" * 100_000}}))
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
-    finally:
-        gw.stop()

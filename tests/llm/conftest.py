@@ -70,10 +70,12 @@ class StubProvider:
         chunks: list[Any] | None = None,
         completion: Any = None,
         line_end: str | None = None,
+        raw_events: list[str] | None = None,
     ) -> None:
         """What the stub answers from now on (see stub_upstream.py); None leaves its own answer."""
         script = {"message": message, "events": events, "chunks": chunks, "completion": completion}
         script["line_end"] = line_end
+        script["raw_events"] = raw_events
         httpx2.post(f"http://127.0.0.1:{self.port}/_script", json=script, timeout=5).raise_for_status()
 
     def stop(self) -> None:

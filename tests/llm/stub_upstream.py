@@ -16,7 +16,8 @@ Every request outside `/_...` is recorded (method, path, lower-cased headers, JS
 and listed by `GET /_requests`; `GET /_streams` counts the streams being sent.
 `POST /_script {"message": {...}, "events": [[name, data], ...]}` makes `/v1/messages`
 answer exactly that message, or stream exactly those events; `"chunks": [...]` makes a
-streamed `/v1/chat/completions` send exactly those `data:` payloads, then `[DONE]`, and
+streamed `/v1/chat/completions` send exactly those `data:` payloads, then `[DONE]`
+(`"raw_events": ["data: ...\n\n", ...]`: exactly those bytes, `[DONE]` included), and
 `"completion": {...}` a plain one answer exactly that. `"line_end": "\r"` (or `"\r\n"`)
 ends the lines of scripted streams that way.
 """
@@ -122,6 +123,8 @@ class Stub:
         failure = await self.misbehave()
         if failure is not None:
             return failure
+        if body.get("stream") and self.script.get("raw_events") is not None:
+            return self.stream([event.encode() for event in self.script["raw_events"]])
         if body.get("stream") and self.script.get("chunks") is not None:
             return self.stream(self.data_events([*self.script["chunks"], "[DONE]"]))
         if not body.get("stream") and self.script.get("completion") is not None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
 import openai
 import pytest
+import redis
 
 from tests.llm.conftest import AUTH_POLICY, client, llm_config, token
 from tests.support import Gateway
@@ -147,3 +149,69 @@ def test_limit_is_shared_by_two_gateways_on_one_redis(serve: Callable[..., Gatew
     assert statuses == [200] * 5
     for error in errors:
         assert_rate_limited(error)
+
+
+def commands_run(server: redis.Redis) -> Counter[str]:
+    """Calls per command Redis has run since it started (INFO commandstats)."""
+    stats = server.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(calls["calls"]) for name, calls in stats.items()})
+
+
+ROOMY = (
+    AUTH_POLICY
+    + """\
+---
+apiVersion: agentgw.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: roomy}
+spec:
+  appliesTo: [llm]
+  defaultTier: requests
+  tiers:
+    requests: {requestsPerMinute: 100000}
+    both: {requestsPerMinute: 100000, tokensPerMinute: 100000000}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("policies", "tier", "per_request"),
+    [
+        (AUTH_POLICY, "none", {}),
+        (ROOMY, "requests", {"evalsha": 1, "set": 1, "incrby": 1}),
+        (ROOMY, "both", {"evalsha": 2, "set": 3, "incrby": 3}),
+    ],
+    ids=["no-rate-limit", "requests-limit", "requests-and-tokens-limit"],
+)
+def test_chat_store_round_trips_are_none_without_a_rate_limit_and_one_with_it(
+    serve: Callable[..., Gateway], redis_url: str, policies: str, tier: str, per_request: dict[str, int]
+) -> None:
+    """Admission is one script call (EVALSHA: the round trip) counting the request and reading the
+    tokens; with a token limit the answer's tokens are one more, written after the client has its
+    answer (not waited for). INFO counts the SET and INCRBY each script runs too, per counter."""
+    config = {
+        **llm_config(ECHO),
+        "session_store": {"type": "redis", "url": redis_url, "key_prefix": f"trips-{uuid.uuid4().hex}:"},
+    }
+    gw = serve(config, policies=policies)
+    bearer = token(tier=tier)
+    assert status_of(gw, bearer) == 200  # the first loads the script (EVALSHA, NOSCRIPT, EVAL)
+    requests = 20
+
+    with redis.Redis.from_url(redis_url) as server:  # one connection: its own commands are only INFO
+        before = commands_run(server)
+        statuses = [status_of(gw, bearer, stream=i % 2 == 1) for i in range(requests)]
+        expected = Counter({name: calls * requests for name, calls in per_request.items()})
+
+        def spent() -> Counter[str]:
+            used = commands_run(server) - before
+            del used["info"]
+            return used
+
+        # The tokens an answer used are written after the client has it: polled for, within a bound.
+        deadline = time.monotonic() + 5
+        while spent() != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        assert statuses == [200] * requests
+        assert spent() == expected

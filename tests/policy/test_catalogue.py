@@ -29,7 +29,17 @@ from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionStore
 from tests.mcp_client import call_text, sdk_client
-from tests.support import Process, free_port, gateway, mcp_target, poll, raw_call, raw_session, redis_process
+from tests.support import (
+    Process,
+    free_port,
+    gateway,
+    in_process_gateway,
+    mcp_target,
+    poll,
+    raw_call,
+    raw_session,
+    redis_process,
+)
 
 TARGET = "docs"
 QUARANTINE = PoisoningDetection()
@@ -433,19 +443,18 @@ async def test_a_rug_pull_outside_the_description_quarantines_through_the_gatewa
         "apiVersion: agentgw.dev/v1alpha1\nkind: ToolPolicy\nmetadata: {name: all}\n"
         "spec:\n  defaultAction: allow\n  poisoningDetection: {enabled: true, action: quarantine}\n"
     )
-    gw = gateway(tmp, {"mcp": {"targets": [mcp_target("docs", port)]}}, policies=policy)
     try:
-        async with sdk_client(gw.mcp_url) as client:
-            assert "search" in {t.name for t in (await client.list_tools()).tools}
-            assert await call_text(client, "search", {"query": "q"})
-            assert await call_text(client, "flip", {"field": field})
-            relisted = await client.list_tools(cache_mode="refresh")
-            assert "search" not in {t.name for t in relisted.tools}
-        response = await raw_call(gw.port, await raw_session(gw.port), "search", {"query": "q"})
-        assert response.status == 200
-        error = response.message()["error"]
-        assert (error["code"], error["data"]["reason"]) == (-32051, "quarantined")
-        assert trace.read_text().split() == ["search", "flip"]  # the refused call never ran
+        async with in_process_gateway(tmp, {"mcp": {"targets": [mcp_target("docs", port)]}}, policies=policy) as gw:
+            async with sdk_client(gw.mcp_url) as client:
+                assert "search" in {t.name for t in (await client.list_tools()).tools}
+                assert await call_text(client, "search", {"query": "q"})
+                assert await call_text(client, "flip", {"field": field})
+                relisted = await client.list_tools(cache_mode="refresh")
+                assert "search" not in {t.name for t in relisted.tools}
+            response = await raw_call(gw.port, await raw_session(gw.port), "search", {"query": "q"})
+            assert response.status == 200
+            error = response.message()["error"]
+            assert (error["code"], error["data"]["reason"]) == (-32051, "quarantined")
+            assert trace.read_text().split() == ["search", "flip"]  # the refused call never ran
     finally:
-        gw.stop()
         backend.stop()

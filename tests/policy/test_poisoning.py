@@ -8,6 +8,7 @@ a refused call leaves none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -24,10 +25,12 @@ from tests.mcp_client import call_text, sdk_client
 from tests.support import (
     ROOT,
     Gateway,
+    InProcessGateway,
     Process,
     RawResponse,
     free_port,
     gateway,
+    in_process_gateway,
     mcp_headers,
     mcp_target,
     poll,
@@ -80,16 +83,27 @@ def evil(tmp: Path) -> Iterator[EvilServer]:
     process.stop()
 
 
-def evil_gateway(
-    tmp: Path, evil: EvilServer, action: str = "quarantine", name: str = "gateway", store: dict[str, Any] | None = None
-) -> Gateway:
+def evil_config(evil: EvilServer, store: dict[str, Any] | None = None) -> dict[str, Any]:
+    # The command line finds the admin API through the config file, so its port is named
+    # before the gateway binds it: create_app does not report a port it picked.
     config: dict[str, Any] = {
         "server": {"metrics_listen": f"127.0.0.1:{free_port()}"},
         "mcp": {"targets": [mcp_target(TARGET, evil.process.port)]},
     }
     if store is not None:
         config["session_store"] = store
-    return gateway(tmp, config, policies=tool_policy(action), name=name)
+    return config
+
+
+def evil_gateway(
+    tmp: Path, evil: EvilServer, action: str = "quarantine"
+) -> contextlib.AbstractAsyncContextManager[InProcessGateway]:
+    return in_process_gateway(tmp, evil_config(evil), policies=tool_policy(action))
+
+
+def evil_gateway_process(tmp: Path, evil: EvilServer, name: str, store: dict[str, Any]) -> Gateway:
+    """A replica of its own, for what two processes share only through Redis."""
+    return gateway(tmp, evil_config(evil, store), policies=tool_policy("quarantine"), name=name)
 
 
 async def agentgw(*args: str) -> tuple[int, str]:
@@ -124,7 +138,7 @@ def assert_quarantined(response: RawResponse, tool: str) -> None:
     assert error["data"]["tool"] == tool
 
 
-def policy_file(gw: Gateway) -> Path:
+def policy_file(gw: Gateway | InProcessGateway) -> Path:
     """The policy file the gateway watches (written by `gateway()`)."""
     return Path(yaml.safe_load(gw.config_file.read_text())["policies"][0]) / "policies.yaml"
 
@@ -135,33 +149,26 @@ def tool_states(listing: str) -> dict[str, str]:
 
 
 async def test_poisoned_tools_are_hidden_and_refused_and_never_run(tmp: Path, evil: EvilServer) -> None:
-    gw = evil_gateway(tmp, evil)
-    try:
+    async with evil_gateway(tmp, evil) as gw:
         assert await listed(gw.mcp_url) == CLEAN
         session_id = await raw_session(gw.port)
         for tool in sorted(POISONED):
             assert_quarantined(await raw_call(gw.port, session_id, tool, ARGUMENTS[tool]), tool)
         assert tool_text(await raw_call(gw.port, session_id, "honest_tool", ARGUMENTS["honest_tool"]))
         assert evil.ran() == ["honest_tool"]
-    finally:
-        gw.stop()
 
 
 async def test_poisoned_tools_are_hidden_from_a_stateless_client(tmp: Path, evil: EvilServer) -> None:
-    gw = evil_gateway(tmp, evil)
-    try:
+    async with evil_gateway(tmp, evil) as gw:
         seen: list[httpx2.Response] = []
         async with sdk_client(gw.mcp_url, mode="auto", seen=seen) as client:
             assert {tool.name for tool in (await client.list_tools()).tools} == CLEAN
         assert {r.request.headers.get("mcp-protocol-version") for r in seen} == {"2026-07-28"}
-    finally:
-        gw.stop()
 
 
 async def test_a_rug_pull_quarantines_the_tool_until_an_operator_approves_it(tmp: Path, evil: EvilServer) -> None:
-    gw = evil_gateway(tmp, evil)
-    config = ["--config", str(gw.config_file)]
-    try:
+    async with evil_gateway(tmp, evil) as gw:
+        config = ["--config", str(gw.config_file)]
         async with sdk_client(gw.mcp_url) as client:
             assert "shape_shifter" in {tool.name for tool in (await client.list_tools()).tools}
             assert await call_text(client, "shape_shifter", ARGUMENTS["shape_shifter"])
@@ -190,13 +197,10 @@ async def test_a_rug_pull_quarantines_the_tool_until_an_operator_approves_it(tmp
             assert "shape_shifter" in {tool.name for tool in (await client.list_tools()).tools}
             assert await call_text(client, "shape_shifter", ARGUMENTS["shape_shifter"])
         assert evil.ran() == ["shape_shifter", "flip", "shape_shifter"]
-    finally:
-        gw.stop()
 
 
 async def test_warn_only_logs_and_leaves_every_tool_listed_and_callable(tmp: Path, evil: EvilServer) -> None:
-    gw = evil_gateway(tmp, evil, action="warn")
-    try:
+    async with evil_gateway(tmp, evil, action="warn") as gw:
         async with sdk_client(gw.mcp_url) as client:
             assert {tool.name for tool in (await client.list_tools()).tools} == CLEAN | POISONED
             for tool in sorted(POISONED):
@@ -206,16 +210,14 @@ async def test_warn_only_logs_and_leaves_every_tool_listed_and_callable(tmp: Pat
             assert "shape_shifter" in {tool.name for tool in relisted.tools}
             assert await call_text(client, "shape_shifter", ARGUMENTS["shape_shifter"])
         assert evil.ran() == [*sorted(POISONED), "flip", "shape_shifter"]
-    finally:
-        gw.stop()
 
 
 async def test_a_quarantine_and_its_approval_are_shared_through_redis(
     tmp: Path, evil: EvilServer, redis_url: str
 ) -> None:
     store = {"type": "redis", "url": redis_url, "key_prefix": f"poison{time.monotonic_ns()}:"}
-    first = evil_gateway(tmp, evil, name="first", store=store)
-    second = evil_gateway(tmp, evil, name="second", store=store)
+    first = evil_gateway_process(tmp, evil, "first", store)
+    second = evil_gateway_process(tmp, evil, "second", store)
     try:
         # Everything the catalogue learns, it learns through the first gateway.
         async with sdk_client(first.mcp_url) as client:
@@ -254,22 +256,18 @@ async def test_a_quarantine_and_its_approval_are_shared_through_redis(
 
 
 async def test_approving_a_tool_the_target_never_listed_fails(tmp: Path, evil: EvilServer) -> None:
-    gw = evil_gateway(tmp, evil)
-    try:
+    async with evil_gateway(tmp, evil) as gw:
         assert "honest_tool" in await listed(gw.mcp_url)
         code, _ = await agentgw("tools", "approve", TARGET, "no_such_tool", "--config", str(gw.config_file))
         assert code != 0
         code, _ = await agentgw("tools", "approve", "no_such_target", "honest_tool", "--config", str(gw.config_file))
         assert code != 0
-    finally:
-        gw.stop()
 
 
 async def test_switching_from_warn_to_quarantine_quarantines_poisoned_tools_already_seen(
     tmp: Path, evil: EvilServer
 ) -> None:
-    gw = evil_gateway(tmp, evil, action="warn")
-    try:
+    async with evil_gateway(tmp, evil, action="warn") as gw:
         assert await listed(gw.mcp_url) == CLEAN | POISONED
         # The deny-listed `flip` tells when the new policy is in force.
         policy_file(gw).write_text(tool_policy("quarantine") + "  denyList: [flip]\n")
@@ -285,15 +283,12 @@ async def test_switching_from_warn_to_quarantine_quarantines_poisoned_tools_alre
             "hidden_instructions",
         )
         assert evil.ran() == []
-    finally:
-        gw.stop()
 
 
 @pytest.mark.parametrize("protocol", ["2025-11-25", "2026-07-28"])
 async def test_a_tool_never_listed_is_scanned_before_its_first_call(tmp: Path, evil: EvilServer, protocol: str) -> None:
     """An attacker's client skips tools/list: the gateway lists the backend's tools itself first."""
-    gw = evil_gateway(tmp, evil)
-    try:
+    async with evil_gateway(tmp, evil) as gw:
         for tool in sorted(POISONED):
             if protocol == "2025-11-25":
                 response = await raw_call(gw.port, await raw_session(gw.port), tool, ARGUMENTS[tool])
@@ -305,8 +300,6 @@ async def test_a_tool_never_listed_is_scanned_before_its_first_call(tmp: Path, e
         honest = await raw_call(gw.port, await raw_session(gw.port), "honest_tool", ARGUMENTS["honest_tool"])
         assert "honest_tool" in tool_text(honest)
         assert evil.ran() == ["honest_tool"]
-    finally:
-        gw.stop()
 
 
 async def modern_call(port: int, tool: str, arguments: dict[str, Any]) -> RawResponse:

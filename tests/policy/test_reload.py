@@ -7,6 +7,7 @@ is refused whole, the previous policies stay in force, and the log names `file:l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -17,11 +18,12 @@ import pytest
 
 from tests.support import (
     ROOT,
-    Gateway,
+    InProcessGateway,
     Process,
     RawResponse,
     free_port,
-    gateway,
+    in_process_gateway,
+    logged,
     mcp_target,
     poll,
     raw_call,
@@ -80,8 +82,8 @@ def backend(tmp: Path) -> Iterator[TraceBackend]:
     traced.process.stop()
 
 
-def start(tmp: Path, backend_port: int, policies: str) -> Gateway:
-    return gateway(tmp, {"mcp": {"targets": [mcp_target("docs", backend_port)]}}, policies=policies)
+def start(tmp: Path, backend_port: int, policies: str) -> contextlib.AbstractAsyncContextManager[InProcessGateway]:
+    return in_process_gateway(tmp, {"mcp": {"targets": [mcp_target("docs", backend_port)]}}, policies=policies)
 
 
 def policy_file(tmp: Path) -> Path:
@@ -95,7 +97,7 @@ def rewrite(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-async def call_add(gw: Gateway, session_id: str) -> RawResponse:
+async def call_add(gw: InProcessGateway, session_id: str) -> RawResponse:
     return await raw_call(gw.port, session_id, "add", {"a": 1, "b": 2})
 
 
@@ -108,7 +110,7 @@ def refusal(response: RawResponse) -> str | None:
     return str(error["data"]["reason"])
 
 
-async def until_refused(gw: Gateway, session_id: str) -> tuple[str, int]:
+async def until_refused(gw: InProcessGateway, session_id: str) -> tuple[str, int]:
     """Call `add` until it is refused: the reason, and how many calls ran before that."""
     ran = 0
 
@@ -125,7 +127,7 @@ async def until_refused(gw: Gateway, session_id: str) -> tuple[str, int]:
     return str(reason), ran
 
 
-async def until_allowed(gw: Gateway, session_id: str) -> RawResponse:
+async def until_allowed(gw: InProcessGateway, session_id: str) -> RawResponse:
     async def check() -> RawResponse | None:
         response = await call_add(gw, session_id)
         return response if refusal(response) is None else None
@@ -133,16 +135,14 @@ async def until_allowed(gw: Gateway, session_id: str) -> RawResponse:
     return await poll(check, timeout=RELOAD_BOUND)  # type: ignore[no-any-return]
 
 
-async def until_logged(tmp: Path, needle: str, times: int = 1) -> None:
-    log = tmp / "gateway.log"
-
+async def until_logged(caplog: pytest.LogCaptureFixture, needle: str, times: int = 1) -> None:
     async def check() -> bool:
-        return log.read_text(errors="replace").count(needle) >= times
+        return logged(caplog, needle) >= times
 
     await poll(check, timeout=RELOAD_BOUND)
 
 
-async def stays(gw: Gateway, session_id: str, reason: str | None) -> None:
+async def stays(gw: InProcessGateway, session_id: str, reason: str | None) -> None:
     """A bounded watch: `add` keeps being refused for `reason` (None: keeps running)."""
     deadline = time.monotonic() + STEADY
     while time.monotonic() < deadline:
@@ -151,8 +151,7 @@ async def stays(gw: Gateway, session_id: str, reason: str | None) -> None:
 
 
 async def test_a_tightened_policy_applies_to_an_open_session(tmp: Path, backend: TraceBackend) -> None:
-    gw = start(tmp, backend.process.port, ALLOW_ADD)
-    try:
+    async with start(tmp, backend.process.port, ALLOW_ADD) as gw:
         session_id = await raw_session(gw.port)
         assert tool_text(await call_add(gw, session_id)) == "add ran"
 
@@ -166,8 +165,6 @@ async def test_a_tightened_policy_applies_to_an_open_session(tmp: Path, backend:
         rewrite(policy_file(tmp), ALLOW_ADD)
         assert tool_text(await until_allowed(gw, session_id)) == "add ran"
         assert backend.runs("add") == 2 + ran_meanwhile
-    finally:
-        gw.stop()
 
 
 @pytest.mark.parametrize(
@@ -181,50 +178,45 @@ async def test_a_tightened_policy_applies_to_an_open_session(tmp: Path, backend:
     ],
 )
 async def test_a_broken_change_is_refused_and_named_with_file_and_line(
-    tmp: Path, backend: TraceBackend, broken: str
+    tmp: Path, backend: TraceBackend, broken: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gw = start(tmp, backend.process.port, DENY_ADD)
-    try:
+    async with start(tmp, backend.process.port, DENY_ADD) as gw:
         session_id = await raw_session(gw.port)
         assert refusal(await call_add(gw, session_id)) == "deny_list"
 
         text, line = BROKEN[broken]
         rewrite(policy_file(tmp), text)
-        await until_logged(tmp, f"{policy_file(tmp)}:{line}:")
+        await until_logged(caplog, f"{policy_file(tmp)}:{line}:")
         await stays(gw, session_id, "deny_list")
         assert backend.runs("add") == 0
 
         rewrite(policy_file(tmp), ALLOW_ADD)
         assert tool_text(await until_allowed(gw, session_id)) == "add ran"
         assert backend.runs("add") == 1
-    finally:
-        gw.stop()
 
 
-async def test_one_broken_file_keeps_a_valid_change_to_another_from_applying(tmp: Path, backend: TraceBackend) -> None:
-    gw = start(tmp, backend.process.port, DENY_ADD)
-    try:
+async def test_one_broken_file_keeps_a_valid_change_to_another_from_applying(
+    tmp: Path, backend: TraceBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start(tmp, backend.process.port, DENY_ADD) as gw:
         session_id = await raw_session(gw.port)
         broken_file = policy_file(tmp).with_name("more.yaml")
         text, line = BROKEN["unknown-key"]
         rewrite(broken_file, text)
-        await until_logged(tmp, f"{broken_file}:{line}:")
+        await until_logged(caplog, f"{broken_file}:{line}:")
 
         # Valid on its own, but the set it belongs to is not: refused whole, logged again.
         rewrite(policy_file(tmp), ALLOW_ADD)
-        await until_logged(tmp, f"{broken_file}:{line}:", times=2)
+        await until_logged(caplog, f"{broken_file}:{line}:", times=2)
         await stays(gw, session_id, "deny_list")
         assert backend.runs("add") == 0
 
         broken_file.unlink()
         assert tool_text(await until_allowed(gw, session_id)) == "add ran"
-    finally:
-        gw.stop()
 
 
 async def test_a_file_yaml_cannot_construct_does_not_stop_later_changes(tmp: Path, backend: TraceBackend) -> None:
-    gw = start(tmp, backend.process.port, ALLOW_ADD)
-    try:
+    async with start(tmp, backend.process.port, ALLOW_ADD) as gw:
         session_id = await raw_session(gw.port)
         rewrite(policy_file(tmp), BROKEN["unknown-tag"][0])
         await stays(gw, session_id, None)  # refused: the deny list it names never applies
@@ -232,15 +224,12 @@ async def test_a_file_yaml_cannot_construct_does_not_stop_later_changes(tmp: Pat
         rewrite(policy_file(tmp), DENY_ADD)
         reason, _ = await until_refused(gw, session_id)
         assert reason == "deny_list"
-    finally:
-        gw.stop()
 
 
 async def test_a_longer_session_timeout_keeps_open_sessions_and_applies_to_them(
     tmp: Path, backend: TraceBackend
 ) -> None:
-    gw = start(tmp, backend.process.port, session_policy("1500ms") + ALLOW_ADD)
-    try:
+    async with start(tmp, backend.process.port, session_policy("1500ms") + ALLOW_ADD) as gw:
         session_id = await raw_session(gw.port)
         # The same change allows search_documents, which shows when it is in force. Calling
         # every 0.3 s keeps the session inside the old 1.5 s timeout until then.
@@ -254,15 +243,12 @@ async def test_a_longer_session_timeout_keeps_open_sessions_and_applies_to_them(
         assert tool_text(await call_add(gw, session_id)) == "add ran"
         await asyncio.sleep(2.5)  # idle past the old timeout: the new one holds the session
         assert tool_text(await call_add(gw, session_id)) == "add ran"
-    finally:
-        gw.stop()
 
 
 async def test_a_shorter_session_timeout_applies_to_open_sessions_without_dropping_them(
     tmp: Path, backend: TraceBackend
 ) -> None:
-    gw = start(tmp, backend.process.port, session_policy("30m") + DENY_ADD)
-    try:
+    async with start(tmp, backend.process.port, session_policy("30m") + DENY_ADD) as gw:
         session_id = await raw_session(gw.port)
         rewrite(policy_file(tmp), session_policy("1500ms") + ALLOW_ADD)
         # Kept busy, the session outlives the change (refusal() asserts no 404 on the way).
@@ -270,5 +256,3 @@ async def test_a_shorter_session_timeout_applies_to_open_sessions_without_droppi
         assert tool_text(await call_add(gw, session_id)) == "add ran"
         await asyncio.sleep(2.5)  # idle past the new timeout
         assert (await call_add(gw, session_id)).status == 404
-    finally:
-        gw.stop()

@@ -218,3 +218,24 @@ async def test_redis_announces_catalogue_writes_and_catches_up_after_losing_the_
         await admin.aclose()
         await watcher.close()
         await writer.close()
+
+
+async def test_add_many_adds_to_each_counter_and_answers_every_total(store: SessionStore) -> None:
+    requests, tokens = f"requests-{time.monotonic_ns()}", f"tokens-{time.monotonic_ns()}"
+    assert await store.add_many([(requests, 1), (tokens, 0)], ttl=60) == [1, 0]
+    assert await store.add_many([(tokens, 12)], ttl=60) == [12]
+    assert await store.add_many([(requests, 1), (tokens, 0)], ttl=60) == [2, 12]
+    assert await store.add(requests, 3, ttl=60) == 5  # the same counters as `add`
+    assert await store.add_many([], ttl=60) == []
+
+
+async def test_add_many_counters_end_with_their_lifetime_from_first_use(store: SessionStore) -> None:
+    # Real time passes here, since Redis expires keys on its own clock.
+    counter = f"counter-{time.monotonic_ns()}"
+    assert await store.add_many([(counter, 4)], ttl=0.3) == [4]
+    assert await store.add_many([(counter, 1)], ttl=60) == [5]  # a later use does not extend it
+
+    async def started_again() -> bool:
+        return await store.add_many([(counter, 0)], ttl=0.3) == [0]
+
+    assert await poll(started_again, timeout=5, interval=0.05)

@@ -28,6 +28,7 @@ from agentgw.upstream.llm.provider import (
     ChatRequest,
     ChatResponse,
     ProviderError,
+    ProviderUnreachable,
     token_count,
 )
 from agentgw.upstream.llm.sse_client import events
@@ -60,13 +61,13 @@ class AnthropicProvider:
         response = await post(self._http, self._base + "/messages", self._headers, body, self._timeout)
         translate = StreamTranslation(model)
         try:
-            async for name, event in events(response, self._timeout, until_done=False):
-                for chunk in translate(name, event):
+            async for event, data in events(response, self._timeout, until_done=False):
+                for chunk in translate(event.event, data):
                     yield chunk
         finally:
             response.release()
         if not translate.finished:
-            raise ProviderError("provider stream ended without message_stop")
+            raise ProviderUnreachable("provider stream ended without message_stop")
 
     async def models(self) -> list[str]:
         return []

@@ -12,16 +12,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from agentgw.errors import InvalidRequest
+
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 TOOL_CHOICES = frozenset({"none", "auto", "required"})
 
 
-class InvalidChatRequest(Exception):
-    """A field of the wrong type or value for the provider the request goes to: the client's fault (400)."""
+class InvalidChatRequest(InvalidRequest):
+    """A field of the wrong type or value for the provider the request goes to: the client's fault (400),
+    raised before the provider was asked."""
 
     def __init__(self, param: str, expected: str) -> None:
         super().__init__(f"{param} must be {expected}")
-        self.param = param
+        self.openai_param = param
 
 
 def optional_int(request: dict[str, Any], field: str, minimum: int) -> int | None:

@@ -8,8 +8,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agentgw.config import LlmProviderConfig
-from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
-from agentgw.upstream.llm.provider import BadProviderAnswer, ChatChunk, ChatRequest, ChatResponse, ProviderError
+from agentgw.upstream.http import ConnectionPool, UpstreamResponse
+from agentgw.upstream.llm.provider import (
+    BadProviderAnswer,
+    ChatRequest,
+    ChatResponse,
+    ProviderAuthRefused,
+    ProviderError,
+    ProviderRefused,
+    RawChunk,
+    provider_transport,
+)
 from agentgw.upstream.llm.sse_client import events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -31,20 +40,22 @@ class OpenAIProvider:
         answer: ChatResponse = await read_json(response, self._timeout)
         return answer
 
-    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatChunk]:
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[RawChunk]:
         body = {**request, "model": model, "stream": True}
         response = await self._post("/chat/completions", body)
         try:
-            async for _, chunk in events(response, self._timeout):
-                yield chunk
+            # The provider speaks OpenAI already: its chunks reach the client as it sent them.
+            async for event, chunk in events(response, self._timeout):
+                yield RawChunk(event.data.encode(), chunk)
         finally:
             response.release()
 
     async def models(self) -> list[str]:
         try:
-            response = await self._http.request("GET", self._base + "/models", self._headers, None, self._timeout)
+            with provider_transport():
+                response = await self._http.request("GET", self._base + "/models", self._headers, None, self._timeout)
             listed = await read_json(response, self._timeout)
-        except (ProviderError, UpstreamConnectionError, UpstreamTimeoutError):
+        except ProviderError:
             return []
         data = listed.get("data") if isinstance(listed, dict) else None
         return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m] if isinstance(data, list) else []
@@ -56,33 +67,36 @@ class OpenAIProvider:
 async def post(
     http: ConnectionPool, url: str, headers: dict[str, str], body: dict[str, Any], timeout: float
 ) -> UpstreamResponse:
-    """POST and check the status: connection errors, timeouts, 429 and 5xx are retryable ProviderErrors."""
-    try:
+    """POST and check the status: connection errors, timeouts, 408, 429 and 5xx are retryable ProviderErrors."""
+    with provider_transport():
         response = await http.request("POST", url, headers, json.dumps(body).encode(), timeout)
-    except UpstreamTimeoutError as exc:
-        raise ProviderError("provider timed out", status=504, timed_out=True) from exc
-    except UpstreamConnectionError as exc:
-        raise ProviderError(f"provider unreachable: {exc}", status=502) from exc
     if response.status >= 400:
-        try:
-            detail = (await response.read(timeout))[:300].decode("utf-8", "replace")
-        except (UpstreamConnectionError, UpstreamTimeoutError):
-            detail = ""
-        finally:
-            response.release()
-        retryable = response.status in (408, 429) or response.status >= 500
-        # The provider refusing the gateway's own key is the gateway's fault, not the client's credentials.
-        status = 502 if response.status in (401, 403) else response.status
-        raise ProviderError(f"provider answered {response.status}: {detail}", status=status, retryable=retryable)
+        raise await _refusal(response, timeout)
     return response
+
+
+async def _refusal(response: UpstreamResponse, timeout: float) -> ProviderError:
+    try:
+        with provider_transport():
+            detail = (await response.read(timeout))[:300].decode("utf-8", "replace")
+    except ProviderError:
+        detail = ""
+    finally:
+        response.release()
+    message = f"provider answered {response.status}: {detail}"
+    if response.status in (401, 403):
+        return ProviderAuthRefused(message)
+    if response.status in (408, 429) or response.status >= 500:
+        return ProviderError(message)
+    return ProviderRefused(message, status=response.status)
 
 
 async def read_json(response: UpstreamResponse, timeout: float) -> Any:
     """The whole body as JSON, released after; ProviderError when it breaks off or is not JSON."""
     try:
-        return json.loads(await response.read(timeout))
-    except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-        raise ProviderError(f"provider broke off: {exc}") from exc
+        with provider_transport():
+            body = await response.read(timeout)
+        return json.loads(body)
     except ValueError:
         raise BadProviderAnswer("provider answered something that is not JSON") from None
     finally:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, NamedTuple, Protocol
 
 from agentgw.config import LlmProviderConfig
-from agentgw.upstream.http import ConnectionPool
+from agentgw.errors import SERVER_UNAVAILABLE, GatewayError, UpstreamUnavailable
+from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
 
 ENTRY_POINT_GROUP = "agentgw.llm_providers"
 
@@ -16,23 +18,84 @@ ChatResponse = dict[str, Any]  # an OpenAI chat.completion
 ChatChunk = dict[str, Any]  # an OpenAI chat.completion.chunk
 
 
-class ProviderError(Exception):
-    """A provider failed. `retryable` failures (connection, timeout, 429, 5xx) move on to the next route.
+class RawChunk(NamedTuple):
+    """A chunk as an OpenAI-compatible provider sent it: `data` (its event's data) goes to the client
+    byte for byte, and `value` (the JSON it holds) is read only for its `usage`. A provider that
+    builds its chunks (a translation) yields ChatChunk instead, and the gateway serialises it."""
+
+    data: bytes
+    value: Any
+
+
+StreamChunk = ChatChunk | RawChunk
+
+
+class ProviderError(GatewayError):
+    """A provider failed: its fault, never the client's (502). `retryable` failures (connection,
+    timeout, 429, 5xx) move on to the next route; the last route's failure is NoProviderAnswered.
 
     A provider that `timed_out` has used up its time already: the next route is
     tried rather than the same provider again.
     """
 
-    def __init__(self, message: str, *, status: int = 502, retryable: bool = True, timed_out: bool = False) -> None:
+    http_status = 502
+    jsonrpc_code = SERVER_UNAVAILABLE
+    openai_code = "upstream_error"
+    retryable = True
+    timed_out = False
+
+
+class ProviderUnreachable(ProviderError):
+    """The connection failed, or broke off before the answer was whole."""
+
+
+class ProviderTimeout(ProviderError):
+    http_status = 504
+    timed_out = True
+
+
+class ProviderRefused(ProviderError):
+    """The provider answered the request with a 4xx: the request is at fault, so it is not tried
+    elsewhere, and the client reads the provider's own status."""
+
+    openai_type = "invalid_request_error"
+    openai_code = "provider_refused"
+    retryable = False
+
+    def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
-        self.status = status
-        self.retryable = retryable
-        self.timed_out = timed_out
+        self.http_status = status
+
+
+class ProviderAuthRefused(ProviderError):
+    """The provider refused the gateway's own key (401/403): the gateway's fault, never the client's
+    credentials, and no other request would fare better."""
+
+    openai_code = "provider_refused"
+    retryable = False
 
 
 class BadProviderAnswer(ProviderError):
     """What a provider sent is not what its API promises (a usage that is no count, an event that is
     no object): never relayed as if it were, and the provider's failure like any other."""
+
+
+class NoProviderAnswered(UpstreamUnavailable):
+    """Every route of the chain failed, or had its circuit open."""
+
+    openai_code = "upstream_unavailable"
+
+
+@contextlib.contextmanager
+def provider_transport() -> Iterator[None]:
+    """The one place the chat path's transport errors become gateway errors (as httpx's
+    `map_httpcore_exceptions`): every read and write of a provider's connection runs inside it."""
+    try:
+        yield
+    except UpstreamTimeoutError as exc:
+        raise ProviderTimeout("provider timed out") from exc
+    except UpstreamConnectionError as exc:
+        raise ProviderUnreachable(f"provider unreachable: {exc}") from exc
 
 
 class LLMProvider(Protocol):
@@ -42,7 +105,7 @@ class LLMProvider(Protocol):
 
     async def complete(self, request: ChatRequest, model: str) -> ChatResponse: ...
 
-    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[ChatChunk]:
+    def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamChunk]:
         """Chunks as the provider sends them; raises ProviderError before or during the stream."""
         ...
 
@@ -96,3 +159,8 @@ def token_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadProviderAnswer("provider sent a token count that is not a non-negative integer")
     return value
+
+
+def chunk_usage(chunk: StreamChunk) -> tuple[int, int]:
+    """(prompt, completion) tokens a stream chunk reports; BadProviderAnswer as `usage_of`."""
+    return usage_of(chunk.value if isinstance(chunk, RawChunk) else chunk)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from agentgw.config import CircuitBreakerConfig, LlmConfig, RetryConfig
+from agentgw.errors import ModelNotFound
 from agentgw.upstream.http import ConnectionPool
 from agentgw.upstream.llm.provider import LLMProvider, provider_types
 
@@ -83,10 +84,6 @@ class Route:
         return f"{self.provider.name}/{self.model}"
 
 
-class UnknownModel(Exception):
-    pass
-
-
 class LlmRouter:
     def __init__(self, config: LlmConfig, http: ConnectionPool) -> None:
         # The config was validated at load: every type is known, every route names a provider.
@@ -97,14 +94,14 @@ class LlmRouter:
         self.retry: RetryConfig = config.retry
 
     def routes(self, model: str) -> list[Route]:
-        """The fallback chain for a model name or alias; UnknownModel when it names nothing."""
+        """The fallback chain for a model name or alias; ModelNotFound when it names nothing."""
         chain = self.aliases.get(model, [model])
         routes = []
         for entry in chain:
             provider_name, _, provider_model = entry.partition("/")
             provider = self.providers.get(provider_name)
             if provider is None or not provider_model:
-                raise UnknownModel(model)
+                raise ModelNotFound(f"The model {model!r} does not exist")
             routes.append(Route(provider, provider_model, self.breakers[provider_name]))
         return routes
 

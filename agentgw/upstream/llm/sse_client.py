@@ -1,4 +1,4 @@
-"""Reading a provider's event stream: each event's JSON data as the event completes.
+"""Reading a provider's event stream: each event with its JSON data as the event completes.
 
 The bytes are decoded by the gateway's one SSE reader (`agentgw.sse`); what is
 particular to LLM providers stays here: OpenAI's `[DONE]` sentinel, and that
@@ -10,31 +10,35 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agentgw.sse import SseDecoder
-from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
-from agentgw.upstream.llm.provider import BadProviderAnswer, ProviderError
+from agentgw.sse import Event, SseDecoder
+from agentgw.upstream.http import UpstreamResponse
+from agentgw.upstream.llm.provider import BadProviderAnswer, ProviderUnreachable, provider_transport
 
 DONE = "[DONE]"
 
 
-async def events(response: UpstreamResponse, timeout: float, until_done: bool = True) -> AsyncIterator[tuple[str, Any]]:
-    """(event name, JSON data) for each event; `[DONE]` ends the stream.
+async def events(
+    response: UpstreamResponse, timeout: float, until_done: bool = True
+) -> AsyncIterator[tuple[Event, Any]]:
+    """Each event and its data as JSON; `[DONE]` ends the stream.
 
     A stream that breaks, or (with `until_done`) ends without `[DONE]`, raises
     ProviderError: a truncated answer must never pass for a complete one.
     """
     decoder = SseDecoder()
-    try:
-        async for chunk in response.chunks(timeout):
-            for event in decoder.feed(chunk):
-                if event.data == DONE:
-                    return
-                try:
-                    data = event.json()
-                except ValueError:
-                    raise BadProviderAnswer("provider sent an event that is not JSON") from None
-                yield event.event, data
-    except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-        raise ProviderError(f"provider stream broke: {exc}") from exc
+    chunks = response.chunks(timeout)
+    while True:
+        with provider_transport():
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            break
+        for event in decoder.feed(chunk):
+            if event.data == DONE:
+                return
+            try:
+                data = event.json()
+            except ValueError:
+                raise BadProviderAnswer("provider sent an event that is not JSON") from None
+            yield event, data
     if until_done:
-        raise ProviderError("provider stream ended without [DONE]")
+        raise ProviderUnreachable("provider stream ended without [DONE]")
