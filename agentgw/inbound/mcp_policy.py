@@ -27,9 +27,9 @@ from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
 from agentgw.observability.requests import request_info
 from agentgw.policy.catalogue import ToolCatalogue
-from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision
+from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision, Kind
 from agentgw.policy.live import LivePolicies
-from agentgw.policy.poisoning import scan
+from agentgw.policy.poisoning import ToolEntry, scan
 
 log = logging.getLogger("agentgw.inbound.mcp_policy")
 
@@ -88,18 +88,18 @@ class McpGuard:
         """
         if not self.enabled:
             return
-        if any(self._unseen_tool(target, m) for m in messages) and self._may_discover(target):
+        calls = _named_calls(messages)
+        # One catalogue lookup per named call: a second only after a discovery changed the catalogue.
+        entries = self._entries(target, calls)
+        unseen = any(kind == "tool" and entry is None for (_, kind, _), entry in zip(calls, entries, strict=True))
+        if unseen and self._may_discover(target):
             await self._discover_once(target, discover)
+            entries = self._entries(target, calls)
         denied: list[tuple[jsonrpc.Message, Decision, list[str]]] = []
-        for message in messages:
-            kind = KIND_OF_METHOD.get(message.get("method", ""))
-            if kind is None:
-                continue
-            name = jsonrpc.named_target(message)
-            assert name is not None  # check_message made sure of it
-            decision, errors = self._decide(target, message, name, principal)
+        for (message, kind, name), entry in zip(calls, entries, strict=True):
+            decision, errors = self._decide(target, kind, message, name, entry, principal)
             if kind == "tool":
-                self._record(scope, target, name, decision, principal, session_id)
+                self._record(scope, target, name, entry is not None, decision, principal, session_id)
             if not decision.allowed:
                 denied.append((message, decision, errors))
         if not denied:
@@ -109,6 +109,9 @@ class McpGuard:
             raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
         message, decision, errors = denied[0]
         raise _denial(scope, message, decision, errors)
+
+    def _entries(self, target: str, calls: list[_NamedCall]) -> list[ToolEntry | None]:
+        return [self.catalogue.entry(target, name) if kind == "tool" else None for _, kind, name in calls]
 
     async def _discover_once(self, target: str, discover: Callable[[], Awaitable[None]]) -> None:
         """Calls arriving together for unseen tools share one listing of the target."""
@@ -124,7 +127,14 @@ class McpGuard:
         return last is None or time.monotonic() - last >= REDISCOVER_AFTER or target in self._discoveries
 
     def _record(
-        self, scope: Scope, target: str, tool: str, decision: Decision, principal: Principal | None, session: str | None
+        self,
+        scope: Scope,
+        target: str,
+        tool: str,
+        known: bool,
+        decision: Decision,
+        principal: Principal | None,
+        session: str | None,
     ) -> None:
         verdict = "allow" if decision.allowed else "deny"
         self.audit.record(
@@ -135,15 +145,9 @@ class McpGuard:
             decision=verdict,
             reason=decision.reason,
         )
-        known = self.catalogue.entry(target, tool) is not None
         self.metrics.tool_call(target, tool if known else None, verdict)
         info = request_info(scope)
         info.tool, info.decision = tool, verdict
-
-    def _unseen_tool(self, target: str, message: jsonrpc.Message) -> bool:
-        if message.get("method") != "tools/call":
-            return False
-        return self.catalogue.entry(target, message["params"]["name"]) is None
 
     async def observe(self, target: str, tools: list[Any], max_tools: int, complete: bool) -> list[dict[str, Any]]:
         """Record a listing; the definitions recorded (fingerprinted and scanned), in listing order."""
@@ -151,21 +155,25 @@ class McpGuard:
         return await self.catalogue.observe(target, named, max_tools=max_tools, complete=complete)
 
     def _decide(
-        self, target: str, message: jsonrpc.Message, name: str, principal: Principal | None
+        self,
+        target: str,
+        kind: Kind,
+        message: jsonrpc.Message,
+        name: str,
+        entry: ToolEntry | None,
+        principal: Principal | None,
     ) -> tuple[Decision, list[str]]:
-        kind = KIND_OF_METHOD[message["method"]]
         scopes = principal.scopes if principal is not None else frozenset()
         decision = self.live.engine.decide(target, kind, name, scopes)
         if not decision.allowed or kind != "tool":
             return decision, []
-        entry = self.catalogue.entry(target, name)
         if entry is None:
             # Never fingerprinted nor scanned: a tool the backend did not list is not called.
             return Decision(False, kind, name, "not_allowed", decision.policy, rule="not listed by the backend"), []
         quarantined = entry.quarantine_reason(self.live.detection(target))
         if quarantined is not None:
             return Decision(False, kind, name, "quarantined", decision.policy, rule=quarantined), []
-        errors = self.catalogue.argument_errors(target, name, message.get("params", {}).get("arguments", {}))
+        errors = self.catalogue.argument_errors(entry, message.get("params", {}).get("arguments", {}))
         if errors:
             return Decision(False, kind, name, "invalid_arguments", decision.policy, rule="inputSchema"), errors
         return decision, []
@@ -242,6 +250,21 @@ class McpGuard:
         if entry is None or entry.quarantine_reason(self.live.detection(target)) is not None:
             return False  # not fingerprinted and scanned (beyond max_tools), or quarantined
         return self.live.engine.decide(target, "tool", name, scopes).allowed
+
+
+_NamedCall = tuple[jsonrpc.Message, Kind, str]
+
+
+def _named_calls(messages: list[jsonrpc.Message]) -> list[_NamedCall]:
+    """The messages that name a tool, prompt or resource, with what they name."""
+    calls = []
+    for message in messages:
+        kind = KIND_OF_METHOD.get(message.get("method", ""))
+        if kind is not None:
+            name = jsonrpc.named_target(message)
+            assert name is not None  # check_message made sure of it
+            calls.append((message, kind, name))
+    return calls
 
 
 def _denial(scope: Scope, message: jsonrpc.Message, decision: Decision, errors: list[str]) -> PolicyDenied:

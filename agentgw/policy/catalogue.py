@@ -166,10 +166,10 @@ class ToolCatalogue:
             await self._write(target, {**self._entries[target], name: approved}, {name: approved}, [])
             return approved
 
-    def argument_errors(self, target: str, name: str, arguments: Any) -> list[str]:
-        """JSON-Schema errors of a call's arguments, as `path: message`; empty when valid or unknown."""
-        entry = self.entry(target, name)
-        if entry is None or entry.input_schema is None:
+    def argument_errors(self, entry: ToolEntry, arguments: Any) -> list[str]:
+        """JSON-Schema errors of a call's arguments against the entry's inputSchema, as `path: message`;
+        empty when valid or when the entry has no schema."""
+        if entry.input_schema is None:
             return []
         validator = self._validators.get(entry.current)
         if validator is None:
