@@ -47,6 +47,17 @@ _UVICORN_OPTIONS: dict[str, Any] = {
 }
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What `serve` gives uvicorn beside the app and address, for one worker or many (and for tests
+    that serve the app in their own event loop: they drop `loop`, the loop being theirs)."""
+    return {
+        **_UVICORN_OPTIONS,
+        "http": http_protocol(ClientLimits.of(settings.server)),
+        "ws_max_size": settings.server.max_body_bytes,
+        "proxy_headers": _behind_proxy(),
+    }
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one clear line, exit 2
         print(f"{self.prog}: {message}", file=sys.stderr)
@@ -151,10 +162,7 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
             host=host,
             port=port,
             workers=settings.server.workers,
-            http=http_protocol(ClientLimits.of(settings.server)),
-            ws_max_size=settings.server.max_body_bytes,
-            proxy_headers=_behind_proxy(),
-            **_UVICORN_OPTIONS,
+            **uvicorn_options(settings),
             log_level="warning",
         )
         return 0
@@ -167,10 +175,7 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
         app,
         host=host,
         port=port,
-        http=http_protocol(ClientLimits.of(settings.server)),
-        ws_max_size=settings.server.max_body_bytes,
-        proxy_headers=_behind_proxy(),
-        **_UVICORN_OPTIONS,
+        **uvicorn_options(settings),
         log_level="info",
     )
     return 0

@@ -356,9 +356,8 @@ async def in_process_gateway(
     import uvicorn
 
     from agentgw.app import create_app
-    from agentgw.cli import _UVICORN_OPTIONS
+    from agentgw.cli import uvicorn_options
     from agentgw.config import load_settings
-    from agentgw.inbound.client_limits import ClientLimits, http_protocol
     from agentgw.policy.loader import load_policies
 
     policy_dir = tmp / f"{name}-policies"
@@ -373,18 +372,8 @@ async def in_process_gateway(
     app = create_app(settings, load_policies(settings.policies), env=env or {})
     # Served as `agentgw serve` serves it (client limits, WebSocket frame bound, no access log), but
     # in the loop pytest already runs: uvloop is a choice for `uvicorn.run`, not for `serve()`.
-    options = {k: v for k, v in _UVICORN_OPTIONS.items() if k != "loop"}
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            http=http_protocol(ClientLimits.of(settings.server)),
-            ws_max_size=settings.server.max_body_bytes,
-            **options,
-            log_level="warning",
-        )
-    )
+    options = {k: v for k, v in uvicorn_options(settings).items() if k != "loop"}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options, log_level="warning"))
     task = asyncio.create_task(server.serve())
     try:
 
