@@ -5,8 +5,8 @@ gateway on the Redis store (with `memory` as argument: on the memory store); lis
 every target's tools once so each catalogue holds 1,000 entries, then reads the
 gateway's CPU time and Redis's command count over an idle interval.
 
-    .venv/bin/python -m tests.policy.measure_idle_cpu [redis|memory] [SECONDS]
-    .venv/bin/python tests/policy/measure_idle_cpu.py backend PORT   # the backend alone
+    .venv/bin/python benchmarks/idle_catalogue_cpu.py [redis|memory] [SECONDS]
+    .venv/bin/python benchmarks/idle_catalogue_cpu.py backend PORT   # the backend alone
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 TARGETS = 10
 TOOLS = 1000
