@@ -33,6 +33,8 @@ from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, Upstr
 log = logging.getLogger("agentgw.auth")
 
 JWKS_TIMEOUT = 5.0
+# A key set or OpenID configuration is small: a larger answer is an outage, not held in memory.
+MAX_JWKS_BYTES = 1024 * 1024
 # After a failed fetch the issuer is asked again this soon (or at its refreshInterval, if sooner).
 JWKS_RETRY_INTERVAL = 5.0
 # An unknown `kid` refetches the JWKS once; random kids cannot hammer the issuer, since
@@ -41,7 +43,7 @@ JWKS_REFETCH_BUDGET = 5
 JWKS_REFETCH_WINDOW = 10.0
 TOKEN_CACHE_SIZE = 10_000
 # What reading a document that is not a JWKS (or not an OpenID configuration) raises.
-_GARBAGE = (ValueError, KeyError, TypeError, AttributeError, jwt.PyJWTError)
+_GARBAGE = (ValueError, KeyError, TypeError, AttributeError, RecursionError, jwt.PyJWTError)
 
 
 class JwksUnavailable(IdentityProviderUnavailable):
@@ -132,7 +134,7 @@ class _Jwks:
     async def _get_json(self, url: str) -> Any:
         response = await self._http.request("GET", url, {"accept": "application/json"}, None, JWKS_TIMEOUT)
         try:
-            body = await response.read(JWKS_TIMEOUT)
+            body = await response.read(JWKS_TIMEOUT, limit=MAX_JWKS_BYTES)
         finally:
             response.release()
         if response.status != 200:

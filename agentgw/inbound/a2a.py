@@ -25,6 +25,7 @@ from agentgw.auth.middleware import base_url, challenge
 from agentgw.auth.principal import Principal, principal_of
 from agentgw.config import Settings
 from agentgw.errors import (
+    BackendAuthRefused,
     BadBackendAnswer,
     GatewayError,
     InsufficientScope,
@@ -270,13 +271,17 @@ class A2AEndpoint:
         except BadBackendAnswer:
             self.refusals.record(call.agent.name, BadBackendAnswer.reason, f"{call.method}: answer too large")
             raise
+        if response.status in (401, 403):
+            # The gateway's credentials, not the caller's: the caller cannot fix them.
+            self.refusals.record(call.agent.name, BackendAuthRefused.reason, call.method)
+            raise BackendAuthRefused(f"Agent {call.agent.name!r} refused the gateway's credentials")
         if 200 <= response.status < 300:
             answer = answer_to(body, call.request_id)
             if answer is None:
                 self.refusals.record(call.agent.name, BadBackendAnswer.reason, f"{call.method}: not a JSON-RPC answer")
                 raise BadBackendAnswer(f"Agent {call.agent.name!r} answered with something else than JSON-RPC")
             if isinstance(answer.get("result"), dict) and await self._rewrite_result(call, answer, replica, pins):
-                body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+                body = jsonrpc.serialise(answer)
         headers = response_headers(response)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})

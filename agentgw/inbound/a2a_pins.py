@@ -106,6 +106,7 @@ def answer_to(body: bytes, request_id: Any) -> dict[str, Any] | None:
     """
     try:
         answer = jsonrpc.parse(body)
+        jsonrpc.serialise(answer)  # lone surrogates: the agent's fault, refused here
     except GatewayError:
         return None
     if not isinstance(answer, dict) or answer.get("jsonrpc") != "2.0" or ("result" in answer) == ("error" in answer):

@@ -41,8 +41,8 @@ from agentgw.inbound.mcp_request import (
     read_headers,
 )
 from agentgw.inbound.mcp_sessions import McpSessions
-from agentgw.inbound.relay import Rewrite, client_headers, relay, relay_checked, send_answer
-from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
+from agentgw.inbound.relay import AnswerFilter, Rewrite, client_headers, relay, relay_checked, send_answer
+from agentgw.mcp_headers import LAST_EVENT_ID, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy import rate_limits
 from agentgw.policy.live import LivePolicies
@@ -112,6 +112,12 @@ class McpHttpEndpoint:
             log.exception("unexpected error in the MCP endpoint")
             await InternalError("Internal error").send(send)
 
+    def _answers(self, pool: BackendPool, request_ids: list[Any]) -> AnswerFilter:
+        def refused() -> None:
+            self.refusals.record(pool.target.name, "bad_backend_answer", "a response to another request")
+
+        return AnswerFilter(request_ids, refused)
+
     def _record_refusal(self, pool: BackendPool, error: GatewayError) -> None:
         """What the backend did wrong is counted and logged; what the client did wrong is its answer alone."""
         if isinstance(error, BackendRefused):
@@ -142,6 +148,7 @@ class McpHttpEndpoint:
         # refused, for a lone surrogate) before any policy looks at the message.
         forwarded = jsonrpc.serialise(payload)
         batch = isinstance(payload, list)
+        request.answers = self._answers(pool, [m["id"] for m in messages if "method" in m and "id" in m])
         try:
             # Counted per POST (a batch is one), before a backend is touched; no store call without a policy.
             await rate_limits.admit(self.live.policies.rate_limits, self.store, request.principal, "mcp")
@@ -208,8 +215,9 @@ class McpHttpEndpoint:
         try:
             if response.status in (401, 403):
                 raise BackendAuthRefused("Backend refused the gateway's credentials")
-            if response.status != 200:
-                # The backend refused: its answer, and no session.
+            if not 200 <= response.status < 300:
+                # The backend refused: its answer, and no session. (Any 2xx is an answer clients
+                # accept, so any 2xx is checked.)
                 await relay(response, [], receive, send, pool.target.timeout)
                 return
             backend_session_id = response.header(MCP_SESSION_ID)
@@ -283,7 +291,7 @@ class McpHttpEndpoint:
                     handle = await self.handles.mint(pool.target.name, pool.index_of(url), request.principal)
                 handle_header = [(self.live.policies.session.second_header, handle)]
             request.info.session_id, request.info.backend = handle, url
-            await self._relay(response, handle_header, receive, send, pool, checked)
+            await self._relay(response, handle_header, receive, send, pool, request, checked)
         finally:
             response.release()
 
@@ -303,6 +311,8 @@ class McpHttpEndpoint:
         if request.is_modern:
             raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
         record = await self.sessions.find(request, pool)
+        # A GET stream carries no responses, unless it resumes the stream of an earlier request.
+        request.answers = None if LAST_EVENT_ID in request.headers else self._answers(pool, [])
         await self._forward_in_session(request, pool, record, None, receive, send, None)
 
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
@@ -341,7 +351,8 @@ class McpHttpEndpoint:
                     record = await self.sessions.fail_over(pool, record)
                     continue
                 request.info.backend = record.backend
-                await self._relay(response, self._session_headers(record.id), receive, send, pool, checked)
+                session_headers = self._session_headers(record.id)
+                await self._relay(response, session_headers, receive, send, pool, request, checked)
                 return
             finally:
                 response.release()
@@ -354,13 +365,14 @@ class McpHttpEndpoint:
         receive: Receive,
         send: Send,
         pool: BackendPool,
+        request: InboundRequest,
         checked: Checked | None,
     ) -> None:
         if response.status in (401, 403):
             # The gateway's credentials, not the client's: a challenge would send the client to the wrong IdP.
             raise BackendAuthRefused("Backend refused the gateway's credentials")
         if checked is None:
-            await relay(response, headers, receive, send, pool.target.timeout)
+            await relay(response, headers, receive, send, pool.target.timeout, answers=request.answers)
         else:
             await relay_checked(response, headers, send, pool.target.timeout, checked.request_id, checked.rewrite)
 

@@ -25,6 +25,7 @@ from agentgw.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
+from agentgw.inbound.relay import AnswerFilter
 from agentgw.mcp_headers import (
     LAST_EVENT_ID,
     MCP_METHOD,
@@ -58,6 +59,8 @@ class InboundRequest:
     protocol_version: str | None
     principal: Principal | None
     info: RequestInfo  # what the access log and metrics learn about this request
+    # The responses the backend's answer may carry (set once the body is read); None: any.
+    answers: AnswerFilter | None = None
 
     def forwarded_headers(self) -> dict[str, str]:
         return {k: v for k, v in self.headers.items() if k in _FORWARDED or k.startswith(MCP_PARAM_PREFIX)}

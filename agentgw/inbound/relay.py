@@ -8,6 +8,7 @@ gateway's own serialisation of what it checked.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from starlette.types import Receive, Send
 
 from agentgw import sse
-from agentgw.upstream.answers import Answer, read_answer, read_body
+from agentgw.errors import BadBackendAnswer
+from agentgw.upstream.answers import MAX_ANSWER_BYTES, Answer, read_answer, read_body
 from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse
 
 log = logging.getLogger("agentgw.inbound.relay")
@@ -26,6 +28,53 @@ RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
 
 # Changes a checked result in place before the client sees it.
 Rewrite = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class AnswerFilter:
+    """The JSON-RPC responses an answer may carry: those to the ids its request asked (contract 11).
+
+    An MCP client routes a response by its id across every stream of its session, so a
+    backend answering another id (a `tools/list` the client is waiting for, say) in the
+    stream of a `tools/call` would hand the client a list nobody checked. Such a response
+    is dropped from an event stream, and refuses a JSON answer (502). Requests and
+    notifications pass: they answer nothing.
+    """
+
+    __slots__ = ("_ids", "_refused")
+
+    def __init__(self, request_ids: list[Any], refused: Callable[[], None]) -> None:
+        self._ids = frozenset((type(i), i) for i in request_ids)
+        self._refused = refused
+
+    def allows(self, message: Any) -> bool:
+        if not isinstance(message, dict) or "method" in message:
+            return True
+        answered = message.get("id")
+        if (type(answered), answered) in self._ids:
+            return True
+        self._refused()
+        return False
+
+    def check_json(self, body: bytes) -> None:
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            return  # not JSON-RPC at all: no client routes it anywhere
+        messages = value if isinstance(value, list) else [value]
+        if not all(self.allows(m) for m in messages):
+            raise BadBackendAnswer("Backend answered a request the client did not send here")
+
+    def events(self, decoder: sse.SseDecoder, chunk: bytes) -> bytes:
+        """The events a chunk completes, those answering another request left out, in the gateway's framing."""
+        kept = []
+        for event in decoder.feed(chunk):
+            try:
+                message = event.json()
+            except (ValueError, RecursionError):
+                message = None
+            if self.allows(message):
+                kept.append(event.encode())
+        return b"".join(kept)
 Tap = Callable[[bytes], Awaitable[None]]
 
 
@@ -50,18 +99,22 @@ async def relay(
     send: Send,
     timeout: float,
     tap: Tap | None = None,
+    answers: AnswerFilter | None = None,
 ) -> None:
     """Relay a backend response: JSON whole, an event stream event by event as it arrives.
 
-    `tap` sees every chunk of an event stream just before the client gets it.
+    `tap` sees every chunk of an event stream just before the client gets it; `answers`
+    holds back responses to requests the client did not send with this one.
     """
     headers = client_headers(response, extra_headers)
     if not is_event_stream(response):
-        body = await read_body(response, timeout)
+        body = await read_body(response, timeout, MAX_ANSWER_BYTES)
+        if answers is not None and 200 <= response.status < 300:
+            answers.check_json(body)
         await _send_whole(send, response.status, headers, body)
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    events = asyncio.ensure_future(_relay_events(response, send, tap))
+    events = asyncio.ensure_future(_relay_events(response, send, tap, answers))
     disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
         await asyncio.wait((events, disconnect), return_when=asyncio.FIRST_COMPLETED)
@@ -88,7 +141,7 @@ async def relay_checked(
     """
     headers = client_headers(response, extra_headers)
     if not 200 <= response.status < 300:
-        await _send_whole(send, response.status, headers, await read_body(response, timeout))
+        await _send_whole(send, response.status, headers, await read_body(response, timeout, MAX_ANSWER_BYTES))
         return
     answer = await read_answer(response, request_id, timeout)
     result = answer.result
@@ -110,12 +163,19 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": body})
 
 
-async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None) -> None:
+async def _relay_events(
+    response: UpstreamResponse, send: Send, tap: Tap | None, answers: AnswerFilter | None
+) -> None:
+    decoder = sse.SseDecoder() if answers is not None else None
     try:
         # No read timeout: an event stream may rightly stay quiet for a long time.
         async for chunk in response.chunks(None):
             if tap is not None:
                 await tap(chunk)
+            if answers is not None and decoder is not None:
+                chunk = answers.events(decoder, chunk)
+                if not chunk:
+                    continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except UpstreamConnectionError as exc:
         # The answer has started: the client sees the stream end, the operator reads why.

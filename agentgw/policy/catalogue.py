@@ -100,7 +100,8 @@ class ToolCatalogue:
 
         Returns the definitions recorded, in listing order: a name listed twice counts once
         (its first definition), and tools beyond `max_tools` are left out (logged, counted).
-        When `complete` (every page of a listing), tools no longer listed are forgotten,
+        When `complete` (every page of a listing), tools no longer listed are forgotten when
+        their room is needed by a new tool (the earliest first), never before,
         unless quarantined: hiding a tool and listing it again never clears a quarantine.
         """
         async with self._lock(target):
@@ -119,9 +120,10 @@ class ToolCatalogue:
     ) -> list[dict[str, Any]]:
         entries = dict(self._entries.get(target, {}))
         listed = {t["name"] for t in tools if isinstance(t.get("name"), str)}
-        removed = [n for n, e in entries.items() if complete and n not in listed and not e.flagged]
-        for gone in removed:
-            del entries[gone]
+        # A tool no longer listed keeps its record until its room is needed: forgetting it at once
+        # would let a backend hide a tool, change it and list it again as new (a rug pull unseen).
+        delisted = [n for n, e in entries.items() if complete and n not in listed and not e.flagged]
+        removed: list[str] = []
         room = _Room(max_tools, entries.values())
         recorded: list[dict[str, Any]] = []
         refused: list[str] = []
@@ -134,7 +136,14 @@ class ToolCatalogue:
             seen.add(name)
             old = entries.get(name)
             new = self._judge(target, name, tool, old)
-            if not room.take(old, new):
+            taken = room.take(old, new)
+            if not taken and old is None and not new.flagged and delisted:
+                gone = delisted.pop(0)  # the earliest recorded first
+                del entries[gone]
+                removed.append(gone)
+                room.release()
+                taken = room.take(old, new)
+            if not taken:
                 refused.append(name)
                 self._known[target].pop(name, None)
                 continue
@@ -240,6 +249,10 @@ class _Room:
         self._max = max_tools
         self._total = len(entries)
         self._flagged = sum(1 for e in entries if e.flagged)
+
+    def release(self) -> None:
+        """An unflagged entry left."""
+        self._total -= 1
 
     def take(self, old: ToolEntry | None, new: ToolEntry) -> bool:
         if old is not None:

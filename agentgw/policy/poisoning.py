@@ -57,11 +57,31 @@ def fingerprint(tool: dict[str, Any]) -> str:
     A definition RFC 8785 cannot encode (a number outside its range, a lone surrogate, absurd
     depth) still gets a stable fingerprint, from a deterministic encoding of its own.
     """
+    # rfc8785 recurses: a definition too deep for it would exhaust the stack (and leave its
+    # unwinding to the garbage collector), so absurd depth goes straight to the fallback.
+    if _deeper_than(tool, MAX_CANONICAL_DEPTH):
+        return hashlib.sha256(_FALLBACK_TAG + _plain_json(tool)).hexdigest()
     try:
         material = rfc8785.dumps(tool)
     except (rfc8785.CanonicalizationError, RecursionError):
         material = _FALLBACK_TAG + _plain_json(tool)
     return hashlib.sha256(material).hexdigest()
+
+
+MAX_CANONICAL_DEPTH = 200
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects and arrays deeper than `limit`; walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def legacy_fingerprint(tool: dict[str, Any]) -> str:

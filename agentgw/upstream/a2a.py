@@ -8,15 +8,15 @@ cannot redirect every caller's traffic.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from agentgw import jsonrpc
 from agentgw.config import A2AAgentConfig
-from agentgw.errors import BadAgentCard, UpstreamUnavailable
+from agentgw.errors import BadAgentCard, GatewayError, UpstreamUnavailable
 from agentgw.observability.refusals import Refusals
 from agentgw.upstream.http import ConnectionPool, UpstreamBodyTooLarge, UpstreamConnectionError, UpstreamTimeoutError
 
@@ -111,9 +111,11 @@ class AgentReplicas:
         return replica.rpc_url
 
     def _checked_card(self, body: bytes) -> dict[str, Any]:
+        # The strict parser: nesting past 64, lone surrogates and duplicate keys are the card's fault.
         try:
-            card = json.loads(body)
-        except ValueError:
+            card: Any = jsonrpc.parse(body)
+            jsonrpc.serialise(card)
+        except GatewayError:
             card = None
         return self.checked_card(card)
 
@@ -173,7 +175,7 @@ def card_rpc_url(card: dict[str, Any]) -> str | None:
 
 
 def same_origin_url(url: str, base_url: str) -> str | None:
-    """`url`'s path and query on `base_url`'s origin, when `url` is on that origin; else None.
+    """`url`'s path and query on `base_url`'s origin, when `url` is on that origin under its path; else None.
 
     The result is built from the configured origin, never from `url`'s authority,
     so no reading of userinfo or odd hosts can send it anywhere else.
@@ -185,6 +187,10 @@ def same_origin_url(url: str, base_url: str) -> str | None:
     except ValueError:  # an invalid port, say
         return None
     if not _SAFE_PATH.fullmatch(named.path) or not _SAFE_PATH.fullmatch(named.query):
+        return None
+    # Under the configured path too: one host may serve other things beside the agent.
+    prefix = base.path.rstrip("/")
+    if ".." in named.path.split("/") or not (named.path == prefix or named.path.startswith(prefix + "/")):
         return None
     path = named.path or "/"
     return f"{base.scheme}://{base.netloc}{path}" + (f"?{named.query}" if named.query else "")

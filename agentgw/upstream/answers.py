@@ -84,11 +84,12 @@ def parse_answer(content_type: str | None, body: bytes, request_id: Any) -> Answ
         raise BadBackendAnswer("Backend answered with neither JSON nor an event stream")
     events = sse.decode_all(body)
     messages = [_message(event.data.encode()) for event in events]
-    for index, message in enumerate(messages):
-        if "method" not in message and _same_id(message.get("id"), request_id):
-            _check_response(message, request_id)
-            return Answer(messages, events, index)
-    raise BadBackendAnswer("Backend's event stream holds no answer to the request")
+    responses = [index for index, message in enumerate(messages) if "method" not in message]
+    # Exactly one response, to this request: any other would reach the client unchecked.
+    if len(responses) != 1:
+        raise BadBackendAnswer("Backend's event stream holds no single answer to the request")
+    _check_response(messages[responses[0]], request_id)
+    return Answer(messages, events, responses[0])
 
 
 def _message(data: bytes) -> jsonrpc.Message:
@@ -96,6 +97,7 @@ def _message(data: bytes) -> jsonrpc.Message:
         value = jsonrpc.parse(data)
         if isinstance(value, list):
             raise BadBackendAnswer("Backend answered with a batch")
+        jsonrpc.serialise(value)  # refuses lone surrogates here, where they are the backend's fault
         return jsonrpc.check_message(value)
     except BadBackendAnswer:
         raise

@@ -663,3 +663,24 @@ async def test_the_agents_errors_are_relayed_unchanged(
     response = await call(hostile.gw, "liar", "SendMessage", {"message": v1_message("hi")})
 
     assert (response.status, response.body) == (status, body)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_an_agent_refusing_the_gateway_is_502_backend_auth(
+    hostile: Hostile, liar: LyingAgent, status: int
+) -> None:
+    liar.script = lambda request: Reply(status, "application/json", b'{"error": "bad gateway key"}')
+    counted = await hostile.refusals("liar", "backend_auth")
+
+    response = await call(hostile.gw, "liar", "SendMessage", {"message": v1_message("hi")})
+
+    assert error_of(response) == (502, BAD_BACKEND_ANSWER, "backend_auth")
+    assert await hostile.refusals("liar", "backend_auth") == counted + 1
+
+
+async def test_an_answer_with_a_lone_surrogate_is_the_agents_fault(hostile: Hostile, liar: LyingAgent) -> None:
+    liar.script = lambda request: Reply(body=b'{"jsonrpc": "2.0", "id": 1, "result": {"kind": "\\ud800"}}')
+
+    response = await call(hostile.gw, "liar", "SendMessage", {"message": v1_message("hi")})
+
+    assert error_of(response) == (502, BAD_BACKEND_ANSWER, "bad_backend_answer")

@@ -310,7 +310,7 @@ async def test_quarantined_records_do_not_take_listed_tools_room(catalogue: Tool
     assert len(catalogue.entries(TARGET)) == 6
 
 
-async def test_a_complete_listing_forgets_tools_no_longer_listed_but_not_quarantines(
+async def test_a_complete_listing_forgets_unlisted_tools_only_for_room_and_never_quarantines(
     catalogue: ToolCatalogue, store: SessionStore
 ) -> None:
     await catalogue.observe(TARGET, [tool("kept"), tool("dropped"), tool("shifty")], complete=True)
@@ -320,11 +320,15 @@ async def test_a_complete_listing_forgets_tools_no_longer_listed_but_not_quarant
     await catalogue.observe(TARGET, [tool("kept")])
     assert set(catalogue.entries(TARGET)) == {"kept", "dropped", "shifty"}
     await catalogue.observe(TARGET, [tool("kept")], complete=True)
-    assert set(catalogue.entries(TARGET)) == {"kept", "shifty"}
-    assert set((await store.tool_entries(TARGET)).entries) == {"kept", "shifty"}
+    # Not listed any more, yet remembered while its room is not needed: hiding a tool, changing
+    # it and listing it again is a rug pull like any other.
+    assert set(catalogue.entries(TARGET)) == {"kept", "dropped", "shifty"}
+    await catalogue.observe(TARGET, [tool("kept"), tool("dropped", title="changed while hidden")], complete=True)
+    assert quarantined(catalogue, "dropped")
     # Hidden and listed again, the changed tool is still quarantined.
     await catalogue.observe(TARGET, [tool("kept"), tool("shifty", title="new")], complete=True)
     assert quarantined(catalogue, "shifty")
+    assert set((await store.tool_entries(TARGET)).entries) == {"kept", "dropped", "shifty"}
 
 
 async def test_room_freed_by_a_complete_listing_is_used_at_once(catalogue: ToolCatalogue) -> None:

@@ -91,13 +91,17 @@ async def _refusal(response: UpstreamResponse, timeout: float) -> ProviderError:
     return ProviderRefused(message, status=response.status)
 
 
+# A whole provider answer larger than this is refused, not held in memory.
+MAX_PROVIDER_ANSWER = 64 * 1024 * 1024
+
+
 async def read_json(response: UpstreamResponse, timeout: float) -> Any:
     """The whole body as JSON, released after; ProviderError when it breaks off or is not JSON."""
     try:
         with provider_transport():
-            body = await response.read(timeout)
+            body = await response.read(timeout, limit=MAX_PROVIDER_ANSWER)
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting no answer needs
         raise BadProviderAnswer("provider answered something that is not JSON") from None
     finally:
         response.release()

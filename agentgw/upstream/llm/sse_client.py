@@ -37,7 +37,7 @@ async def events(
                 return
             try:
                 data = event.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise BadProviderAnswer("provider sent an event that is not JSON") from None
             yield event, data
     if until_done:
