@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from agentgw.sessions.memory import MemorySessionStore
+from agentgw.sessions.redis import RedisSessionStore
+from agentgw.sessions.store import SessionStore
 from tests.support import Process, free_port, mcp_backend, redis_process
 
 
@@ -32,3 +36,14 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Process]
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    """Each session store, so the same test proves memory/Redis parity; Redis keys under a prefix of their own."""
+    if request.param == "memory":
+        created: SessionStore = MemorySessionStore(max_sessions=1000)
+    else:
+        created = RedisSessionStore(request.getfixturevalue("redis_url"), f"test-{uuid.uuid4().hex}:")
+    yield created
+    await created.close()

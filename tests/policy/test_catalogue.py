@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,6 @@ from tests.support import (
 
 TARGET = "docs"
 QUARANTINE = PoisoningDetection()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
-    if request.param == "memory":
-        created: SessionStore = MemorySessionStore(max_sessions=1000)
-    else:
-        created = RedisSessionStore(request.getfixturevalue("redis_url"), f"catalogue-{time.monotonic_ns()}:")
-    yield created
-    await created.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from agentgw.errors import RATE_LIMITED, RateLimited
 from agentgw.policy import rate_limits
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import RateLimitPolicy
-from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionStore
 from tests.support import poll
@@ -47,16 +45,6 @@ def load(tmp_path: Path, *documents: str) -> list[RateLimitPolicy]:
 
 def caller(**claims: str) -> Principal:
     return Principal("https://issuer.test", f"user-{uuid.uuid4().hex}", frozenset(), time.time() + 600, dict(claims))
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
-    if request.param == "memory":
-        created: SessionStore = MemorySessionStore(max_sessions=1000)
-    else:
-        created = RedisSessionStore(request.getfixturevalue("redis_url"), f"limits-{uuid.uuid4().hex}:")
-    yield created
-    await created.close()
 
 
 def in_one_minute() -> None:

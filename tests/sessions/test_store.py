@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,16 +12,6 @@ from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionRecord, SessionStore, StoredCatalogue, new_session_id
 from tests.support import free_port, poll
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
-    if request.param == "memory":
-        created: SessionStore = MemorySessionStore(max_sessions=1000)
-    else:
-        created = RedisSessionStore(request.getfixturevalue("redis_url"), f"store-test-{time.monotonic_ns()}:")
-    yield created
-    await created.close()
 
 
 def record(now: float, backend: str = "http://127.0.0.1:1/mcp", target: str = "docs") -> SessionRecord:
