@@ -30,6 +30,9 @@ RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
 Rewrite = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
 class AnswerFilter:
     """The JSON-RPC responses an answer may carry: those to the ids its request asked (contract 11).
 
@@ -74,6 +77,9 @@ class AnswerFilter:
                 message = None
             if self.allows(message):
                 kept.append(event.encode())
+        if not kept and b":" in chunk:
+            # A comment the backend sends to keep an idle stream open: the client's proxies need one too.
+            return KEEP_ALIVE
         return b"".join(kept)
 Tap = Callable[[bytes], Awaitable[None]]
 

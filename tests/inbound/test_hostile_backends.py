@@ -349,3 +349,27 @@ async def test_an_initialize_answered_with_another_2xx_is_checked_too(port: int,
     assert response.status == 200
     assert "instructions" not in response.json()["result"]
     assert b"IMPORTANT" not in response.body
+
+
+async def test_keep_alive_comments_still_reach_the_client(port: int, backend: HostileBackend) -> None:
+    answer = {"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "4"}]}}
+    backend.answers["tools/list"] = lambda m: json_answer(m, {"tools": TOOLS})
+
+    async def slow_stream(message: dict[str, Any]) -> bytes:
+        assert backend.writer is not None
+        backend.writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        for piece in (b": ping\n\n", f"data: {json.dumps(answer)}\n\n".encode()):
+            backend.writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await backend.writer.drain()
+            await asyncio.sleep(0.05)
+        return b"0\r\n\r\n"
+
+    backend.answers["tools/call"] = slow_stream
+    session_id = await raw_session(port)
+    await post(port, session_id, LIST_REQUEST)
+    response = await raw_call(port, session_id, "add", {})
+    assert response.status == 200
+    assert response.body.startswith(b":")
+    assert response.sse_messages() == [answer]
