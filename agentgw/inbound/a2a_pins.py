@@ -13,6 +13,7 @@ response to the request it forwarded.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from agentgw import jsonrpc, sse
@@ -20,6 +21,8 @@ from agentgw.auth.principal import Principal
 from agentgw.errors import BadBackendAnswer, GatewayError
 from agentgw.observability.refusals import Refusals
 from agentgw.sessions.store import SessionStore
+
+log = logging.getLogger("agentgw.inbound.a2a")
 
 PIN_TTL = 7 * 24 * 3600.0
 
@@ -65,8 +68,10 @@ class Pins:
         for event in self._events.feed(chunk):
             try:
                 answer = event.json()
-            except ValueError:
-                continue  # nothing the gateway acts on: ids it never pinned reach no one through it
+            except (ValueError, RecursionError):
+                # Nothing the gateway acts on: ids it never pinned reach no one through it.
+                log.warning("agent %s sent a stream event that is not JSON", self._agent)
+                continue
             if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
                 await self.record(answer["result"])
 

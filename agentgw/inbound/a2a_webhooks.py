@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
+
+log = logging.getLogger("agentgw.inbound.a2a")
 
 # The methods carrying a message, whose `configuration` may name a webhook.
 MESSAGE_METHODS = frozenset({"SendMessage", "SendStreamingMessage"})
@@ -64,7 +67,8 @@ async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddre
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), WEBHOOK_RESOLVE_TIMEOUT)
         return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    except (OSError, ValueError, TimeoutError):
+    except (OSError, ValueError, TimeoutError) as exc:
+        log.warning("webhook host %r not resolved (%s): refused", host[:100], type(exc).__name__)
         return []
 
 

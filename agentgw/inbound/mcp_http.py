@@ -8,6 +8,7 @@ the client echoes the `X-MCP-Session-ID` handle the gateway answers with.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from starlette.types import Receive, Scope, Send
 from agentgw import jsonrpc
 from agentgw.config import Settings
 from agentgw.errors import (
-    BackendAuthRefused,
     BackendRefused,
     GatewayError,
     InternalError,
@@ -48,7 +48,7 @@ from agentgw.policy import rate_limits
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionStore
-from agentgw.upstream.answers import Answer, read_answer
+from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
 from agentgw.upstream.http import UpstreamResponse
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
@@ -88,6 +88,11 @@ class McpHttpEndpoint:
         self.guard = guard
         self.handles = StatelessHandles(store)
         self.sessions = McpSessions(store, upstream, live)
+        # Made once per target, not per request: what an answer to another request costs the backend.
+        self._foreign_answer = {
+            name: functools.partial(refusals.record, name, "bad_backend_answer", "a response to another request")
+            for name in upstream.pools
+        }
         self._default_target = settings.mcp.targets[0].name if settings.mcp.targets else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,10 +118,7 @@ class McpHttpEndpoint:
             await InternalError("Internal error").send(send)
 
     def _answers(self, pool: BackendPool, request_ids: list[Any]) -> AnswerFilter:
-        def refused() -> None:
-            self.refusals.record(pool.target.name, "bad_backend_answer", "a response to another request")
-
-        return AnswerFilter(request_ids, refused)
+        return AnswerFilter(request_ids, self._foreign_answer[pool.target.name])
 
     def _record_refusal(self, pool: BackendPool, error: GatewayError) -> None:
         """What the backend did wrong is counted and logged; what the client did wrong is its answer alone."""
@@ -213,8 +215,7 @@ class McpHttpEndpoint:
             raise InvalidRequest("initialize must not carry a session id")
         url, response = await self._send_to_first(await pool.candidates(self.store, time.time()), request, body, pool)
         try:
-            if response.status in (401, 403):
-                raise BackendAuthRefused("Backend refused the gateway's credentials")
+            refuse_backend_auth(response)
             if not 200 <= response.status < 300:
                 # The backend refused: its answer, and no session. (Any 2xx is an answer clients
                 # accept, so any 2xx is checked.)
@@ -368,9 +369,7 @@ class McpHttpEndpoint:
         request: InboundRequest,
         checked: Checked | None,
     ) -> None:
-        if response.status in (401, 403):
-            # The gateway's credentials, not the client's: a challenge would send the client to the wrong IdP.
-            raise BackendAuthRefused("Backend refused the gateway's credentials")
+        refuse_backend_auth(response)
         if checked is None:
             await relay(response, headers, receive, send, pool.target.timeout, answers=request.answers)
         else:

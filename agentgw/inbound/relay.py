@@ -62,7 +62,8 @@ class AnswerFilter:
         try:
             value = json.loads(body)
         except (ValueError, RecursionError):
-            return  # not JSON-RPC at all: no client routes it anywhere
+            log.warning("a backend answer that is not JSON was relayed as it came (no client routes it)")
+            return
         messages = value if isinstance(value, list) else [value]
         if not all(self.allows(m) for m in messages):
             raise BadBackendAnswer("Backend answered a request the client did not send here")
@@ -74,6 +75,7 @@ class AnswerFilter:
             try:
                 message = event.json()
             except (ValueError, RecursionError):
+                log.warning("a backend stream event that is not JSON was relayed as it came")
                 message = None
             if self.allows(message):
                 kept.append(event.encode())

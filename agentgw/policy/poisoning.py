@@ -192,6 +192,7 @@ class ToolEntry:
         try:
             data = json.loads(text)
         except ValueError:
+            log.warning("a catalogue entry in the store is not JSON; its tool is judged again when next listed")
             return None
         if not isinstance(data, dict):
             return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentgw import jsonrpc, sse
-from agentgw.errors import BadBackendAnswer, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.errors import BackendAuthRefused, BadBackendAnswer, GatewayError, UpstreamTimeout, UpstreamUnavailable
 from agentgw.upstream.http import (
     UpstreamBodyTooLarge,
     UpstreamConnectionError,
@@ -52,6 +52,13 @@ class Answer:
             return jsonrpc.serialise(self.response)
         pairs = zip(self.events, self.messages, strict=True)
         return b"".join(event.encode(jsonrpc.serialise(message).decode()) for event, message in pairs)
+
+
+def refuse_backend_auth(response: UpstreamResponse) -> None:
+    """A backend's 401 or 403 refuses the gateway's credentials, which the client cannot fix: a
+    challenge relayed would send the client to the wrong identity provider (contract 11)."""
+    if response.status in (401, 403):
+        raise BackendAuthRefused("Backend refused the gateway's credentials")
 
 
 async def read_body(response: UpstreamResponse, timeout: float, limit: int | None = None) -> bytes:

@@ -11,10 +11,10 @@ from typing import Any
 
 from agentgw import jsonrpc
 from agentgw.config import McpTargetConfig
-from agentgw.errors import BackendAuthRefused, UpstreamTimeout, UpstreamUnavailable
+from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.sessions.store import SessionRecord, SessionStore
-from agentgw.upstream.answers import Answer, read_answer, read_body
+from agentgw.upstream.answers import Answer, read_answer, read_body, refuse_backend_auth
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.upstream.mcp")
@@ -184,8 +184,7 @@ class McpUpstream:
         """One POST whose answer is read whole and checked; None when the backend answered with an error status."""
         response = await self.send("POST", url, headers, body, timeout=timeout)
         try:
-            if response.status in (401, 403):
-                raise BackendAuthRefused("Backend refused the gateway's credentials")
+            refuse_backend_auth(response)
             if response.status != 200:
                 return None
             return await read_answer(response, request_id, timeout)
