@@ -18,13 +18,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentgw.auth.middleware import WELL_KNOWN_METADATA, AuthMiddleware, base_url
+from agentgw.auth.middleware import AuthMiddleware
+from agentgw.call import CallPipeline
 from agentgw.config import Settings, split_host_port
-from agentgw.errors import GatewayError, NotFound, StoreUnavailable
+from agentgw.errors import WELL_KNOWN_METADATA, GatewayError, NotFound, StoreUnavailable, base_url
 from agentgw.inbound.a2a import A2A_PREFIX, A2AEndpoint
 from agentgw.inbound.admin import Operated, create_admin_app, start_listener
+from agentgw.inbound.mcp_calls import McpCalls
 from agentgw.inbound.mcp_http import McpHttpEndpoint
-from agentgw.inbound.mcp_policy import McpGuard
+from agentgw.inbound.mcp_sessions import McpSessions
 from agentgw.inbound.mcp_websocket import WS_SUFFIX, McpWebSocketEndpoint
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
@@ -44,8 +46,10 @@ from agentgw.policy.catalogue import ToolCatalogue
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import PolicySet
+from agentgw.policy.tool_guard import ToolGuard
 from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
+from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionStore
 from agentgw.upstream.http import ConnectionPool
 from agentgw.upstream.llm.router import LlmRouter
@@ -88,12 +92,15 @@ def create_app(
     refusals = Refusals(metrics)
     catalogue = ToolCatalogue(store, refusals)
     audit = AuditLog(store)
-    guard = McpGuard(live, catalogue, audit, metrics, refusals, enabled=settings.mcp.tool_validation)
-    mcp = McpHttpEndpoint(settings, store, upstream, live, guard, refusals)
-    a2a = A2AEndpoint(settings, store, live, http, refusals) if settings.a2a.agents else None
+    guard = ToolGuard(live, catalogue, audit, metrics, refusals, enabled=settings.mcp.tool_validation)
+    pipeline = CallPipeline(live, store)
+    sessions = McpSessions(store, upstream, live)
+    calls = McpCalls(store, upstream, sessions, StatelessHandles(store), guard, live, refusals)
+    mcp = McpHttpEndpoint(settings, calls, pipeline, live, refusals)
+    a2a = A2AEndpoint(settings, store, pipeline, live, http, refusals) if settings.a2a.agents else None
     chat = None
     if settings.llm.providers:
-        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, live, metrics, refusals, settings.server)
+        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, pipeline, metrics, refusals, settings.server)
     target_names = [t.name for t in targets]
 
     async def live_metrics() -> list[Metric]:
@@ -191,8 +198,8 @@ def create_app(
     mcp_websocket = McpWebSocketEndpoint(mcp, metrics)
     other = Starlette(routes=routes, lifespan=lifespan)
     app: ASGIApp = ProtocolRouter(mcp if targets else None, mcp_websocket, a2a, chat, other)
-    # Outermost first: Host/Origin before anything (a rebinding page must learn nothing, not
-    # even whether a token is valid), then authentication, then the protocol endpoints.
+    # Outermost first, in the order of a call's steps (agentgw/call.py): observe, Host/Origin,
+    # authenticate, then the protocol endpoints (tracing wraps all but the observer).
     app = AuthMiddleware(app, live, refusals)
     app = OriginGuard(
         app,

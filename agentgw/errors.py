@@ -21,8 +21,23 @@ BAD_BACKEND_ANSWER = -32052
 RATE_LIMITED = -32029
 
 
+# RFC 9728: where a client finds out which identity provider issues this resource's tokens.
+WELL_KNOWN_METADATA = "/.well-known/oauth-protected-resource"
+
+
+def base_url(scope: Scope) -> str:
+    """The gateway's own URL as the client addressed it."""
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "localhost")
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    return f"{scheme}://{host}"
+
+
 class GatewayError(Exception):
-    """An error answered to the client with an HTTP status and a JSON-RPC error body."""
+    """An error answered to the client with an HTTP status and a JSON-RPC error body.
+
+    What an answer says is fixed by the error's type; the request it answers (its
+    JSON-RPC id, its URL for a challenge) is given when it is sent.
+    """
 
     http_status = 500
     jsonrpc_code = INTERNAL_ERROR
@@ -31,20 +46,20 @@ class GatewayError(Exception):
     openai_code = "invalid_request"
     # The request field at fault, the `param` of the OpenAI-shaped body.
     openai_param: str | None = None
+    # The `error` of the WWW-Authenticate challenge this answer carries (RFC 6750 section 3.1); None: none.
+    challenge_error: str | None = None
 
     def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.data = data
         self.headers = headers or {}
-        # The id of the JSON-RPC request that failed, once the body was parsed.
-        self.request_id: Any = None
 
-    def body(self) -> bytes:
+    def body(self, request_id: Any = None) -> bytes:
         error: dict[str, Any] = {"code": self.jsonrpc_code, "message": self.message}
         if self.data is not None:
             error["data"] = self.data
-        return json.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}, separators=(",", ":")).encode()
+        return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}, separators=(",", ":")).encode()
 
     def openai_body(self) -> bytes:
         """The error as OpenAI SDKs expect it on `/v1/...`."""
@@ -52,36 +67,47 @@ class GatewayError(Exception):
         error = {"message": self.message, "type": kind, "param": self.openai_param, "code": self.openai_code}
         return json.dumps({"error": error}, separators=(",", ":")).encode()
 
+    def challenge(self, scope: Scope) -> str:
+        """The WWW-Authenticate value: what went wrong, and where the resource metadata is."""
+        parts = ['Bearer realm="agentgw"', f'error="{self.challenge_error}"']
+        parts.append(f'resource_metadata="{base_url(scope)}{WELL_KNOWN_METADATA}"')
+        return ", ".join(parts)
+
     async def refuse(self, scope: Scope, receive: Receive, send: Send, openai: bool = False) -> None:
         """Refuse a request before it reached an endpoint. A WebSocket handshake gets the HTTP answer
         too where the server can send one (ASGI's websocket.http.response), else a close with 1008."""
         if scope["type"] != "websocket":
-            await self.send(send, openai)
+            await self.send(scope, send, openai=openai)
             return
         await receive()  # the connect event
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008, "reason": self.message[:120]})
             return
         body = self.body()
-        await send({"type": "websocket.http.response.start", "status": self.http_status, "headers": self._head(body)})
+        head = self._head(scope, body)
+        await send({"type": "websocket.http.response.start", "status": self.http_status, "headers": head})
         await send({"type": "websocket.http.response.body", "body": body})
 
-    async def send(self, send: Send, openai: bool = False) -> None:
-        """Answer the client with this error; the one place errors become responses.
+    async def send(self, scope: Scope, send: Send, *, openai: bool = False, request_id: Any = None) -> None:
+        """Answer the request of `scope` with this error; the one place errors become responses.
+        `request_id`: the id of the JSON-RPC request that failed, once its body was parsed.
 
         Once a response has started (an event stream), nothing more can be said:
         the server refuses a second start, and the stream simply ends.
         """
-        body = self.openai_body() if openai else self.body()
+        body = self.openai_body() if openai else self.body(request_id)
         try:
-            await send({"type": "http.response.start", "status": self.http_status, "headers": self._head(body)})
+            await send({"type": "http.response.start", "status": self.http_status, "headers": self._head(scope, body)})
         except RuntimeError:
             return
         await send({"type": "http.response.body", "body": body})
 
-    def _head(self, body: bytes) -> list[tuple[bytes, bytes]]:
+    def _head(self, scope: Scope, body: bytes) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        return headers + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        if self.challenge_error is not None:
+            headers.append((b"www-authenticate", self.challenge(scope).encode("latin-1")))
+        return headers
 
 
 class InternalError(GatewayError):
@@ -182,11 +208,12 @@ class SessionRequired(GatewayError):
 
 
 class InvalidToken(GatewayError):
-    """Missing, malformed or rejected credentials; the middleware adds WWW-Authenticate."""
+    """Missing, malformed or rejected credentials: 401 with the challenge saying where to get a token."""
 
     http_status = 401
     jsonrpc_code = UNAUTHORIZED
     openai_code = "invalid_api_key"
+    challenge_error = "invalid_token"
 
 
 class SessionForbidden(GatewayError):
@@ -206,13 +233,20 @@ class PolicyDenied(GatewayError):
 
 class InsufficientScope(PolicyDenied):
     """`missing_scope`: 403 with the challenge naming the scopes that would allow the call, so a client
-    can step up its authorization (MCP authorization; RFC 6750 section 3.1). The challenge needs the
-    request's own URL, so the caller builds it with `agentgw.auth.middleware.challenge`."""
+    can step up its authorization (MCP authorization; RFC 6750 section 3.1)."""
 
     http_status = 403
+    challenge_error = "insufficient_scope"
 
-    def __init__(self, message: str, *, data: Any, challenge: str) -> None:
-        super().__init__(message, data=data, headers={"www-authenticate": challenge})
+    def __init__(self, message: str, *, data: Any, required_scopes: list[str]) -> None:
+        super().__init__(message, data=data)
+        self.required_scopes = required_scopes
+
+    def challenge(self, scope: Scope) -> str:
+        required = " ".join(self.required_scopes)
+        parts = ['Bearer realm="agentgw"', f'error="{self.challenge_error}"', f'scope="{required}"']
+        parts.append(f'resource_metadata="{base_url(scope)}{WELL_KNOWN_METADATA}"')
+        return ", ".join(parts)
 
 
 class RateLimited(GatewayError):

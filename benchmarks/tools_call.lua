@@ -1,10 +1,10 @@
 -- wrk script: the same tools/call in one MCP session, again and again.
--- SESSION_ID and TOKEN come from the environment; the benchmark script sets them.
+-- SESSION_ID, TOKEN and LIMIT come from the environment; the benchmark script sets them.
 wrk.method = "POST"
 wrk.body = '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":20,"b":22}}}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["Mcp-Session-Id"] = os.getenv("SESSION_ID")
 wrk.headers["MCP-Protocol-Version"] = "2025-11-25"
--- The bearer TOKEN and the RESULT line, from the file beside this one.
+-- The bearer TOKEN, the RESULT line and LIMIT, from the file beside this one.
 dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "wrk_io.lua")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from agentgw.app import CHAT_PREFIX, MCP_PREFIX, create_app
-from agentgw.auth.middleware import WELL_KNOWN_METADATA
+from agentgw.errors import WELL_KNOWN_METADATA
 
 # AGENTGW_CONFIG and AGENTGW_POLICIES are read outside the override table, and
 # test_config_and_policies_env_are_read proves that they are; the trusted-proxy

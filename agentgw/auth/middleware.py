@@ -1,7 +1,8 @@
 """Authentication of every protected request (contract 5.4), as pure ASGI middleware.
 
-It passes through what it does not protect, and when no SessionAuthPolicy
-is in force. The verified caller goes into the ASGI scope for the endpoints.
+Step 3 of a call (`agentgw/call.py`). It passes through what it does not
+protect, and when no SessionAuthPolicy is in force. The verified caller
+becomes the call's `caller`.
 """
 
 from __future__ import annotations
@@ -13,38 +14,22 @@ import urllib.parse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentgw.auth.jwt import Authenticator, JwksUnavailable
-from agentgw.auth.principal import SCOPE_KEY, Principal
+from agentgw.auth.principal import Principal
+from agentgw.call import call_of
 from agentgw.errors import InvalidToken
 from agentgw.observability.refusals import Refusals
-from agentgw.observability.requests import request_info
 from agentgw.policy.live import LivePolicies
 
 log = logging.getLogger("agentgw.auth")
 
 OPENAI_PREFIX = "/v1/"  # OpenAI SDKs read errors in OpenAI's shape
 PROTECTED_PREFIXES = ("/mcp/v1", "/a2a/v1", OPENAI_PREFIX)
-WELL_KNOWN_METADATA = "/.well-known/oauth-protected-resource"
 # A bearer token in a URL ends up in logs and browser history (RFC 6750 section 5.3): refused.
 _TOKEN_IN_QUERY = re.compile(rb"(?:^|&)(?:access_token|token|id_token|jwt|bearer)=|eyJ[\w-]+\.eyJ", re.IGNORECASE)
 
 
 def protected(path: str) -> bool:
     return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in PROTECTED_PREFIXES)
-
-
-def base_url(scope: Scope) -> str:
-    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "localhost")
-    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
-    return f"{scheme}://{host}"
-
-
-def challenge(scope: Scope, error: str = "invalid_token", scope_needed: str | None = None) -> str:
-    """The WWW-Authenticate value: where to find the resource metadata, and what went wrong."""
-    parts = ['Bearer realm="agentgw"', f'error="{error}"']
-    if scope_needed is not None:
-        parts.append(f'scope="{scope_needed}"')
-    parts.append(f'resource_metadata="{base_url(scope)}{WELL_KNOWN_METADATA}"')
-    return ", ".join(parts)
 
 
 class AuthMiddleware:
@@ -60,9 +45,8 @@ class AuthMiddleware:
             return
         openai = scope["path"].startswith(OPENAI_PREFIX)
         try:
-            principal = scope[SCOPE_KEY] = await _authenticate(scope, authenticator)
+            call_of(scope).caller = await _authenticate(scope, authenticator)
         except InvalidToken as exc:
-            exc.headers["www-authenticate"] = challenge(scope)
             await exc.refuse(scope, receive, send, openai=openai)
             return
         except JwksUnavailable as exc:
@@ -70,7 +54,6 @@ class AuthMiddleware:
             self.refusals.record(exc.issuer, "identity_provider_unavailable", "JWKS unreachable; answered 503")
             await exc.refuse(scope, receive, send, openai=openai)
             return
-        request_info(scope).subject = principal.subject
         await self.app(scope, receive, send)
 
 

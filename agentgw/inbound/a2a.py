@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 from agentgw import jsonrpc, sse
-from agentgw.auth.middleware import base_url, challenge
-from agentgw.auth.principal import Principal, principal_of
+from agentgw.auth.principal import Principal
+from agentgw.call import Call, CallPipeline, call_of
 from agentgw.config import Settings
 from agentgw.errors import (
     BackendAuthRefused,
@@ -36,6 +35,7 @@ from agentgw.errors import (
     PolicyDenied,
     UpstreamTimeout,
     UpstreamUnavailable,
+    base_url,
 )
 from agentgw.inbound.a2a_card import rewrite_card
 from agentgw.inbound.a2a_pins import Pins, answer_to, id_text, owned, pin_key
@@ -43,12 +43,11 @@ from agentgw.inbound.a2a_webhooks import MESSAGE_METHODS, webhook_allowed, webho
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import relay, response_headers
 from agentgw.observability.refusals import Refusals
-from agentgw.observability.requests import RequestInfo, request_info
-from agentgw.policy import rate_limits
 from agentgw.policy.agents import AgentPolicyEngine, v1_method
 from agentgw.policy.engine import Decision
 from agentgw.policy.live import LivePolicies
-from agentgw.sessions.store import SessionStore
+from agentgw.policy.rate_limits import Kind
+from agentgw.sessions.store import KeyValues
 from agentgw.upstream.a2a import CARD_PATHS, AgentReplicas, Replica
 from agentgw.upstream.answers import MAX_ANSWER_BYTES
 from agentgw.upstream.answers import read_body as read_answer_body
@@ -94,9 +93,16 @@ class A2AEndpoint:
     """The ASGI endpoint behind `/a2a/v1/{agent}` and its agent card."""
 
     def __init__(
-        self, settings: Settings, store: SessionStore, live: LivePolicies, http: ConnectionPool, refusals: Refusals
+        self,
+        settings: Settings,
+        store: KeyValues,
+        pipeline: CallPipeline,
+        live: LivePolicies,
+        http: ConnectionPool,
+        refusals: Refusals,
     ) -> None:
         self.settings = settings
+        self.pipeline = pipeline
         self.refusals = refusals
         self.store = store
         self.live = live
@@ -107,35 +113,35 @@ class A2AEndpoint:
         self._engine = AgentPolicyEngine([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = call_of(scope)
         try:
             name, _, rest = scope["path"][len(A2A_PREFIX) + 1 :].partition("/")
             agent = self.agents.get(name)
             if agent is None:
                 raise NotFound("Unknown agent")
-            request_info(scope).target = agent.name
+            call.target = agent.name
             if "/" + rest in CARD_PATHS:
                 if scope["method"] != "GET":
                     raise MethodNotAllowed("Method not allowed", headers={"allow": "GET"})
-                await self._card(scope, agent, send)
+                await self._card(scope, call, agent, send)
             elif rest.strip("/") == "":
                 if scope["method"] != "POST":
                     raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
-                await self._call(scope, agent, receive, send)
+                await self._call(scope, call, agent, receive, send)
             else:
                 raise NotFound("Not found")
         except GatewayError as exc:
-            await exc.send(send)
+            await exc.send(scope, send, request_id=call.rpc_id)
         except Exception:
             log.exception("unexpected error in the A2A endpoint")
-            await InternalError("Internal error").send(send)
+            await InternalError("Internal error").send(scope, send)
 
     # -- the card ---------------------------------------------------------------
 
-    async def _card(self, scope: Scope, agent: AgentReplicas, send: Send) -> None:
+    async def _card(self, scope: Scope, call: Call, agent: AgentReplicas, send: Send) -> None:
         card, replica = await self._any_card(agent)
         gateway_url = f"{base_url(scope)}{A2A_PREFIX}/{agent.name}"
-        principal = principal_of(scope)
-        rewritten = rewrite_card(card, replica.base_url, gateway_url, principal)
+        rewritten = rewrite_card(card, replica.base_url, gateway_url, call.caller)
         body = json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -155,60 +161,47 @@ class A2AEndpoint:
 
     # -- calls ------------------------------------------------------------------
 
-    async def _call(self, scope: Scope, agent: AgentReplicas, receive: Receive, send: Send) -> None:
+    async def _call(self, scope: Scope, call: Call, agent: AgentReplicas, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         check_content_type(headers)
         server = self.settings.server
         payload = jsonrpc.parse(await read_body(headers, receive, server.max_body_bytes, server.body_timeout))
         if isinstance(payload, list):
             raise InvalidRequest("Invalid request: A2A takes one JSON-RPC request at a time")
-        message = jsonrpc.check_message(payload)
+        message = call.message = jsonrpc.check_message(payload)
         if "method" not in message:
             raise InvalidRequest("Invalid request: not a JSON-RPC request")
-        try:
-            forwarded = jsonrpc.serialise(message)
-            principal = principal_of(scope)
-            method = v1_method(message["method"])
-            info = request_info(scope)
-            info.rpc_method = method
-            self._authorize(scope, agent.name, method, principal)
-            params = message.get("params", {})
-            await self._check_webhooks(scope, agent.name, method, params)
-            # After the policy: a denied call does not use up the caller's limit.
-            await rate_limits.admit(self.live.policies.rate_limits, self.store, principal, "a2a")
-            info.decision = "allow"
-            task_id, context_id = _named_ids(message["method"], params)
-            replicas = await self._replicas_for(agent, task_id, context_id, principal)
-            upstream_headers = {k: headers[k] for k in _FORWARDED if k in headers}
-            gateway_url = f"{base_url(scope)}{A2A_PREFIX}/{agent.name}"
-            call = _Call(agent, method, message.get("id"), principal, gateway_url, info)
-            await self._forward(call, replicas, upstream_headers, forwarded, receive, send)
-        except GatewayError as exc:
-            if exc.request_id is None:
-                exc.request_id = message.get("id")
-            raise
+        forwarded = jsonrpc.serialise(message)
+        call.rpc_method = v1_method(message["method"])
+        task_id, context_id = _named_ids(message["method"], message.get("params", {}))
+        gateway_url = f"{base_url(scope)}{A2A_PREFIX}/{agent.name}"
+        upstream_headers = {k: headers[k] for k in _FORWARDED if k in headers}
+        steps = _AgentCall(self, agent, task_id, context_id, gateway_url, upstream_headers, forwarded)
+        await self.pipeline.run(steps, call, receive, send)
 
-    def _authorize(self, scope: Scope, agent: str, method: str, principal: Principal | None) -> None:
+    def authorize(self, call: Call, agent: str) -> None:
         agents = self.live.policies.agents
         if self._engine_source is not agents:  # compiled again only after a policy reload
             self._engine_source, self._engine = agents, AgentPolicyEngine(agents)
-        scopes = principal.scopes if principal is not None else frozenset()
-        decision = self._engine.decide(agent, method, scopes)
+        caller = call.caller
+        method = call.rpc_method or ""
+        decision = self._engine.decide(agent, method, caller.scopes if caller is not None else frozenset())
         if not decision.allowed:
-            request_info(scope).decision = "deny"
-            raise _denial(scope, agent, decision)
+            call.decision = "deny"
+            raise _denial(agent, decision)
 
-    async def _check_webhooks(self, scope: Scope, agent: str, method: str, params: dict[str, Any]) -> None:
+    async def check_webhooks(self, call: Call, agent: str, params: dict[str, Any]) -> None:
         """A push-notification webhook may name only a public host, or one the operator allow-listed."""
+        method = call.rpc_method or ""
         for url in webhook_urls(method, params):
             if not await webhook_allowed(url, self.webhook_hosts):
-                request_info(scope).decision = "deny"
+                call.decision = "deny"
                 raise PolicyDenied(
                     f"Push-notification webhook of method '{method}' not allowed",
                     data={"agent": agent, "method": method, "reason": "webhook_not_allowed"},
                 )
 
-    async def _replicas_for(
+    async def replicas_for(
         self, agent: AgentReplicas, task_id: str | None, context_id: str | None, principal: Principal | None
     ) -> list[Replica]:
         """The replica holding the named task or context, else every replica, the next in turn first."""
@@ -229,16 +222,11 @@ class A2AEndpoint:
                 return [replica]
         return agent.order()
 
-    async def _forward(
-        self,
-        call: _Call,
-        replicas: list[Replica],
-        headers: dict[str, str],
-        body: bytes,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        agent = call.agent
+    async def send_to_first(
+        self, agent: AgentReplicas, replicas: list[Replica], headers: dict[str, str], body: bytes
+    ) -> tuple[Replica, UpstreamResponse]:
+        """POST to the first replica that can be reached: a new task may start on any of them, but one
+        the request names lives on its replica alone."""
         for replica in replicas:
             try:
                 url = await agent.rpc_url(replica)
@@ -249,54 +237,60 @@ class A2AEndpoint:
                 replica.mark_down()
                 if len(replicas) == 1:
                     break  # the replica holding the task is gone: there is nowhere else to ask
-                continue  # a new task may start on the next replica
+                continue
             replica.mark_up()
-            call.info.backend = replica.base_url
-            try:
-                pins = Pins(self.store, self.refusals, agent.name, replica.base_url, call.principal)
-                if sse.is_event_stream(response.header("content-type")):
-                    await relay(response, [], receive, send, CALL_TIMEOUT, tap=pins.feed)
-                else:
-                    await self._relay_json(call, response, replica, pins, send)
-                return
-            finally:
-                response.release()
+            return replica, response
         raise UpstreamUnavailable(f"Agent {agent.name!r} is unreachable")
 
+    async def relay(
+        self, a2a: _AgentCall, call: Call, replica: Replica, response: UpstreamResponse, receive: Receive, send: Send
+    ) -> None:
+        try:
+            pins = Pins(self.store, self.refusals, a2a.agent.name, replica.base_url, call.caller)
+            if sse.is_event_stream(response.header("content-type")):
+                await relay(response, [], receive, send, CALL_TIMEOUT, tap=pins.feed)
+            else:
+                await self._relay_json(a2a, call, response, replica, pins, send)
+        finally:
+            response.release()
+
     async def _relay_json(
-        self, call: _Call, response: UpstreamResponse, replica: Replica, pins: Pins, send: Send
+        self, a2a: _AgentCall, call: Call, response: UpstreamResponse, replica: Replica, pins: Pins, send: Send
     ) -> None:
         try:
             body = await read_answer_body(response, CALL_TIMEOUT, MAX_ANSWER_BYTES)
         except BadBackendAnswer:
-            self.refusals.record(call.agent.name, BadBackendAnswer.reason, f"{call.method}: answer too large")
+            self.refusals.record(a2a.agent.name, BadBackendAnswer.reason, f"{call.rpc_method}: answer too large")
             raise
         if response.status in (401, 403):
             # The gateway's credentials, not the caller's: the caller cannot fix them.
-            self.refusals.record(call.agent.name, BackendAuthRefused.reason, call.method)
-            raise BackendAuthRefused(f"Agent {call.agent.name!r} refused the gateway's credentials")
+            self.refusals.record(a2a.agent.name, BackendAuthRefused.reason, f"{call.rpc_method}")
+            raise BackendAuthRefused(f"Agent {a2a.agent.name!r} refused the gateway's credentials")
         if 200 <= response.status < 300:
-            answer = answer_to(body, call.request_id)
+            answer = answer_to(body, call.rpc_id)
             if answer is None:
-                self.refusals.record(call.agent.name, BadBackendAnswer.reason, f"{call.method}: not a JSON-RPC answer")
-                raise BadBackendAnswer(f"Agent {call.agent.name!r} answered with something else than JSON-RPC")
-            if isinstance(answer.get("result"), dict) and await self._rewrite_result(call, answer, replica, pins):
+                detail = f"{call.rpc_method}: not a JSON-RPC answer"
+                self.refusals.record(a2a.agent.name, BadBackendAnswer.reason, detail)
+                raise BadBackendAnswer(f"Agent {a2a.agent.name!r} answered with something else than JSON-RPC")
+            if isinstance(answer.get("result"), dict) and await self._rewrite_result(a2a, call, answer, replica, pins):
                 body = jsonrpc.serialise(answer)
         headers = response_headers(response)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _rewrite_result(self, call: _Call, answer: dict[str, Any], replica: Replica, pins: Pins) -> bool:
+    async def _rewrite_result(
+        self, a2a: _AgentCall, call: Call, answer: dict[str, Any], replica: Replica, pins: Pins
+    ) -> bool:
         """Pin the ids the result names; trim what the caller may not see. Whether the result changed."""
         result: dict[str, Any] = answer["result"]
         await pins.record(result)
-        if call.method == "ListTasks":
-            return await self._hide_foreign_tasks(result, call.principal, call.agent.name)
-        if call.method == "GetExtendedAgentCard":
+        if call.rpc_method == "ListTasks":
+            return await self._hide_foreign_tasks(result, call.caller, a2a.agent.name)
+        if call.rpc_method == "GetExtendedAgentCard":
             # The extended card names endpoints too: they point at the gateway like the public card's.
-            card = call.agent.checked_card(result)
-            answer["result"] = rewrite_card(card, replica.base_url, call.gateway_url, call.principal)
+            card = a2a.agent.checked_card(result)
+            answer["result"] = rewrite_card(card, replica.base_url, a2a.gateway_url, call.caller)
             return True
         return False
 
@@ -315,16 +309,47 @@ class A2AEndpoint:
         return True
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One A2A request on its way: to which agent, which method, for whom, behind which URL."""
+class _AgentCall:
+    """The steps of one A2A call (`agentgw/call.py`): which agent, which task or context it names,
+    and what is forwarded."""
 
-    agent: AgentReplicas
-    method: str
-    request_id: Any
-    principal: Principal | None
-    gateway_url: str
-    info: RequestInfo
+    kind: Kind = "a2a"
+
+    def __init__(
+        self,
+        endpoint: A2AEndpoint,
+        agent: AgentReplicas,
+        task_id: str | None,
+        context_id: str | None,
+        gateway_url: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        self.endpoint = endpoint
+        self.agent = agent
+        self.task_id, self.context_id = task_id, context_id
+        self.gateway_url = gateway_url
+        self.headers = headers
+        self.body = body
+
+    async def session(self, call: Call) -> None:
+        """A2A has no session: a task or context is routing, found at the upstream step."""
+
+    async def policy(self, call: Call) -> None:
+        self.endpoint.authorize(call, self.agent.name)
+        await self.endpoint.check_webhooks(call, self.agent.name, call.message.get("params", {}))
+        call.decision = "allow"
+
+    async def upstream(self, call: Call) -> tuple[Replica, UpstreamResponse]:
+        """To the replica the named task or context lives on (a task of another subject does not
+        exist), else to the next replica in turn."""
+        replicas = await self.endpoint.replicas_for(self.agent, self.task_id, self.context_id, call.caller)
+        replica, response = await self.endpoint.send_to_first(self.agent, replicas, self.headers, self.body)
+        call.backend = replica.base_url
+        return replica, response
+
+    async def relay(self, call: Call, answer: tuple[Replica, UpstreamResponse], receive: Receive, send: Send) -> None:
+        await self.endpoint.relay(self, call, *answer, receive, send)
 
 
 def _named_ids(method_name: str, params: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -354,7 +379,7 @@ def _field(holder: dict[str, Any], name: str) -> Any:
     return values[0] if values else None
 
 
-def _denial(scope: Scope, agent: str, decision: Decision) -> PolicyDenied:
+def _denial(agent: str, decision: Decision) -> PolicyDenied:
     reason = decision.reason or "not_allowed"
     message = f"Method '{decision.name}' of agent '{agent}' denied: {reason}"
     data = {
@@ -366,6 +391,5 @@ def _denial(scope: Scope, agent: str, decision: Decision) -> PolicyDenied:
         "requiredScopes": list(decision.required_scopes),
     }
     if reason == "missing_scope":
-        required = " ".join(decision.required_scopes)
-        return InsufficientScope(message, data=data, challenge=challenge(scope, "insufficient_scope", required))
+        return InsufficientScope(message, data=data, required_scopes=list(decision.required_scopes))
     return PolicyDenied(message, data=data)

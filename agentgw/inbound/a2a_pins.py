@@ -20,7 +20,7 @@ from agentgw import jsonrpc, sse
 from agentgw.auth.principal import Principal
 from agentgw.errors import BadBackendAnswer, GatewayError
 from agentgw.observability.refusals import Refusals
-from agentgw.sessions.store import SessionStore
+from agentgw.sessions.store import KeyValues
 
 log = logging.getLogger("agentgw.inbound.a2a")
 
@@ -36,7 +36,7 @@ class Pins:
     """
 
     def __init__(
-        self, store: SessionStore, refusals: Refusals, agent: str, replica: str, principal: Principal | None
+        self, store: KeyValues, refusals: Refusals, agent: str, replica: str, principal: Principal | None
     ) -> None:
         self._store = store
         self._refusals = refusals

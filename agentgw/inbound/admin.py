@@ -193,6 +193,8 @@ async def start_listener(app: Starlette, listen: str) -> uvicorn.Server:
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    # The bound port, which differs from `listen` when it names port 0 (the kernel picks one).
+    log.info("admin API listening on %s port %d", host, sock.getsockname()[1])
     # log_level None: uvicorn's loggers are shared with the main listener, whose levels stay as they are.
     guarded = OriginGuard(_NoBrowserPages(app), listen_host=host, allowed_hosts=[], allowed_origins=[])
     config = uvicorn.Config(

@@ -62,7 +62,7 @@ class ClientLimits:
 
 async def _refuse_surplus(scope: Scope, receive: Receive, send: Send) -> None:
     busy = ServerBusy("Server busy: too many connections", headers={"retry-after": "1", "connection": "close"})
-    await busy.send(send)
+    await busy.send(scope, send)
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):

@@ -15,7 +15,7 @@ from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope
 
 from agentgw import jsonrpc
-from agentgw.auth.principal import Principal, principal_of
+from agentgw.auth.principal import Principal
 from agentgw.errors import (
     BodyTooLarge,
     HeaderMismatch,
@@ -34,7 +34,6 @@ from agentgw.mcp_headers import (
     MCP_PROTOCOL_VERSION,
     MCP_SESSION_ID,
 )
-from agentgw.observability.requests import RequestInfo, request_info
 
 # A stateful request without the version header speaks 2025-03-26 (MCP transport spec).
 DEFAULT_STATEFUL_VERSION = "2025-03-26"
@@ -58,7 +57,6 @@ class InboundRequest:
     session_id: str | None
     protocol_version: str | None
     principal: Principal | None
-    info: RequestInfo  # what the access log and metrics learn about this request
     # The responses the backend's answer may carry (set once the body is read); None: any.
     answers: AnswerFilter | None = None
 
@@ -70,8 +68,8 @@ class InboundRequest:
         return self.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
-def read_headers(scope: Scope, second_session_header: str) -> InboundRequest:
-    """The request's headers; a session id may come in Mcp-Session-Id or in `second_session_header`
+def read_headers(scope: Scope, second_session_header: str, caller: Principal | None) -> InboundRequest:
+    """The request of `caller`; a session id may come in Mcp-Session-Id or in `second_session_header`
     (SessionPolicy `sessionIdHeader`, lower-case)."""
     raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
     headers: dict[str, str] = {}
@@ -94,8 +92,7 @@ def read_headers(scope: Scope, second_session_header: str) -> InboundRequest:
         raw_headers=raw,
         session_id=next(iter(session_ids), None),
         protocol_version=version,
-        principal=principal_of(scope),
-        info=request_info(scope),
+        principal=caller,
     )
 
 

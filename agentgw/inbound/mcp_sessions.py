@@ -16,12 +16,12 @@ from agentgw.auth.principal import Principal
 from agentgw.errors import SessionForbidden, SessionNotFound, SessionRequired, UpstreamUnavailable
 from agentgw.inbound.mcp_request import DEFAULT_STATEFUL_VERSION, InboundRequest
 from agentgw.policy.live import LivePolicies
-from agentgw.sessions.store import SessionRecord, SessionStore, new_session_id
+from agentgw.sessions.store import SessionRecord, SessionRecords, new_session_id
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 
 class McpSessions:
-    def __init__(self, store: SessionStore, upstream: McpUpstream, live: LivePolicies) -> None:
+    def __init__(self, store: SessionRecords, upstream: McpUpstream, live: LivePolicies) -> None:
         self.store = store
         self.upstream = upstream
         self.live = live

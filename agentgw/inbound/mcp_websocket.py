@@ -21,12 +21,12 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from agentgw import sse
-from agentgw.auth.principal import SCOPE_KEY, principal_of
+from agentgw.call import CALL_KEY, Call, call_of
 from agentgw.errors import NotFound
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.metrics import Metrics
-from agentgw.observability.requests import INFO_KEY, MCP_WS_ROUTE, RequestInfo, record_request, request_info
+from agentgw.observability.requests import MCP_WS_ROUTE, record_request
 
 log = logging.getLogger("agentgw.inbound.mcp_websocket")
 
@@ -43,7 +43,7 @@ class McpWebSocketEndpoint:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path_params"]["target"] not in self.mcp.upstream.pools:
+        if scope["path_params"]["target"] not in self.mcp.pools:
             await NotFound("Unknown MCP target").refuse(scope, receive, send)
             return
         connect = await receive()
@@ -91,7 +91,7 @@ class _Connection:
 
     def _token_expired(self) -> bool:
         """The token was checked at the handshake; every frame is a request it must still cover."""
-        principal = principal_of(self.scope)
+        principal = call_of(self.scope).caller
         return principal is not None and principal.expires_at <= time.time()
 
     async def _dispatch(self, frame: bytes) -> None:
@@ -131,9 +131,9 @@ class _Connection:
     async def _exchange(self, method: str, body: bytes) -> tuple[int, list[Any]]:
         """One request through the MCP endpoint; every message of its answer is sent as a frame."""
         answer = _Answer(self)
-        connection = request_info(self.scope)
-        info = RequestInfo(MCP_WS_ROUTE, method, connection.request_id, subject=connection.subject)
-        scope = self._request_scope(method, info)
+        connection = call_of(self.scope)
+        call = Call(MCP_WS_ROUTE, method, connection.request_id, caller=connection.caller)
+        scope = self._request_scope(method, call)
         delivered = False
 
         async def receive() -> Message:
@@ -145,11 +145,11 @@ class _Connection:
 
         started = time.perf_counter()
         await self.endpoint.mcp(scope, receive, answer.send)
-        info.status = answer.status
-        record_request(self.endpoint.metrics, info, time.perf_counter() - started)
+        call.status = answer.status
+        record_request(self.endpoint.metrics, call, time.perf_counter() - started)
         return answer.status, answer.messages
 
-    def _request_scope(self, method: str, info: RequestInfo) -> Scope:
+    def _request_scope(self, method: str, call: Call) -> Scope:
         headers = [
             *((k, v) for k, v in self.scope["headers"] if k == b"host"),
             (b"content-type", b"application/json"),
@@ -166,8 +166,7 @@ class _Connection:
             "headers": headers,
             "query_string": b"",
             "path_params": self.scope.get("path_params", {}),
-            SCOPE_KEY: self.scope.get(SCOPE_KEY),
-            INFO_KEY: info,
+            CALL_KEY: call,
         }
 
     async def frame(self, message: Any) -> None:

@@ -20,18 +20,16 @@ from typing import Any, TypeVar
 from starlette.types import Receive, Scope, Send
 
 from agentgw import jsonrpc
-from agentgw.auth.principal import principal_of
+from agentgw.call import Call, CallPipeline, Steps, call_of
 from agentgw.config import ServerConfig
 from agentgw.errors import GatewayError, InternalError, InvalidRequest, NotFound
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import wait_for_disconnect
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
-from agentgw.observability.requests import RequestInfo, request_info
 from agentgw.policy import rate_limits
-from agentgw.policy.live import LivePolicies
-from agentgw.policy.rate_limits import TokenAccount
-from agentgw.sessions.store import SessionStore
+from agentgw.policy.rate_limits import Kind, TokenAccount
+from agentgw.sessions.store import Counters
 from agentgw.upstream.llm.chat_fields import InvalidChatRequest
 from agentgw.upstream.llm.provider import (
     BadProviderAnswer,
@@ -55,33 +53,34 @@ class ChatEndpoint:
     def __init__(
         self,
         router: LlmRouter,
-        store: SessionStore,
-        live: LivePolicies,
+        store: Counters,
+        pipeline: CallPipeline,
         metrics: Metrics,
         refusals: Refusals,
         server: ServerConfig,
     ) -> None:
         self.router = router
         self.store = store
-        self.live = live
+        self.pipeline = pipeline
         self.metrics = metrics
         self.refusals = refusals
         self.max_body = server.max_body_bytes
         self.body_timeout = server.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = call_of(scope)
         try:
             if scope["path"].rstrip("/") == "/v1/models" and scope["method"] == "GET":
                 await self._models(send)
             elif scope["path"].rstrip("/") == "/v1/chat/completions" and scope["method"] == "POST":
-                await self._complete(scope, receive, send)
+                await self._complete(scope, call, receive, send)
             else:
                 raise NotFound("Unknown endpoint")
         except GatewayError as exc:  # bad input, store down, providers down: the same status, OpenAI's shape
-            await exc.send(send, openai=True)
+            await exc.send(scope, send, openai=True)
         except Exception:
             log.exception("unexpected error in the chat endpoint")
-            await InternalError("Internal error").send(send, openai=True)
+            await InternalError("Internal error").send(scope, send, openai=True)
 
     async def _models(self, send: Send) -> None:
         data = [
@@ -89,10 +88,10 @@ class ChatEndpoint:
         ]
         await _send_json(send, 200, {"object": "list", "data": data})
 
-    async def _complete(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _complete(self, scope: Scope, call: Call, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         check_content_type(headers)
-        request = jsonrpc.parse(await read_body(headers, receive, self.max_body, self.body_timeout))
+        request = call.message = jsonrpc.parse(await read_body(headers, receive, self.max_body, self.body_timeout))
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise InvalidRequest("messages must be a list")
         if not request["messages"] or not all(isinstance(m, dict) for m in request["messages"]):
@@ -101,19 +100,13 @@ class ChatEndpoint:
             raise InvalidRequest("model must be a string")
         if request.get("stream") is not None and not isinstance(request["stream"], bool):
             raise InvalidChatRequest("stream", "a boolean")
-        # One store round trip when a RateLimitPolicy applies to the caller, none otherwise.
-        account = await rate_limits.admit(self.live.policies.rate_limits, self.store, principal_of(scope), "llm")
         routes = self.router.routes(_apply_model_command(request))
-        info = request_info(scope)
-        if request.get("stream"):
-            await self._stream(request, routes, account, info, receive, send)
-        else:
-            route, (answer, usage) = await self._first_answer(request, routes)
-            _note_route(info, route)
-            self._count(account, route, *usage)
-            await _send_json(send, 200, answer)
+        steps: Steps[Any] = (
+            _StreamedChat(self, request, routes) if request.get("stream") else _Chat(self, request, routes)
+        )
+        await self.pipeline.run(steps, call, receive, send)
 
-    def _count(self, account: TokenAccount | None, route: Route, prompt: int, completion: int) -> None:
+    def count(self, account: TokenAccount | None, route: Route, prompt: int, completion: int) -> None:
         """Usage per provider and model in the metrics, per subject in the store when its tier limits
         tokens (written in the background: the client does not wait for it)."""
         if prompt + completion:
@@ -122,7 +115,7 @@ class ChatEndpoint:
 
     # -- forwarding -------------------------------------------------------------
 
-    async def _first_answer(
+    async def first_answer(
         self, request: dict[str, Any], routes: list[Route]
     ) -> tuple[Route, tuple[dict[str, Any], tuple[int, int]]]:
         """The first answer and its usage; an answer whose usage is no count fails like a provider down."""
@@ -133,15 +126,11 @@ class ChatEndpoint:
 
         return await self._first_success(routes, complete)
 
-    async def _stream(
-        self,
-        request: dict[str, Any],
-        routes: list[Route],
-        account: TokenAccount | None,
-        info: RequestInfo,
-        receive: Receive,
-        send: Send,
-    ) -> None:
+    async def open_stream(
+        self, request: dict[str, Any], routes: list[Route]
+    ) -> tuple[Route, tuple[StreamChunk | None, AsyncIterator[StreamChunk]]]:
+        """The first route whose stream starts well: its first chunk (None: an empty stream) and the rest."""
+
         async def open_stream(route: Route) -> tuple[StreamChunk | None, AsyncIterator[StreamChunk]]:
             chunks = route.provider.stream(request, route.model)
             try:
@@ -154,9 +143,7 @@ class ChatEndpoint:
                 raise
             return first, chunks
 
-        route, (first, chunks) = await self._first_success(routes, open_stream)
-        _note_route(info, route)
-        await self._relay_stream(route, first, chunks, account, receive, send)
+        return await self._first_success(routes, open_stream)
 
     async def _first_success(self, routes: list[Route], call: Callable[[Route], Awaitable[T]]) -> tuple[Route, T]:
         """The first route that answers: each in turn, and the last one retried with backoff.
@@ -208,7 +195,7 @@ class ChatEndpoint:
         else:
             log.warning("provider %s failed%s: %s", route.name, when, exc)
 
-    async def _relay_stream(
+    async def relay_stream(
         self,
         route: Route,
         first: StreamChunk | None,
@@ -234,7 +221,7 @@ class ChatEndpoint:
                 if isinstance(result, Exception):  # CancelledError is no Exception: cancelled is fine
                     log.error("relaying the stream of %s failed", route.name, exc_info=result)
             await _close(route, chunks)
-        self._count(account, route, *usage)
+        self.count(account, route, *usage)
 
     async def _relay_chunks(
         self,
@@ -287,8 +274,57 @@ def _first_text_part(content: Any) -> tuple[dict[str, Any] | None, str]:
     return None, "text"
 
 
-def _note_route(info: RequestInfo, route: Route) -> None:
-    info.target, info.backend = route.provider.name, route.name
+class _ChatSteps:
+    """What the steps of a chat completion (`agentgw/call.py`) share: no session, no policy yet but
+    the rate limit."""
+
+    kind: Kind = "llm"
+
+    def __init__(self, endpoint: ChatEndpoint, request: dict[str, Any], routes: list[Route]) -> None:
+        self.endpoint = endpoint
+        self.request = request
+        self.routes = routes
+
+    async def session(self, call: Call) -> None:
+        """Chat has no session."""
+
+    async def policy(self, call: Call) -> None:
+        """Who may use a model is the token's and the rate limit's to say."""
+
+
+class _Chat(_ChatSteps):
+    """A chat completion answered whole."""
+
+    async def upstream(self, call: Call) -> tuple[Route, tuple[dict[str, Any], tuple[int, int]]]:
+        route, answer = await self.endpoint.first_answer(self.request, self.routes)
+        call.target, call.backend = route.provider.name, route.name
+        return route, answer
+
+    async def relay(
+        self, call: Call, answer: tuple[Route, tuple[dict[str, Any], tuple[int, int]]], receive: Receive, send: Send
+    ) -> None:
+        route, (body, usage) = answer
+        self.endpoint.count(call.tokens, route, *usage)
+        await _send_json(send, 200, body)
+
+
+class _StreamedChat(_ChatSteps):
+    """A chat completion relayed chunk by chunk as the provider sends it."""
+
+    async def upstream(self, call: Call) -> tuple[Route, tuple[StreamChunk | None, AsyncIterator[StreamChunk]]]:
+        route, stream = await self.endpoint.open_stream(self.request, self.routes)
+        call.target, call.backend = route.provider.name, route.name
+        return route, stream
+
+    async def relay(
+        self,
+        call: Call,
+        answer: tuple[Route, tuple[StreamChunk | None, AsyncIterator[StreamChunk]]],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        route, (first, chunks) = answer
+        await self.endpoint.relay_stream(route, first, chunks, call.tokens, receive, send)
 
 
 async def _send_event(send: Send, chunk: StreamChunk, usage: list[int]) -> None:

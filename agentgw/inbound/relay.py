@@ -17,6 +17,7 @@ from starlette.types import Receive, Send
 
 from agentgw import sse
 from agentgw.errors import BadBackendAnswer
+from agentgw.policy.tool_guard import Rewrite
 from agentgw.upstream.answers import MAX_ANSWER_BYTES, Answer, read_answer, read_body
 from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse
 
@@ -25,10 +26,6 @@ log = logging.getLogger("agentgw.inbound.relay")
 # The only backend response headers a client sees (contract 11): cookies, auth challenges,
 # redirects, CORS grants and the backend's session id are the gateway's business, not the client's.
 RELAYED_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
-
-# Changes a checked result in place before the client sees it.
-Rewrite = Callable[[dict[str, Any]], Awaitable[None]]
-
 
 KEEP_ALIVE = b": keep-alive\n\n"
 
@@ -83,6 +80,8 @@ class AnswerFilter:
             # A comment the backend sends to keep an idle stream open: the client's proxies need one too.
             return KEEP_ALIVE
         return b"".join(kept)
+
+
 Tap = Callable[[bytes], Awaitable[None]]
 
 
@@ -171,9 +170,7 @@ async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": body})
 
 
-async def _relay_events(
-    response: UpstreamResponse, send: Send, tap: Tap | None, answers: AnswerFilter | None
-) -> None:
+async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None, answers: AnswerFilter | None) -> None:
     decoder = sse.SseDecoder() if answers is not None else None
     try:
         # No read timeout: an event stream may rightly stay quiet for a long time.

@@ -14,7 +14,7 @@ import time
 from collections import deque
 
 from agentgw.errors import StoreUnavailable
-from agentgw.sessions.store import SessionStore
+from agentgw.sessions.store import AuditStore
 
 log = logging.getLogger("agentgw.audit")
 
@@ -32,7 +32,7 @@ _Decision = tuple[float, str | None, str | None, str, str, str, str, str | None]
 
 
 class AuditLog:
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: AuditStore) -> None:
         self._store = store
         # Decisions as recorded; hashed and serialised when flushed, off the request's path.
         self._buffer: deque[_Decision] = deque(maxlen=MAX_BUFFERED)

@@ -1,10 +1,10 @@
 """Per request: one JSON log line and the request metrics (contract 10).
 
-The observer is the outermost middleware. It puts a `RequestInfo` into the
-ASGI scope; the layers below fill in what they learn (subject, session,
-target, backend, tool, decision), and the observer logs and counts it when
-the answer is complete. Tokens, secrets and message contents never get into
-a RequestInfo, so they cannot reach the log.
+The observer is the outermost middleware (steps 1 and 10 of `agentgw/call.py`).
+It puts the request's `Call` into the ASGI scope; the layers below fill in
+what they learn (caller, session, target, backend, tool, decision), and the
+observer logs and counts it when the answer is complete. Only names and
+outcomes reach the log: never tokens, secrets or message contents.
 """
 
 from __future__ import annotations
@@ -13,42 +13,20 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentgw.call import CALL_KEY, Call
 from agentgw.observability.audit import hash_session
 from agentgw.observability.logs import access_log, log_request
 from agentgw.observability.metrics import Metrics
 
-INFO_KEY = "agentgw.request"
 REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # Tool, method and model names are client input: a log line keeps their start only.
 MAX_LOGGED_NAME = 128
-
-
-@dataclass(slots=True)
-class RequestInfo:
-    route: str
-    method: str
-    request_id: str
-    rpc_method: str | None = None  # the JSON-RPC method, when the request carries one
-    subject: str | None = None
-    session_id: str | None = None  # logged hashed
-    target: str | None = None
-    backend: str | None = None
-    tool: str | None = None
-    decision: str | None = None
-    status: int = 0
-
-
-def request_info(scope: Scope) -> RequestInfo:
-    """The scope's RequestInfo; outside an observed request, a throwaway one."""
-    info: RequestInfo | None = scope.get(INFO_KEY)
-    return info if info is not None else RequestInfo("", "", "")
 
 
 # Route label values: the endpoint templates of the contract, so they stay a small fixed set.
@@ -93,33 +71,33 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        info = RequestInfo(route_of(scope["path"], kind == "websocket"), scope.get("method", "GET"), _request_id(scope))
-        scope[INFO_KEY] = info
-        request_id_header = (REQUEST_ID_HEADER, info.request_id.encode())
+        call = Call(route_of(scope["path"], kind == "websocket"), scope.get("method", "GET"), _request_id(scope))
+        scope[CALL_KEY] = call
+        request_id_header = (REQUEST_ID_HEADER, call.request_id.encode())
 
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                info.status = message["status"]
+                call.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), request_id_header]
             elif message["type"] == "websocket.accept":
-                info.status = 101
-            elif message["type"] == "websocket.close" and not info.status:
-                info.status = 403  # refused before the handshake completed
+                call.status = 101
+            elif message["type"] == "websocket.close" and not call.status:
+                call.status = 403  # refused before the handshake completed
             await send(message)
 
         try:
             await self.app(scope, receive, observed_send)
         finally:
             # A WebSocket's lifetime is no latency: its messages are timed one by one instead.
-            record_request(self.metrics, info, time.perf_counter() - started, timed=kind == "http")
+            record_request(self.metrics, call, time.perf_counter() - started, timed=kind == "http")
 
 
-def record_request(metrics: Metrics, info: RequestInfo, seconds: float, timed: bool = True) -> None:
+def record_request(metrics: Metrics, call: Call, seconds: float, timed: bool = True) -> None:
     """Count and log one finished request (or one message of a WebSocket)."""
-    status = info.status or 500
-    metrics.request(info.route, status, seconds if timed else None)
+    status = call.status or 500
+    metrics.request(call.route, status, seconds if timed else None)
     if access_log.isEnabledFor(logging.INFO):
-        log_request(_log_fields(info, status, seconds))
+        log_request(_log_fields(call, status, seconds))
 
 
 def _request_id(scope: Scope) -> str:
@@ -130,18 +108,18 @@ def _request_id(scope: Scope) -> str:
     return f"{random.getrandbits(64):016x}"  # it correlates log lines; it guards nothing
 
 
-def _log_fields(info: RequestInfo, status: int, seconds: float) -> dict[str, Any]:
+def _log_fields(call: Call, status: int, seconds: float) -> dict[str, Any]:
     return {
-        "request_id": info.request_id,
-        "route": info.route,
-        "method": _clip(info.rpc_method or info.method),
-        "http_method": info.method,
-        "session": hash_session(info.session_id),
-        "subject": info.subject,
-        "target": _clip(info.target),
-        "backend": _clip(without_credentials(info.backend) if info.backend else None),
-        "tool": _clip(info.tool),
-        "decision": info.decision,
+        "request_id": call.request_id,
+        "route": call.route,
+        "method": _clip(call.rpc_method or call.http_method),
+        "http_method": call.http_method,
+        "session": hash_session(call.session_id),
+        "subject": call.subject,
+        "target": _clip(call.target),
+        "backend": _clip(without_credentials(call.backend) if call.backend else None),
+        "tool": _clip(call.tool),
+        "decision": call.decision,
         "status": status,
         "duration": round(seconds, 6),  # seconds, as in the metrics
     }

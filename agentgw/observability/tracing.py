@@ -18,7 +18,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentgw.observability.requests import RequestInfo, request_info, without_credentials
+from agentgw.call import Call, call_of
+from agentgw.observability.requests import without_credentials
 from agentgw.upstream.http import ConnectionPool, UpstreamResponse
 
 log = logging.getLogger("agentgw.tracing")
@@ -85,8 +86,8 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in TRACE_HEADERS}
-        info = request_info(scope)
-        name = f"{scope.get('method', 'GET')} {info.route}"
+        call = call_of(scope)
+        name = f"{scope.get('method', 'GET')} {call.route}"
         with self.tracer.start_as_current_span(name, context=propagate.extract(carrier), kind=SpanKind.SERVER) as span:
 
             async def traced_send(message: Message) -> None:
@@ -95,16 +96,16 @@ class TracingMiddleware:
                 await send(message)
 
             await self.app(scope, receive, traced_send)
-            span.set_attributes(_attributes(info))
+            span.set_attributes(_attributes(call))
 
 
-def _attributes(info: RequestInfo) -> dict[str, str]:
+def _attributes(call: Call) -> dict[str, str]:
     values = {
-        "http.route": info.route,
-        "rpc.method": info.rpc_method,
-        "agentgw.target": info.target,
-        "agentgw.tool": info.tool,
-        "agentgw.decision": info.decision,
+        "http.route": call.route,
+        "rpc.method": call.rpc_method,
+        "agentgw.target": call.target,
+        "agentgw.tool": call.tool,
+        "agentgw.decision": call.decision,
     }
     return {k: v for k, v in values.items() if v is not None}
 

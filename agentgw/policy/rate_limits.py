@@ -24,7 +24,7 @@ from typing import Literal
 from agentgw.auth.principal import Principal
 from agentgw.errors import RateLimited
 from agentgw.policy.model import RateLimitPolicy, RateLimitTier
-from agentgw.sessions.store import SessionStore
+from agentgw.sessions.store import Counters
 
 log = logging.getLogger("agentgw.policy.rate_limits")
 
@@ -58,7 +58,7 @@ def tier_of(policies: Sequence[RateLimitPolicy], principal: Principal | None, ki
 
 
 async def admit(
-    policies: Sequence[RateLimitPolicy], store: SessionStore, principal: Principal | None, kind: Kind
+    policies: Sequence[RateLimitPolicy], store: Counters, principal: Principal | None, kind: Kind
 ) -> TokenAccount | None:
     """Count one request of `kind`, or refuse it with RateLimited (StoreUnavailable, 503, when the
     store does not answer: a limit fails closed). The TokenAccount to count the answer's tokens in
@@ -89,7 +89,7 @@ async def admit(
     return TokenAccount(subject) if tokens_limit is not None else None
 
 
-def spend_tokens(store: SessionStore, account: TokenAccount | None, tokens: int) -> None:
+def spend_tokens(store: Counters, account: TokenAccount | None, tokens: int) -> None:
     """Add an answer's tokens to its subject's count, in the background: the client has its answer
     already, and the next request of the subject reads the count."""
     if account is None or tokens <= 0:
@@ -100,7 +100,7 @@ def spend_tokens(store: SessionStore, account: TokenAccount | None, tokens: int)
     task.add_done_callback(_writes.discard)
 
 
-async def _spend(store: SessionStore, key: str, tokens: int) -> None:
+async def _spend(store: Counters, key: str, tokens: int) -> None:
     try:
         await store.add_many([(key, tokens)], WINDOW * 2)
     except Exception:  # only the count is lost, and that must be known

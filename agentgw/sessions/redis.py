@@ -328,6 +328,7 @@ class _PipelinedConnection:
 
     def __init__(self, url: str) -> None:
         options = parse_url(url)
+        self._socket_path: str | None = options.get("path")  # unix:// URLs
         self._host: str = options.get("host", "127.0.0.1")
         self._port: int = options.get("port", 6379)
         self._ssl = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
@@ -339,7 +340,7 @@ class _PipelinedConnection:
         if options.get("db"):
             self._setup.append(["SELECT", str(options["db"])])
         self._protocol: _RespProtocol | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_RespProtocol] | None = None
 
     async def eval_script(self, script: str, keys: list[str], args: list[str]) -> Any:
         sha = _sha1(script)
@@ -357,24 +358,37 @@ class _PipelinedConnection:
         return await protocol.call(command)
 
     async def _connect(self) -> _RespProtocol:
+        """The one connection attempt every caller waits on: all of them fail within one
+        STORE_TIMEOUT when it fails, rather than each trying in turn."""
         if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._protocol is not None and not self._protocol.lost:
-                return self._protocol
-            loop = asyncio.get_running_loop()
-            try:
-                _, protocol = await asyncio.wait_for(
-                    loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl), STORE_TIMEOUT
-                )
-            except (TimeoutError, OSError) as exc:
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            connecting.add_done_callback(self._opened)
+        return await asyncio.shield(self._connecting)
+
+    def _opened(self, connecting: asyncio.Future[_RespProtocol]) -> None:
+        self._connecting = None
+        if not connecting.cancelled() and connecting.exception() is None:
+            self._protocol = connecting.result()
+
+    async def _open(self) -> _RespProtocol:
+        loop = asyncio.get_running_loop()
+        protocol: _RespProtocol | None = None
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT):
+                if self._socket_path is not None:
+                    _, protocol = await loop.create_unix_connection(_RespProtocol, self._socket_path)
+                else:
+                    _, protocol = await loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl)
+                for command in self._setup:
+                    if isinstance(await protocol.call(command), hiredis.ReplyError):
+                        raise StoreUnavailable("Session store refused the connection")
+        except BaseException as exc:
+            if protocol is not None:
+                protocol.close()
+            if isinstance(exc, (TimeoutError, OSError)):
                 raise StoreUnavailable("Session store unavailable") from exc
-            for command in self._setup:
-                if isinstance(await protocol.call(command), hiredis.ReplyError):
-                    protocol.close()
-                    raise StoreUnavailable("Session store refused the connection")
-            self._protocol = protocol
-            return protocol
+            raise
+        return protocol
 
     def close(self) -> None:
         if self._protocol is not None:
@@ -393,9 +407,10 @@ class _RespProtocol(asyncio.Protocol):
     async def call(self, command: list[str]) -> Any:
         if self.lost or self._transport is None:
             raise StoreUnavailable("Session store unavailable")
+        data = _encode(command)  # before the reply is awaited: a command that cannot be sent takes none
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(future)
-        self._transport.write(_encode(command))
+        self._transport.write(data)
         timer = asyncio.get_running_loop().call_later(STORE_TIMEOUT, self._timed_out, future)
         try:
             return await future
@@ -446,6 +461,8 @@ def _sha1(script: str) -> str:
 def _encode(command: list[str]) -> bytes:
     parts = [b"*%d\r\n" % len(command)]
     for arg in command:
-        data = arg.encode()
+        # A lone surrogate (a token's subject may hold one) becomes bytes no valid text encodes to:
+        # its own key, never another's.
+        data = arg.encode("utf-8", "surrogatepass")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)

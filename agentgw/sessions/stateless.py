@@ -18,7 +18,7 @@ import secrets
 import time
 
 from agentgw.auth.principal import Principal
-from agentgw.sessions.store import SessionStore
+from agentgw.sessions.store import KeyValues
 
 KEY_NAME = "stateless-handle-key"
 KEY_TTL = 10 * 365 * 24 * 3600.0
@@ -28,7 +28,7 @@ KEY_REREAD_INTERVAL = 10.0  # seconds between store reads prompted by handles th
 
 
 class StatelessHandles:
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: KeyValues) -> None:
         self._store = store
         self._key: bytes | None = None
         self._key_read_at = 0.0

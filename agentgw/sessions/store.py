@@ -1,4 +1,5 @@
-"""The SessionStore protocol and the session record (contract 5.2)."""
+"""The session store: the session record (contract 5.2), and the small protocols each part of the
+gateway uses, all held by one store (memory or Redis)."""
 
 from __future__ import annotations
 
@@ -81,8 +82,8 @@ class CatalogueStore(Protocol):
         ...
 
 
-class SessionStore(CatalogueStore, Protocol):
-    """Session records shared by every gateway process that uses the same store.
+class SessionRecords(Protocol):
+    """The MCP session records (contract 5.2), shared by every gateway process that uses the same store.
 
     Every method raises `StoreUnavailable` when the store does not answer.
     """
@@ -111,6 +112,10 @@ class SessionStore(CatalogueStore, Protocol):
         """Up to `limit` live sessions of a target's backends, the most recently used first."""
         ...
 
+
+class AuditStore(Protocol):
+    """The bounded audit stream (contract 6). Raises `StoreUnavailable` when the store does not answer."""
+
     async def append_audit(self, entries: list[str]) -> None:
         """Append JSON audit lines to the bounded audit stream."""
         ...
@@ -119,15 +124,23 @@ class SessionStore(CatalogueStore, Protocol):
         """The latest `count` audit lines, oldest first."""
         ...
 
-    async def get_value(self, key: str) -> str | None:
-        """A small record kept beside the sessions (A2A task and context pins)."""
-        ...
+
+class KeyValues(Protocol):
+    """Small records kept beside the sessions: A2A task and context pins, stateless handles.
+    Raises `StoreUnavailable` when the store does not answer."""
+
+    async def get_value(self, key: str) -> str | None: ...
 
     async def put_value(self, key: str, value: str, ttl: float) -> None: ...
 
     async def claim_value(self, key: str, value: str, ttl: float) -> str:
         """Store `value` unless the key holds one already; the value the key holds after. One round trip."""
         ...
+
+
+class Counters(Protocol):
+    """Counters that live a while from their first use (rate limits).
+    Raises `StoreUnavailable` when the store does not answer."""
 
     async def add(self, key: str, amount: int, ttl: float) -> int:
         """Add to a counter that lives `ttl` seconds from its first use; the new total. One round trip."""
@@ -137,6 +150,11 @@ class SessionStore(CatalogueStore, Protocol):
         """Add to several counters as `add` does, all in one round trip (a request counted and a
         token count read at once); their new totals, in order."""
         ...
+
+
+class SessionStore(SessionRecords, CatalogueStore, AuditStore, KeyValues, Counters, Protocol):
+    """The one store behind all of these, over one shared connection (memory or Redis): each part
+    of the gateway is handed the store but typed against the small protocol it uses."""
 
     async def ping(self) -> None: ...
 

@@ -13,7 +13,7 @@ from agentgw import jsonrpc
 from agentgw.config import McpTargetConfig
 from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
-from agentgw.sessions.store import SessionRecord, SessionStore
+from agentgw.sessions.store import SessionRecord, SessionRecords
 from agentgw.upstream.answers import Answer, read_answer, read_body, refuse_backend_auth
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
@@ -62,7 +62,7 @@ class BackendPool:
     def index_of(self, url: str) -> int:
         return self._index[url]
 
-    async def candidates(self, store: SessionStore, now: float, exclude: str | None = None) -> list[str]:
+    async def candidates(self, store: SessionRecords, now: float, exclude: str | None = None) -> list[str]:
         """Healthy backends for a new session, the balancer's choice first.
 
         Unhealthy ones follow, so an initialize still has somewhere to go when

@@ -1,41 +1,40 @@
-"""Tool-poisoning defence on the MCP path (contract 6, 7 and 11).
+"""The policy step of an MCP call (contracts 6, 7 and 11), and the tool-poisoning defence.
 
 Every message that names a tool, prompt or resource is decided before anything
 is forwarded, whatever its form (request, notification, batch element).
 `tools/list` answers are trimmed to what the caller may call, and only tools
 the gateway has fingerprinted and scanned are listed or called. Prompts,
 resources and `initialize` instructions are scanned as they are listed.
+
+A call is decided in two moves, so that the guard never calls a backend
+itself: `lookup` finds what the catalogue knows of the tools a message names
+(one lookup per named call), and when it names a tool never listed the caller
+has the target's tools listed and looks again; `decide` then rules.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import Scope
-
 from agentgw import jsonrpc
-from agentgw.auth.middleware import challenge
 from agentgw.auth.principal import Principal
+from agentgw.call import Call
 from agentgw.errors import BadBackendAnswer, BatchDenied, InsufficientScope, PolicyDenied
-from agentgw.inbound.relay import Rewrite
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
-from agentgw.observability.requests import request_info
 from agentgw.policy.catalogue import ToolCatalogue
 from agentgw.policy.engine import KIND_OF_METHOD, TOOL_NAME, Decision, Kind
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.poisoning import ToolEntry, scan
 
-log = logging.getLogger("agentgw.inbound.mcp_policy")
+log = logging.getLogger("agentgw.policy.tool_guard")
 
-# A call naming a tool the catalogue does not know has the target listed again at most this often,
-# so names a client invents cost the backend one listing per interval, not one per call.
-REDISCOVER_AFTER = 10.0
+# How an answer the gateway checks is changed before the client sees it (in place).
+Rewrite = Callable[[dict[str, Any]], Awaitable[None]]
 # Where each list answer holds its items.
 _LISTED_ITEMS = {
     "prompts/list": "prompts",
@@ -52,7 +51,17 @@ _REASON_WORDS = {
 }
 
 
-class McpGuard:
+@dataclass(frozen=True, slots=True)
+class NamedCall:
+    """A message naming a tool, prompt or resource; for a tool, what the catalogue knows of it."""
+
+    message: jsonrpc.Message
+    kind: Kind
+    name: str
+    entry: ToolEntry | None
+
+
+class ToolGuard:
     def __init__(
         self,
         live: LivePolicies,
@@ -67,103 +76,66 @@ class McpGuard:
         self.catalogue = catalogue
         self.audit = audit
         self.metrics = metrics
-        self._discoveries: dict[str, asyncio.Future[None]] = {}
-        self._discovered_at: dict[str, float] = {}
         self.enabled = enabled
 
-    async def check(
-        self,
-        scope: Scope,
-        target: str,
-        messages: list[jsonrpc.Message],
-        principal: Principal | None,
-        session_id: str | None,
-        batch: bool,
-        discover: Callable[[], Awaitable[None]],
-    ) -> None:
-        """Raise PolicyDenied (BatchDenied for a batch) unless every named call is allowed.
-
-        A call to a tool this gateway has never seen listed first has the backend's
-        tools listed (`discover`), so no definition reaches a model unscanned.
-        """
+    def lookup(self, target: str, messages: list[jsonrpc.Message]) -> list[NamedCall]:
+        """The messages that name a tool, prompt or resource, each with its catalogue entry."""
         if not self.enabled:
-            return
-        calls = _named_calls(messages)
-        # One catalogue lookup per named call: a second only after a discovery changed the catalogue.
-        entries = self._entries(target, calls)
-        unseen = any(kind == "tool" and entry is None for (_, kind, _), entry in zip(calls, entries, strict=True))
-        if unseen and self._may_discover(target):
-            await self._discover_once(target, discover)
-            entries = self._entries(target, calls)
-        denied: list[tuple[jsonrpc.Message, Decision, list[str]]] = []
-        for (message, kind, name), entry in zip(calls, entries, strict=True):
-            decision, errors = self._decide(target, kind, message, name, entry, principal)
-            if kind == "tool":
-                self._record(scope, target, name, entry is not None, decision, principal, session_id)
+            return []
+        named = []
+        for message in messages:
+            kind = KIND_OF_METHOD.get(message.get("method", ""))
+            if kind is not None:
+                name = jsonrpc.named_target(message)
+                assert name is not None  # check_message made sure of it
+                entry = self.catalogue.entry(target, name) if kind == "tool" else None
+                named.append(NamedCall(message, kind, name, entry))
+        return named
+
+    @staticmethod
+    def unseen(named: list[NamedCall]) -> bool:
+        """Whether a tool is named that the backend was never seen listing: to be listed first, so
+        that no definition reaches a model unscanned."""
+        return any(n.kind == "tool" and n.entry is None for n in named)
+
+    def decide(self, call: Call, target: str, named: list[NamedCall], batch: bool) -> None:
+        """Raise PolicyDenied (BatchDenied for a batch) unless every named call is allowed; every
+        tool call's decision is audited and counted, and noted on `call`."""
+        denied: list[tuple[Decision, list[str]]] = []
+        for one in named:
+            decision, errors = self._decide(target, one, call.caller)
+            if one.kind == "tool":
+                self._record(call, target, one, decision)
             if not decision.allowed:
-                denied.append((message, decision, errors))
+                denied.append((decision, errors))
         if not denied:
             return
         if batch:
-            summary = [{"tool": d.name, "reason": d.reason} for _, d, _ in denied]
+            summary = [{"tool": d.name, "reason": d.reason} for d, _ in denied]
             raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
-        message, decision, errors = denied[0]
-        raise _denial(scope, message, decision, errors)
+        raise _denial(*denied[0])
 
-    def _entries(self, target: str, calls: list[_NamedCall]) -> list[ToolEntry | None]:
-        return [self.catalogue.entry(target, name) if kind == "tool" else None for _, kind, name in calls]
-
-    async def _discover_once(self, target: str, discover: Callable[[], Awaitable[None]]) -> None:
-        """Calls arriving together for unseen tools share one listing of the target."""
-        running = self._discoveries.get(target)
-        if running is None:
-            self._discovered_at[target] = time.monotonic()
-            running = self._discoveries[target] = asyncio.ensure_future(discover())
-            running.add_done_callback(lambda _: self._discoveries.pop(target, None))
-        await asyncio.shield(running)
-
-    def _may_discover(self, target: str) -> bool:
-        last = self._discovered_at.get(target)
-        return last is None or time.monotonic() - last >= REDISCOVER_AFTER or target in self._discoveries
-
-    def _record(
-        self,
-        scope: Scope,
-        target: str,
-        tool: str,
-        known: bool,
-        decision: Decision,
-        principal: Principal | None,
-        session: str | None,
-    ) -> None:
+    def _record(self, call: Call, target: str, named: NamedCall, decision: Decision) -> None:
         verdict = "allow" if decision.allowed else "deny"
         self.audit.record(
-            subject=principal.subject if principal else None,
-            session_id=session,
+            subject=call.subject,
+            session_id=call.session_id,
             target=target,
-            tool=tool,
+            tool=named.name,
             decision=verdict,
             reason=decision.reason,
         )
-        self.metrics.tool_call(target, tool if known else None, verdict)
-        info = request_info(scope)
-        info.tool, info.decision = tool, verdict
+        self.metrics.tool_call(target, named.name if named.entry is not None else None, verdict)
+        call.tool, call.decision = named.name, verdict
 
     async def observe(self, target: str, tools: list[Any], max_tools: int, complete: bool) -> list[dict[str, Any]]:
         """Record a listing; the definitions recorded (fingerprinted and scanned), in listing order."""
         named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
         return await self.catalogue.observe(target, named, max_tools=max_tools, complete=complete)
 
-    def _decide(
-        self,
-        target: str,
-        kind: Kind,
-        message: jsonrpc.Message,
-        name: str,
-        entry: ToolEntry | None,
-        principal: Principal | None,
-    ) -> tuple[Decision, list[str]]:
+    def _decide(self, target: str, named: NamedCall, principal: Principal | None) -> tuple[Decision, list[str]]:
         scopes = principal.scopes if principal is not None else frozenset()
+        kind, name, entry = named.kind, named.name, named.entry
         decision = self.live.engine.decide(target, kind, name, scopes)
         if not decision.allowed or kind != "tool":
             return decision, []
@@ -173,7 +145,7 @@ class McpGuard:
         quarantined = entry.quarantine_reason(self.live.detection(target))
         if quarantined is not None:
             return Decision(False, kind, name, "quarantined", decision.policy, rule=quarantined), []
-        errors = self.catalogue.argument_errors(entry, message.get("params", {}).get("arguments", {}))
+        errors = self.catalogue.argument_errors(entry, named.message.get("params", {}).get("arguments", {}))
         if errors:
             return Decision(False, kind, name, "invalid_arguments", decision.policy, rule="inputSchema"), errors
         return decision, []
@@ -202,9 +174,7 @@ class McpGuard:
             return scan_instructions
         return None
 
-    def _tools_list_rewrite(
-        self, target: str, principal: Principal | None, max_tools: int, complete: bool
-    ) -> Rewrite:
+    def _tools_list_rewrite(self, target: str, principal: Principal | None, max_tools: int, complete: bool) -> Rewrite:
         scopes = principal.scopes if principal is not None else frozenset()
 
         async def rewrite(result: dict[str, Any]) -> None:
@@ -252,22 +222,7 @@ class McpGuard:
         return self.live.engine.decide(target, "tool", name, scopes).allowed
 
 
-_NamedCall = tuple[jsonrpc.Message, Kind, str]
-
-
-def _named_calls(messages: list[jsonrpc.Message]) -> list[_NamedCall]:
-    """The messages that name a tool, prompt or resource, with what they name."""
-    calls = []
-    for message in messages:
-        kind = KIND_OF_METHOD.get(message.get("method", ""))
-        if kind is not None:
-            name = jsonrpc.named_target(message)
-            assert name is not None  # check_message made sure of it
-            calls.append((message, kind, name))
-    return calls
-
-
-def _denial(scope: Scope, message: jsonrpc.Message, decision: Decision, errors: list[str]) -> PolicyDenied:
+def _denial(decision: Decision, errors: list[str]) -> PolicyDenied:
     reason = decision.reason or "not_allowed"
     data: dict[str, Any] = {
         "tool": decision.name,
@@ -278,11 +233,6 @@ def _denial(scope: Scope, message: jsonrpc.Message, decision: Decision, errors: 
     if errors:
         data["errors"] = errors
     words = f"{decision.kind.capitalize()} '{decision.name}' denied: {_REASON_WORDS.get(reason, reason)}"
-    required = decision.required_scopes
-    denial = (
-        InsufficientScope(words, data=data, challenge=challenge(scope, "insufficient_scope", " ".join(required)))
-        if reason == "missing_scope"
-        else PolicyDenied(words, data=data)
-    )
-    denial.request_id = message.get("id")
-    return denial
+    if reason == "missing_scope":
+        return InsufficientScope(words, data=data, required_scopes=list(decision.required_scopes))
+    return PolicyDenied(words, data=data)
