@@ -51,7 +51,8 @@ from agentgw.sessions.store import KeyValues
 from agentgw.upstream.a2a import CARD_PATHS, AgentReplicas, Replica
 from agentgw.upstream.answers import MAX_ANSWER_BYTES
 from agentgw.upstream.answers import read_body as read_answer_body
-from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
+from agentgw.upstream.faults import BACKEND
+from agentgw.upstream.http import ConnectionPool, UpstreamResponse
 
 log = logging.getLogger("agentgw.inbound.a2a")
 
@@ -230,10 +231,11 @@ class A2AEndpoint:
         for replica in replicas:
             try:
                 url = await agent.rpc_url(replica)
-                response = await self.http.request("POST", url, headers, body, CALL_TIMEOUT)
-            except UpstreamTimeoutError as exc:
-                raise UpstreamTimeout(f"Agent {agent.name!r} did not answer in time") from exc
-            except (UpstreamConnectionError, UpstreamUnavailable):
+                with BACKEND.mapped(f"Agent {agent.name!r}"):
+                    response = await self.http.request("POST", url, headers, body, CALL_TIMEOUT)
+            except UpstreamTimeout:
+                raise
+            except UpstreamUnavailable:
                 replica.mark_down()
                 if len(replicas) == 1:
                     break  # the replica holding the task is gone: there is nowhere else to ask

@@ -68,6 +68,16 @@ end
 return totals
 """
 
+# A batch of audit lines appended in one round trip, the stream trimmed to about ARGV[1] entries.
+_APPEND_AUDIT = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'entry', ARGV[i])
+end
+return #ARGV - 1
+"""
+# Audit lines per script call: one call keeps Redis busy for about a millisecond.
+AUDIT_BATCH = 1000
+
 # Fail fast: a store that does not answer within this many seconds is down,
 # and the client gets 503 rather than a hang.
 STORE_TIMEOUT = 1.0
@@ -255,13 +265,11 @@ class RedisSessionStore:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def append_audit(self, entries: list[str]) -> None:
-        async def append() -> Any:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for entry in entries:
-                    pipe.xadd(f"{self._prefix}audit", {"entry": entry}, maxlen=AUDIT_LENGTH, approximate=True)
-                return await pipe.execute()
-
-        await _call(append)
+        # On the hot connection: redis-py's cost per command, times every audited call, was a tenth
+        # of the gateway's CPU under load.
+        for start in range(0, len(entries), AUDIT_BATCH):
+            batch = entries[start : start + AUDIT_BATCH]
+            await self._hot.eval_script(_APPEND_AUDIT, [f"{self._prefix}audit"], [str(AUDIT_LENGTH), *batch])
 
     async def audit_tail(self, count: int) -> list[str]:
         if count <= 0:

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentgw import jsonrpc, sse
-from agentgw.errors import BackendAuthRefused, BadBackendAnswer, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.errors import BackendAuthRefused, BadBackendAnswer, GatewayError
+from agentgw.upstream.faults import BACKEND
 from agentgw.upstream.http import (
-    UpstreamBodyTooLarge,
-    UpstreamConnectionError,
     UpstreamResponse,
-    UpstreamTimeoutError,
 )
 
 JSON = "application/json"
@@ -65,14 +63,8 @@ async def read_body(response: UpstreamResponse, timeout: float, limit: int | Non
     """The whole body within `timeout` of the request, head included; a backend that fails meanwhile
     is the backend's fault."""
     remaining = max(0.0, timeout - (asyncio.get_running_loop().time() - response.sent_at))
-    try:
+    with BACKEND.mapped("Backend"):
         return await response.read(remaining, limit=limit)
-    except UpstreamTimeoutError as exc:
-        raise UpstreamTimeout("Backend did not finish its answer in time") from exc
-    except UpstreamBodyTooLarge as exc:
-        raise BadBackendAnswer(f"Backend answer larger than {limit} bytes") from exc
-    except UpstreamConnectionError as exc:
-        raise UpstreamUnavailable("Backend failed while answering") from exc
 
 
 async def read_answer(response: UpstreamResponse, request_id: Any, timeout: float) -> Answer:

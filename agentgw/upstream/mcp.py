@@ -15,6 +15,7 @@ from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.sessions.store import SessionRecord, SessionRecords
 from agentgw.upstream.answers import Answer, read_answer, read_body, refuse_backend_auth
+from agentgw.upstream.faults import BACKEND
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
 log = logging.getLogger("agentgw.upstream.mcp")
@@ -110,13 +111,14 @@ class McpUpstream:
         one that does not answer within `timeout` raises UpstreamTimeout.
         """
         try:
-            return await self._http.request(method, url, headers, body, timeout)
-        except UpstreamTimeoutError as exc:
-            raise UpstreamTimeout("Backend did not answer in time") from exc
-        except UpstreamConnectionError as exc:
+            with BACKEND.mapped("Backend"):
+                return await self._http.request(method, url, headers, body, timeout)
+        except UpstreamTimeout:
+            raise
+        except UpstreamUnavailable:
             for pool in self.pools.values():
                 pool.mark_down(url)
-            raise UpstreamUnavailable("Backend unreachable") from exc
+            raise
 
     async def initialize(self, url: str, initialize: bytes, protocol_version: str, timeout: float) -> str | None:
         """Open a backend session as the client once did (failover: reinitialize); its session id."""

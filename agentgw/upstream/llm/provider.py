@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, NamedTuple, Protocol
 
 from agentgw.config import LlmProviderConfig
 from agentgw.errors import SERVER_UNAVAILABLE, GatewayError, UpstreamUnavailable
-from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamTimeoutError
+from agentgw.upstream.faults import Faults
+from agentgw.upstream.http import ConnectionPool
 
 ENTRY_POINT_GROUP = "agentgw.llm_providers"
 
@@ -86,16 +87,12 @@ class NoProviderAnswered(UpstreamUnavailable):
     openai_code = "upstream_unavailable"
 
 
-@contextlib.contextmanager
-def provider_transport() -> Iterator[None]:
-    """The one place the chat path's transport errors become gateway errors (as httpx's
-    `map_httpcore_exceptions`): every read and write of a provider's connection runs inside it."""
-    try:
-        yield
-    except UpstreamTimeoutError as exc:
-        raise ProviderTimeout("provider timed out") from exc
-    except UpstreamConnectionError as exc:
-        raise ProviderUnreachable(f"provider unreachable: {exc}") from exc
+PROVIDER = Faults(ProviderUnreachable, ProviderTimeout, BadProviderAnswer)
+
+
+def provider_transport() -> contextlib.AbstractContextManager[None]:
+    """Every read and write of a provider's connection runs inside it (`upstream/faults.py`)."""
+    return PROVIDER.mapped("provider")
 
 
 class LLMProvider(Protocol):
