@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Receive, Send
 
 from agentgw import jsonrpc
@@ -25,7 +24,7 @@ from agentgw.errors import BackendRefused, InvalidRequest, StoreUnavailable, Ups
 from agentgw.inbound.mcp_request import InboundRequest
 from agentgw.inbound.mcp_sessions import McpSessions
 from agentgw.inbound.relay import AnswerFilter, client_headers, relay, relay_checked, send_answer
-from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
+from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, MODERN_PROTOCOL_VERSIONS
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.rate_limits import Kind

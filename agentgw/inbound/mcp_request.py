@@ -11,7 +11,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope
 
 from agentgw import jsonrpc
@@ -27,12 +26,14 @@ from agentgw.errors import (
 )
 from agentgw.inbound.relay import AnswerFilter
 from agentgw.mcp_headers import (
+    KNOWN_PROTOCOL_VERSIONS,
     LAST_EVENT_ID,
     MCP_METHOD,
     MCP_NAME,
     MCP_PARAM_PREFIX,
     MCP_PROTOCOL_VERSION,
     MCP_SESSION_ID,
+    MODERN_PROTOCOL_VERSIONS,
 )
 
 # A stateful request without the version header speaks 2025-03-26 (MCP transport spec).

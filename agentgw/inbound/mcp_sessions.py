@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-
 from agentgw import jsonrpc
 from agentgw.auth.principal import Principal
 from agentgw.errors import SessionForbidden, SessionNotFound, SessionRequired, UpstreamUnavailable
 from agentgw.inbound.mcp_request import DEFAULT_STATEFUL_VERSION, InboundRequest
+from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.store import SessionRecord, SessionRecords, new_session_id
 from agentgw.upstream.mcp import BackendPool, McpUpstream
