@@ -132,9 +132,13 @@ def named_target(message: Message) -> str | None:
     return None if key is None else message["params"][key]
 
 
+# Made once: json.dumps with options builds an encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def serialise(value: Message | list[Any]) -> bytes:
     """The gateway's own serialisation; lone surrogates cannot be encoded and are refused."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return _ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         raise ParseError("Parse error: string holds a lone surrogate") from None

@@ -47,6 +47,8 @@ log = logging.getLogger("agentgw.inbound.chat")
 T = TypeVar("T")
 
 MODEL_COMMAND = "/model "
+# Made once: json.dumps with options builds an encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class ChatEndpoint:
@@ -371,4 +373,4 @@ async def _send_json(send: Send, status: int, value: Any) -> None:
 
 
 def _dump(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()

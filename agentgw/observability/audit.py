@@ -19,6 +19,8 @@ from agentgw.sessions.store import AuditStore
 log = logging.getLogger("agentgw.audit")
 
 FLUSH_INTERVAL = 0.2
+# Made once: json.dumps with options builds an encoder on every call, and every audited call has a line.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # While the store is down, at most this many entries wait; the oldest are dropped first.
 MAX_BUFFERED = 10_000
 
@@ -103,4 +105,4 @@ def _line(decision: _Decision) -> str:
         "decision": verdict,
         "reason": reason,
     }
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(entry)

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 access_log = logging.getLogger("agentgw.access")
+# Made once: json.dumps with options builds an encoder on every call, and every request has a line.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 # uvicorn logs a WebSocket's path with its query, where a client that cannot set headers put its token.
 _QUERY_CREDENTIAL = re.compile(r"((?:access_token|token|id_token|jwt|bearer)=)[^&\s\"']+", re.IGNORECASE)
 
@@ -30,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             line.update(level=record.levelname.lower(), logger=record.name, message=message)
             if record.exc_info:
                 line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _ENCODER.encode(line)
 
 
 def log_request(fields: dict[str, Any]) -> None:

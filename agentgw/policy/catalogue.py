@@ -31,6 +31,8 @@ log = logging.getLogger("agentgw.poisoning")
 
 DEFAULT_MAX_TOOLS = 1000
 _VALIDITY_CACHE_SIZE = 10_000
+# The validity cache's key for a call's arguments; made once (json.dumps builds an encoder per call).
+_ARGUMENTS_KEY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 # Wait between attempts to re-read a catalogue the store announced as changed.
 _REREAD_DELAY = 1.0
 
@@ -188,7 +190,7 @@ class ToolCatalogue:
                 validator = self._validators[entry.current] = cls(entry.input_schema)
             except jsonschema.SchemaError:
                 return []  # a schema the backend itself cannot mean; it validates its own input
-        key = (entry.current, json.dumps(arguments, sort_keys=True, separators=(",", ":")))
+        key = (entry.current, _ARGUMENTS_KEY.encode(arguments))
         valid = self._valid.get(key)
         if valid is None:
             if len(self._valid) >= _VALIDITY_CACHE_SIZE:
