@@ -15,8 +15,9 @@ filled in as it goes. It takes these steps, in this order:
 5. **session** (`Steps.session`): the caller's MCP session (or stateless handle), and whether the
    caller owns it. Before the policy: a session of another subject is refused whatever the
    message asks, and the policy's audit line names the session. A2A and chat have none.
-6. **policy** (`Steps.policy`): tool, prompt, resource and agent policies, with the audit line
-   of every decision. A denied call never reaches a backend.
+6. **policy** (`Steps.policy`): tool, prompt, resource and agent policies; every `tools/call`
+   decision is audited (contract 6). A denied call never reaches a backend (a tool never seen
+   listed has the target's tools listed first, at most once per target every 10 s).
 7. **rate limit** (`CallPipeline.run`): counted after the policy, so a denied call does not use
    up the caller's limit, and before any backend is touched. One store round trip when a
    RateLimitPolicy applies to the caller, none otherwise.

@@ -95,7 +95,8 @@ class ToolGuard:
     @staticmethod
     def unseen(named: list[NamedCall]) -> bool:
         """Whether a tool is named that the backend was never seen listing: to be listed first, so
-        that no definition reaches a model unscanned."""
+        that no definition reaches a model unscanned (and the decision's metric names a tool the
+        backend has, not whatever a client sent)."""
         return any(n.kind == "tool" and n.entry is None for n in named)
 
     def decide(self, call: Call, target: str, named: list[NamedCall], batch: bool) -> None:
