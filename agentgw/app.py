@@ -27,6 +27,7 @@ from agentgw.inbound.admin import Operated, create_admin_app, start_listener
 from agentgw.inbound.mcp_calls import McpCalls
 from agentgw.inbound.mcp_http import McpHttpEndpoint
 from agentgw.inbound.mcp_sessions import McpSessions
+from agentgw.inbound.mcp_virtual import VirtualCalls
 from agentgw.inbound.mcp_websocket import WS_SUFFIX, McpWebSocketEndpoint
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
@@ -96,7 +97,8 @@ def create_app(
     pipeline = CallPipeline(live, store)
     sessions = McpSessions(store, upstream, live)
     calls = McpCalls(store, upstream, sessions, StatelessHandles(store), guard, live, refusals)
-    mcp = McpHttpEndpoint(settings, calls, pipeline, live, refusals)
+    virtual = VirtualCalls(calls, settings.mcp.virtual_servers if settings.mcp.enabled else [])
+    mcp = McpHttpEndpoint(settings, calls, virtual, pipeline, live, refusals)
     a2a = A2AEndpoint(settings, store, pipeline, live, http, refusals) if settings.a2a.agents else None
     chat = None
     if settings.llm.providers:

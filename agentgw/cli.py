@@ -1,4 +1,4 @@
-"""agentgw serve | policy | token | sessions | tools | audit: the command line (contract section 2).
+"""agentgw serve | bridge | policy | token | sessions | tools | audit: the command line (contract section 2).
 
 Exit 2 with one line on stderr for a bad command line or a config that fails
 validation. The operator commands (sessions, tools, audit) talk to the running
@@ -33,6 +33,7 @@ from agentgw.typed_yaml import ConfigError, Duration, parse_duration
 USAGE_ERROR = 2
 TRUSTED_PROXIES_ENV = "FORWARDED_ALLOW_IPS"  # read by uvicorn too: the proxies whose X-Forwarded-* count
 ADMIN_TIMEOUT = 10.0
+BRIDGE_SHUTDOWN_GRACE = 5
 # uvloop and httptools for speed (the protocol, httptools plus the client limits of
 # contract 11, is passed as `http=`); no access log, Server or Date header: per-request
 # work the gateway does not need. X-Forwarded-Proto/-For are trusted only from the
@@ -74,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     commands.add_parser("serve", help="run the gateway", parents=[common])
+
+    bridge = commands.add_parser(
+        "bridge",
+        help="serve one stdio MCP server over Streamable HTTP at /mcp",
+        usage="agentgw bridge --listen HOST:PORT [options] -- COMMAND ARG...",
+    )
+    bridge.add_argument("--listen", required=True, metavar="HOST:PORT")
+    bridge.add_argument("--max-processes", type=int, default=32, help="at most this many children (default 32)")
+    bridge.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="for every child (${NAME}: from this shell)"
+    )
+    bridge.add_argument("--idle-timeout", type=float, default=600.0, help="seconds before an idle session ends (600)")
+    bridge.add_argument("server_command", nargs="+", metavar="COMMAND", help="the stdio MCP server, after --")
 
     policy = commands.add_parser("policy", help="validate and explain policies").add_subparsers(
         dest="policy_command", required=True, parser_class=_Parser
@@ -129,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             return policy_check(args.paths)
         if args.command == "token":
             return token(args)
+        if args.command == "bridge":
+            return bridge(args)
         settings = load_settings(config_path(args.config, os.environ))
         if args.command == "serve":
             policies = load_policies(settings.policies)
@@ -178,6 +194,43 @@ def serve(settings: Settings, policies: PolicySet, config_file: str | None) -> i
         **uvicorn_options(settings),
         log_level="info",
     )
+    return 0
+
+
+def bridge(args: argparse.Namespace) -> int:
+    """`agentgw bridge`: what it was given is checked before anything listens (exit 2 and one line)."""
+    from agentgw.bridge import StdioBridge, bridge_app
+    from agentgw.upstream.stdio import server_parameters
+
+    def refuse(message: str) -> int:
+        print(f"agentgw bridge: {message}", file=sys.stderr)
+        return USAGE_ERROR
+
+    host, port = split_host_port(args.listen, "--listen")
+    if args.max_processes < 1:
+        return refuse("--max-processes: must be at least 1")
+    if not args.idle_timeout > 0:
+        return refuse("--idle-timeout: must be a positive number of seconds")
+    env: dict[str, str] = {}
+    for item in args.env:
+        name, equals, value = item.partition("=")
+        if not equals or not name.isidentifier():
+            return refuse(f"--env {item!r}: expected NAME=VALUE")
+        env[name] = value
+    command = args.server_command
+    if shutil.which(command[0]) is None:
+        return refuse(f"{command[0]}: command not found")
+    try:
+        params = server_parameters(command, env, None, os.environ)
+    except ValueError as exc:
+        return refuse(str(exc))
+    configure_logging()
+    stdio_bridge = StdioBridge(
+        params, target=os.path.basename(command[0]), max_processes=args.max_processes, idle_timeout=args.idle_timeout
+    )
+    # Open event streams hold uvicorn's shutdown until this runs out; then the children are ended.
+    options = {**_UVICORN_OPTIONS, "timeout_graceful_shutdown": BRIDGE_SHUTDOWN_GRACE}
+    uvicorn.run(bridge_app(stdio_bridge, host), host=host, port=port, **options, log_level="info")
     return 0
 
 

@@ -63,10 +63,33 @@ class McpTargetConfig:
 
 
 @dataclass(frozen=True)
+class VirtualMemberConfig:
+    """One target of a virtual server (contract 12): what of it is exposed, under which names."""
+
+    target: str
+    prefix: str | None = None  # None: "<target>__"
+    tools: list[str] | None = None  # globs; None: every tool the target lists
+    prompts: list[str] | None = None
+
+    @property
+    def name_prefix(self) -> str:
+        return f"{self.target}__" if self.prefix is None else self.prefix
+
+
+@dataclass(frozen=True)
+class VirtualServerConfig:
+    """Several targets served as one MCP endpoint at /mcp/v1/<name> (contract 12)."""
+
+    name: str
+    members: list[VirtualMemberConfig]
+
+
+@dataclass(frozen=True)
 class McpConfig:
     enabled: bool = True
     tool_validation: bool = True
     targets: list[McpTargetConfig] = field(default_factory=list)
+    virtual_servers: list[VirtualServerConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,9 @@ class Settings:
 
     def target(self, name: str) -> McpTargetConfig | None:
         return next((t for t in self.mcp.targets if t.name == name), None)
+
+    def virtual_server(self, name: str) -> VirtualServerConfig | None:
+        return next((v for v in self.mcp.virtual_servers if v.name == name), None)
 
 
 # env var -> (section, key, parser)
@@ -222,7 +248,45 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(file, line_of(target), f"mcp.targets.{target.name}.max_tools: must be at least 1")
     _validate_llm(settings)
     _validate_upstreams(file, "mcp.targets", settings.mcp.targets, reserved={"ws"})
+    _validate_virtual_servers(file, settings.mcp)
     _validate_upstreams(file, "a2a.agents", settings.a2a.agents, reserved=set())
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _validate_virtual_servers(file: str, mcp: McpConfig) -> None:
+    """Virtual servers share one namespace with targets, name known targets once each, and expose
+    no name twice where that can be known at start (names without glob characters)."""
+    names = {t.name for t in mcp.targets}
+    for server in mcp.virtual_servers:
+        key = f"mcp.virtual_servers.{server.name}"
+        if not _TARGET_NAME.match(server.name) or server.name == "ws" or server.name in names:
+            raise ConfigError(file, line_of(server), f"mcp.virtual_servers: invalid or taken name {server.name!r}")
+        names.add(server.name)
+        if not server.members:
+            raise ConfigError(file, line_of(server), f"{key}.members: at least one member is needed")
+        targets = [m.target for m in server.members]
+        for member in server.members:
+            if not any(t.name == member.target for t in mcp.targets):
+                raise ConfigError(file, line_of(member), f"{key}.members: unknown target {member.target!r}")
+            if targets.count(member.target) > 1:
+                raise ConfigError(file, line_of(member), f"{key}.members: target {member.target!r} named twice")
+        for kind in ("tools", "prompts"):
+            _check_exposed_names(file, f"{key}.members", server.members, kind)
+
+
+def _check_exposed_names(file: str, key: str, members: list[VirtualMemberConfig], kind: str) -> None:
+    exposed: dict[str, str] = {}
+    for member in members:
+        for name in getattr(member, kind) or []:
+            if _GLOB.search(name):
+                continue
+            full = member.name_prefix + name
+            if full in exposed:
+                message = f"{key}: {kind[:-1]} name {full!r} exposed by both {exposed[full]!r} and {member.target!r}"
+                raise ConfigError(file, line_of(member), message)
+            exposed[full] = member.target
 
 
 def _validate_upstreams(

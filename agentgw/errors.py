@@ -10,6 +10,8 @@ from starlette.types import Receive, Scope, Send
 # JSON-RPC codes the gateway itself answers with.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
@@ -124,6 +126,14 @@ class ParseError(GatewayError):
 class InvalidRequest(GatewayError):
     http_status = 400
     jsonrpc_code = INVALID_REQUEST
+
+
+class InvalidParams(GatewayError):
+    """A request whose params name nothing the gateway serves (a virtual server's unknown name):
+    a JSON-RPC error answered with 200, as an MCP server answers it."""
+
+    http_status = 200
+    jsonrpc_code = INVALID_PARAMS
 
 
 class HeaderMismatch(GatewayError):

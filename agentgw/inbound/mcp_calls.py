@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.rate_limits import Kind
-from agentgw.policy.tool_guard import Rewrite, ToolGuard
+from agentgw.policy.tool_guard import NamedCall, Rewrite, ToolGuard
 from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionRecords
 from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
@@ -118,16 +119,25 @@ class McpCalls:
         """What an answer from `pool` may hold: responses to `request_ids` only."""
         return AnswerFilter(request_ids, self._foreign_answer[pool.target.name])
 
+    def foreign_answer(self, pool: BackendPool) -> Callable[[], None]:
+        """Records that a backend of `pool` answered a request not sent with the answer's request."""
+        return self._foreign_answer[pool.target.name]
+
     # -- policy -------------------------------------------------------------------
 
     async def check(self, call: Call, post: McpPost, listing: Listing) -> None:
         """The policy step: one catalogue lookup per named call, a second only after the target's
         tools were listed because the call names one never seen."""
+        self.guard.decide(call, post.target, await self.looked_up(post, listing), post.batch)
+
+    async def looked_up(self, post: McpPost, listing: Listing) -> list[NamedCall]:
+        """What the catalogue knows of the tools the messages name, the target listed first when one
+        of them was never seen (at most once per target every REDISCOVER_AFTER seconds)."""
         named = self.guard.lookup(post.target, post.messages)
         if self.guard.unseen(named) and self._may_discover(post.target):
             await self._discover_once(post, listing)
             named = self.guard.lookup(post.target, post.messages)
-        self.guard.decide(call, post.target, named, post.batch)
+        return named
 
     async def _discover_once(self, post: McpPost, listing: Listing) -> None:
         """Calls arriving together for unseen tools share one listing of the target."""
@@ -255,7 +265,7 @@ class InitializeCall:
                 return
             message = post.messages[0]
             backend_session_id = response.header(MCP_SESSION_ID)
-            record = calls.sessions.new_record(post.pool, url, backend_session_id, message, post.body, call.caller)
+            record = calls.sessions.new_record(post.target, url, backend_session_id, message, post.body, call.caller)
             checked = await self._open(record, response, message.get("id"))
             call.session_id, call.backend = record.id, url
             await send_answer(send, checked, client_headers(response, calls.session_headers(record.id)))
@@ -292,7 +302,7 @@ class SessionCall:
         return self.record
 
     async def session(self, call: Call) -> None:
-        self.record = await self.calls.sessions.find(self.post.request, self.post.pool)
+        self.record = await self.calls.sessions.find(self.post.request, self.post.target)
         call.session_id = self.record.id
 
     async def policy(self, call: Call) -> None:

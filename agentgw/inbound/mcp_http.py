@@ -40,6 +40,7 @@ from agentgw.inbound.mcp_request import (
     read_body,
     read_headers,
 )
+from agentgw.inbound.mcp_virtual import VirtualCalls, VirtualPost, VirtualServer, relay_streams
 from agentgw.mcp_headers import LAST_EVENT_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
@@ -52,10 +53,17 @@ class McpHttpEndpoint:
     """The ASGI endpoint behind `/mcp/v1` and `/mcp/v1/{target}`."""
 
     def __init__(
-        self, settings: Settings, calls: McpCalls, pipeline: CallPipeline, live: LivePolicies, refusals: Refusals
+        self,
+        settings: Settings,
+        calls: McpCalls,
+        virtual: VirtualCalls,
+        pipeline: CallPipeline,
+        live: LivePolicies,
+        refusals: Refusals,
     ) -> None:
         self.server = settings.server
         self.calls = calls
+        self.virtual = virtual
         self.pipeline = pipeline
         self.live = live
         self.refusals = refusals
@@ -66,7 +74,12 @@ class McpHttpEndpoint:
         call = call_of(scope)
         pool = None
         try:
-            pool = self._pool(scope)
+            name = scope.get("path_params", {}).get("target", self._default_target)
+            server = self.virtual.servers.get(name) if name is not None else None
+            if server is not None:
+                await self._virtual(call, scope, server, receive, send)
+                return
+            pool = self._pool(name)
             request = read_headers(scope, self.live.policies.session.second_header, call.caller)
             call.target, call.session_id = pool.target.name, request.session_id
             if request.method == "POST":
@@ -92,8 +105,7 @@ class McpHttpEndpoint:
         elif isinstance(error, UpstreamTimeout):
             self.refusals.record(pool.target.name, "timeout")
 
-    def _pool(self, scope: Scope) -> BackendPool:
-        name = scope.get("path_params", {}).get("target", self._default_target)
+    def _pool(self, name: str | None) -> BackendPool:
         pool = self.pools.get(name) if name is not None else None
         if pool is None:
             raise NotFound("Unknown MCP target")
@@ -123,7 +135,7 @@ class McpHttpEndpoint:
         check_accept(request.headers, ("text/event-stream",))
         if request.is_modern:
             raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
-        record = await self.calls.sessions.find(request, pool)
+        record = await self.calls.sessions.find(request, pool.target.name)
         # A GET stream carries no responses, unless it resumes the stream of an earlier request.
         request.answers = None if LAST_EVENT_ID in request.headers else self.calls.answers(pool, [])
         record, response = await self.calls.send_in_session(request, pool, record, None)
@@ -134,7 +146,43 @@ class McpHttpEndpoint:
         finally:
             response.release()
 
+    # -- virtual servers (contract 12) ----------------------------------------------------
+
+    async def _virtual(self, call: Call, scope: Scope, server: VirtualServer, receive: Receive, send: Send) -> None:
+        request = read_headers(scope, self.live.policies.session.second_header, call.caller)
+        call.target, call.session_id = server.name, request.session_id
+        if request.is_modern:
+            raise InvalidRequest(f"Virtual server {server.name!r} speaks the stateful revisions (2025) only")
+        if request.method == "POST":
+            message, body = await self._read_post(call, request, receive)
+            await self.pipeline.run(
+                self.virtual.steps(server, VirtualPost(request, message, body)), call, receive, send
+            )
+        elif request.method == "GET":
+            check_accept(request.headers, ("text/event-stream",))
+            record = await self.calls.sessions.find(request, server.name)
+            await relay_streams(self.virtual, server, record, receive, send)
+        elif request.method == "DELETE":
+            await self.virtual.end(await self.calls.sessions.find(request, server.name), server)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            raise MethodNotAllowed("Method not allowed", headers={"allow": "GET, POST, DELETE"})
+
+    async def _read_post(self, call: Call, request: InboundRequest, receive: Receive) -> tuple[jsonrpc.Message, bytes]:
+        """A virtual server's POST: one message, read as strictly as any."""
+        check_content_type(request.headers)
+        check_accept(request.headers, ("application/json", "text/event-stream"))
+        body = await read_body(request.headers, receive, self.server.max_body_bytes, self.server.body_timeout)
+        payload = call.message = jsonrpc.parse(body)
+        if isinstance(payload, list):
+            raise InvalidRequest("Virtual servers take one message per request, not a batch")
+        [message] = check_messages(payload)
+        call.rpc_method = message.get("method")
+        request.answers = None
+        return message, jsonrpc.serialise(message)
+
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
-        await self.calls.sessions.end(await self.calls.sessions.find(request, pool), pool)
+        await self.calls.sessions.end(await self.calls.sessions.find(request, pool.target.name), pool)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})

@@ -31,7 +31,7 @@ class McpSessions:
 
     def new_record(
         self,
-        pool: BackendPool,
+        target: str,
         backend: str,
         backend_session_id: str | None,
         initialize: jsonrpc.Message,
@@ -45,7 +45,7 @@ class McpSessions:
         now = time.time()
         return SessionRecord(
             id=new_session_id(),
-            target=pool.target.name,
+            target=target,
             backend=backend,
             backend_session_id=backend_session_id,
             protocol_version=version,
@@ -60,13 +60,13 @@ class McpSessions:
     async def create(self, record: SessionRecord) -> None:
         await self.store.create(record, self.ttl)
 
-    async def find(self, request: InboundRequest, pool: BackendPool) -> SessionRecord:
+    async def find(self, request: InboundRequest, target: str) -> SessionRecord:
         """The caller's session, its lifetime slid: one store round trip."""
         if request.session_id is None:
             raise SessionRequired("Bad Request: missing session id")
         record = await self.store.touch(request.session_id, time.time(), self.ttl)
         # Another target's session is as unknown here as no session: targets never shadow each other.
-        if record is None or record.target != pool.target.name:
+        if record is None or record.target != target:
             raise SessionNotFound("Session not found")
         if not self._owned_by_caller(request.principal, record):
             # Refused, and the session stays as it was for its owner.

@@ -100,26 +100,30 @@ class _CompiledPolicy:
             "resource": None if spec.allowed_resources is None else _Rules(spec.allowed_resources),
         }
 
-    def applies_to(self, target: str) -> bool:
-        return self.target_refs is None or target in self.target_refs
+    def applies_to(self, target: str, named_only: bool) -> bool:
+        if self.target_refs is None:
+            return not named_only
+        return target in self.target_refs
 
 
 class PolicyEngine:
     def __init__(self, policies: list[ToolPolicy]) -> None:
         self._policies = [_CompiledPolicy(p) for p in policies]
-        self._by_target: dict[str, list[_CompiledPolicy]] = {}
-        self._decisions: dict[tuple[str, Kind, str, frozenset[str]], Decision] = {}
+        self._by_target: dict[tuple[str, bool], list[_CompiledPolicy]] = {}
+        self._decisions: dict[tuple[str, Kind, str, frozenset[str], bool], Decision] = {}
 
     def governs(self, target: str) -> bool:
         """Whether any ToolPolicy applies to the target (without one, nothing is restricted)."""
         return bool(self._applicable(target))
 
-    def decide(self, target: str, kind: Kind, name: str, scopes: frozenset[str]) -> Decision:
-        key = (target, kind, name, scopes)
+    def decide(self, target: str, kind: Kind, name: str, scopes: frozenset[str], named_only: bool = False) -> Decision:
+        """`named_only`: only the policies whose `targetRefs` name `target` apply (a virtual server's
+        exposed names: a policy for every target governs the members' own names, not these)."""
+        key = (target, kind, name, scopes, named_only)
         decision = self._decisions.get(key)
         if decision is None:
             try:
-                decision = self._decide(target, kind, name, scopes)
+                decision = self._decide(target, kind, name, scopes, named_only)
             except Exception as exc:  # a rule that cannot be evaluated denies
                 decision = evaluation_failed(exc, kind, name, target)
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
@@ -127,14 +131,15 @@ class PolicyEngine:
             self._decisions[key] = decision
         return decision
 
-    def _applicable(self, target: str) -> list[_CompiledPolicy]:
-        policies = self._by_target.get(target)
+    def _applicable(self, target: str, named_only: bool = False) -> list[_CompiledPolicy]:
+        policies = self._by_target.get((target, named_only))
         if policies is None:
-            policies = self._by_target[target] = [p for p in self._policies if p.applies_to(target)]
+            policies = [p for p in self._policies if p.applies_to(target, named_only)]
+            self._by_target[(target, named_only)] = policies
         return policies
 
-    def _decide(self, target: str, kind: Kind, name: str, scopes: frozenset[str]) -> Decision:
-        policies = self._applicable(target)
+    def _decide(self, target: str, kind: Kind, name: str, scopes: frozenset[str], named_only: bool) -> Decision:
+        policies = self._applicable(target, named_only)
         first = policies[0].name if policies else None
         # MCP's naming rule holds with or without a policy: such a name is never a tool.
         if has_invisible(name) or (kind == "tool" and not TOOL_NAME.fullmatch(name)):

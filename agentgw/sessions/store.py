@@ -30,6 +30,8 @@ class SessionRecord:
     scopes: list[str] = field(default_factory=list)
     # The client's initialize request as forwarded, replayed by `failover: reinitialize`.
     initialize: str | None = None
+    # A virtual server's session (contract 12): its members' backend sessions, as JSON.
+    members: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -50,6 +52,7 @@ class SessionRecord:
             subject=fields.get("subject"),
             scopes=fields.get("scopes", "").split(),
             initialize=fields.get("initialize"),
+            members=fields.get("members"),
         )
 
 

@@ -1,0 +1,739 @@
+"""Virtual servers (contract 12): several targets served as one MCP endpoint.
+
+A virtual session is one gateway session holding one backend session per member
+target, opened concurrently at `initialize`; it succeeds when one member
+answers. Lists are the union of the members' lists, each trimmed by its own
+target's policies and then by the virtual server's, names exposed under the
+member's prefix and paged by the gateway itself. A call naming an exposed name
+goes to the member whose prefix matches (longest first) without the prefix.
+What a member asks of the client (sampling, elicitation) carries an id naming
+the member, so that the client's answer finds its way back. A member whose
+backend dies or forgets its session is opened again alone on a healthy backend
+of its target; until then its calls are 503 and its items are left out.
+
+Each message takes the steps of `agentgw/call.py` like any MCP call; this module
+says what a virtual session does at each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from starlette.types import Receive, Send
+
+from agentgw import jsonrpc, sse
+from agentgw.auth.principal import Principal
+from agentgw.call import Call, Steps
+from agentgw.config import VirtualMemberConfig, VirtualServerConfig
+from agentgw.errors import (
+    BackendRefused,
+    GatewayError,
+    InvalidParams,
+    InvalidRequest,
+    StoreUnavailable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from agentgw.inbound.mcp_calls import Listing, McpCalls, McpPost
+from agentgw.inbound.mcp_request import InboundRequest
+from agentgw.inbound.relay import AnswerFilter, relay, send_answer
+from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS, LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
+from agentgw.policy.rate_limits import Kind
+from agentgw.sessions.store import SessionRecord
+from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
+from agentgw.upstream.http import UpstreamResponse
+from agentgw.upstream.mcp import BackendPool
+
+log = logging.getLogger("agentgw.inbound.mcp_virtual")
+
+# The items of one page of a merged list; the gateway's own cursor is the offset of the next page.
+PAGE_SIZE = 100
+_CURSOR_PREFIX = "agentgw:"
+# Pages of one member's list read at most, whatever cursors it keeps sending.
+MAX_MEMBER_PAGES = 20
+# What a member's server-to-client request id becomes: this, the member's index, ":", the id as JSON.
+_MEMBER_ID_PREFIX = "agentgw-m"
+_LISTED_KEY = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
+_ACCEPT = "application/json, text/event-stream"
+# Methods sent to every member at once; the gateway answers the client itself.
+_BROADCAST_REQUESTS = frozenset({"logging/setLevel"})
+
+
+@dataclass
+class MemberSession:
+    """One member's backend session in a virtual session; `backend` None: not open now."""
+
+    target: str
+    backend: str | None
+    backend_session_id: str | None
+    protocol_version: str
+
+
+def members_of(record: SessionRecord) -> list[MemberSession]:
+    return [MemberSession(**m) for m in json.loads(record.members or "[]")]
+
+
+def _store_members(record: SessionRecord, members: list[MemberSession]) -> None:
+    record.members = json.dumps([dataclasses.asdict(m) for m in members], separators=(",", ":"))
+
+
+class VirtualServer:
+    """One virtual server's members, in config order, each with its target's backends."""
+
+    def __init__(self, config: VirtualServerConfig, pools: dict[str, BackendPool]) -> None:
+        self.name = config.name
+        self.members: list[tuple[VirtualMemberConfig, BackendPool]] = [(m, pools[m.target]) for m in config.members]
+        self._longest_prefix_first = sorted(
+            range(len(self.members)), key=lambda i: -len(self.members[i][0].name_prefix)
+        )
+
+    def route(self, kind: Literal["tool", "prompt"], exposed: str) -> tuple[int, str] | None:
+        """The member an exposed name belongs to, and the member's own name for it."""
+        for index in self._longest_prefix_first:
+            member = self.members[index][0]
+            prefix = member.name_prefix
+            if exposed.startswith(prefix) and len(exposed) > len(prefix):
+                name = exposed[len(prefix) :]
+                if includes(member, kind, name):
+                    return index, name
+        return None
+
+
+def includes(member: VirtualMemberConfig, kind: Literal["tool", "prompt"], name: str) -> bool:
+    globs = member.tools if kind == "tool" else member.prompts
+    return globs is None or any(fnmatchcase(name, glob) for glob in globs)
+
+
+def member_id(index: int, request_id: Any) -> str:
+    return f"{_MEMBER_ID_PREFIX}{index}:{json.dumps(request_id)}"
+
+
+def unmember_id(value: Any) -> tuple[int, Any] | None:
+    """The member and its own id behind an id the gateway gave a member's request; None for any other."""
+    if not isinstance(value, str) or not value.startswith(_MEMBER_ID_PREFIX):
+        return None
+    index, _, original = value[len(_MEMBER_ID_PREFIX) :].partition(":")
+    try:
+        return int(index), json.loads(original)
+    except ValueError:
+        return None
+
+
+class MemberAnswers(AnswerFilter):
+    """A member's stream as the client sees it: responses to other requests held back (contract 11),
+    and the member's own requests under ids that name the member."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: int, request_ids: list[Any], refused: Callable[[], None]) -> None:
+        super().__init__(request_ids, refused)
+        self._index = index
+
+    def events(self, decoder: sse.SseDecoder, chunk: bytes) -> bytes:
+        kept = []
+        for event in decoder.feed(chunk):
+            try:
+                message = event.json()
+            except (ValueError, RecursionError):
+                log.warning("a member's stream event that is not JSON was left out")
+                continue
+            if not self.allows(message):
+                continue
+            if isinstance(message, dict) and "method" in message and "id" in message:
+                message["id"] = member_id(self._index, message["id"])
+                kept.append(event.encode(jsonrpc.serialise(message).decode()))
+            else:
+                kept.append(event.encode())
+        return b"".join(kept)
+
+
+class VirtualCalls:
+    """What the steps of every kind of virtual-session call share: the members' sessions."""
+
+    def __init__(self, calls: McpCalls, servers: list[VirtualServerConfig]) -> None:
+        self.calls = calls
+        self.servers = {s.name: VirtualServer(s, calls.upstream.pools) for s in servers}
+
+    def steps(self, server: VirtualServer, post: VirtualPost) -> Steps[Any]:
+        message = post.message
+        method = message.get("method")
+        if method == "initialize":
+            return VirtualInitialize(self, server, post)
+        if "method" not in message:
+            return VirtualReply(self, server, post)
+        if "id" not in message:
+            return VirtualBroadcast(self, server, post)
+        if method in _LISTED_KEY:
+            return VirtualList(self, server, post)
+        if method == "ping":
+            return VirtualLocal(self, server, post, {})
+        if method in _BROADCAST_REQUESTS:
+            return VirtualBroadcast(self, server, post)
+        return VirtualRouted(self, server, post)
+
+    # -- member sessions ----------------------------------------------------------------
+
+    async def open_member(
+        self, server: VirtualServer, index: int, initialize: bytes
+    ) -> tuple[MemberSession, dict[str, Any]]:
+        """Open a member's backend session on the first backend of its target that answers; its
+        session and the checked initialize result."""
+        pool = server.members[index][1]
+        target = pool.target
+        headers = {"content-type": "application/json", "accept": _ACCEPT}
+        request_id = json.loads(initialize).get("id")
+        for url in await pool.candidates(self.calls.store, time.time()):
+            try:
+                response = await self.calls.upstream.send("POST", url, headers, initialize, timeout=target.timeout)
+            except UpstreamTimeout:
+                raise
+            except UpstreamUnavailable:
+                continue
+            try:
+                refuse_backend_auth(response)
+                if response.status != 200:
+                    continue
+                answer = await read_answer(response, request_id, target.timeout)
+            finally:
+                response.release()
+            result = answer.result
+            if result is None:
+                continue
+            self.calls.guard.scan_initialize(target.name, result)
+            version = result.get("protocolVersion")
+            version = version if version in HANDSHAKE_PROTOCOL_VERSIONS else HANDSHAKE_PROTOCOL_VERSIONS[-1]
+            session = MemberSession(target.name, url, response.header(MCP_SESSION_ID), version)
+            await self._notify_initialized(session, target.timeout)
+            return session, result
+        raise UpstreamUnavailable(f"No backend of member {target.name!r} is reachable")
+
+    async def _notify_initialized(self, member: MemberSession, timeout: float) -> None:
+        body = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+        response = await self.send_to_member_once(member, "POST", body, timeout)
+        response.release()
+
+    async def reopen(self, record: SessionRecord, server: VirtualServer, index: int) -> MemberSession:
+        """Open a member again, alone, with the client's own initialize; the other members carry on.
+        A member that cannot be opened is 503 until a later request opens it."""
+        members = members_of(record)
+        assert record.initialize is not None
+        try:
+            session, _ = await self.open_member(server, index, record.initialize.encode())
+        except (UpstreamUnavailable, BackendRefused):
+            members[index] = dataclasses.replace(members[index], backend=None, backend_session_id=None)
+            await self._save(record, members)
+            raise UpstreamUnavailable(f"Member {members[index].target!r} of {server.name!r} is unavailable") from None
+        members[index] = session
+        await self._save(record, members)
+        return session
+
+    async def _save(self, record: SessionRecord, members: list[MemberSession]) -> None:
+        _store_members(record, members)
+        await self.calls.store.replace_backend(record, self.calls.sessions.ttl)
+
+    def member_headers(self, member: MemberSession, forwarded: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": _ACCEPT, **(forwarded or {})}
+        headers[MCP_PROTOCOL_VERSION] = member.protocol_version
+        if member.backend_session_id is not None:
+            headers[MCP_SESSION_ID] = member.backend_session_id
+        return headers
+
+    async def send_to_member_once(
+        self, member: MemberSession, method: str, body: bytes | None, timeout: float
+    ) -> UpstreamResponse:
+        assert member.backend is not None
+        headers = self.member_headers(member)
+        return await self.calls.upstream.send(method, member.backend, headers, body, timeout=timeout)
+
+    async def send_to_member(
+        self,
+        record: SessionRecord,
+        server: VirtualServer,
+        index: int,
+        body: bytes | None,
+        forwarded: dict[str, str] | None = None,
+        method: str = "POST",
+    ) -> tuple[MemberSession, UpstreamResponse]:
+        """Send to a member's backend session; when the backend is gone or forgot the session, open the
+        member again (alone) and send once more."""
+        timeout = server.members[index][1].target.timeout
+        member = members_of(record)[index]
+        for attempt in range(2):
+            if member.backend is None or attempt:
+                member = await self.reopen(record, server, index)
+            assert member.backend is not None
+            headers = self.member_headers(member, forwarded)
+            try:
+                response = await self.calls.upstream.send(method, member.backend, headers, body, timeout=timeout)
+            except UpstreamTimeout:
+                raise
+            except UpstreamUnavailable:
+                continue
+            if response.status == 404 and member.backend_session_id is not None:
+                response.release()
+                continue
+            return member, response
+        raise UpstreamUnavailable(f"Member {member.target!r} of {server.name!r} is unavailable")
+
+    async def end(self, record: SessionRecord, server: VirtualServer) -> None:
+        """DELETE, expiry or revocation: every member's backend session ends, then the record."""
+        ends = []
+        for member, (_, pool) in zip(members_of(record), server.members, strict=False):
+            if member.backend is not None and member.backend_session_id is not None:
+                stand_in = dataclasses.replace(
+                    record, backend=member.backend, backend_session_id=member.backend_session_id
+                )
+                stand_in.protocol_version = member.protocol_version
+                ends.append(self.calls.upstream.end_session(stand_in, pool.target.timeout))
+        await asyncio.gather(*ends)
+        await self.calls.store.delete(record.id)
+
+
+@dataclass(slots=True)
+class VirtualPost:
+    """One POST to a virtual server as read: one message (virtual servers take no batches)."""
+
+    request: InboundRequest
+    message: jsonrpc.Message
+    body: bytes
+
+
+class _VirtualSteps:
+    """What every virtual-session step set shares: the session step and its record."""
+
+    kind: Kind = "mcp"
+
+    def __init__(self, virtual: VirtualCalls, server: VirtualServer, post: VirtualPost) -> None:
+        self.virtual = virtual
+        self.server = server
+        self.post = post
+        self._found: SessionRecord | None = None
+
+    @property
+    def record(self) -> SessionRecord:
+        assert self._found is not None, "the session step comes first"
+        return self._found
+
+    async def session(self, call: Call) -> None:
+        self._found = await self.virtual.calls.sessions.find(self.post.request, self.server.name)
+        call.session_id = self._found.id
+
+    async def policy(self, call: Call) -> None:
+        """Nothing here names a tool, prompt or resource."""
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        return [(k.encode(), v.encode()) for k, v in self.virtual.calls.session_headers(self.record.id)]
+
+
+class VirtualInitialize(_VirtualSteps):
+    """`initialize`: every member opened at once; the session stands when one of them answered."""
+
+    async def session(self, call: Call) -> None:
+        if self.post.request.session_id is not None:
+            raise InvalidRequest("initialize must not carry a session id")
+
+    async def upstream(self, call: Call) -> list[tuple[MemberSession, dict[str, Any]] | BaseException]:
+        opening = [self.virtual.open_member(self.server, i, self.post.body) for i in range(len(self.server.members))]
+        return await asyncio.gather(*opening, return_exceptions=True)
+
+    async def relay(
+        self,
+        call: Call,
+        answer: list[tuple[MemberSession, dict[str, Any]] | BaseException],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        members: list[MemberSession] = []
+        results: list[tuple[str, dict[str, Any]]] = []
+        for (member, _), opened in zip(self.server.members, answer, strict=True):
+            if isinstance(opened, BaseException):
+                if not isinstance(opened, GatewayError):
+                    raise opened
+                log.warning("member %s of %s did not open: %s", member.target, self.server.name, opened)
+                members.append(MemberSession(member.target, None, None, HANDSHAKE_PROTOCOL_VERSIONS[-1]))
+                continue
+            members.append(opened[0])
+            results.append((member.target, opened[1]))
+        if not results:
+            raise UpstreamUnavailable(f"No member of {self.server.name!r} answered")
+        calls = self.virtual.calls
+        record = calls.sessions.new_record(self.server.name, "", None, self.post.message, self.post.body, call.caller)
+        _store_members(record, members)
+        try:
+            await calls.sessions.create(record)
+        except StoreUnavailable:
+            await self.virtual.end(record, self.server)
+            raise
+        call.session_id = record.id
+        self._found = record
+        result = _merged_initialize(self.server.name, self.post.message, results)
+        response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": result}
+        merged = Answer([response], None, 0)
+        await send_answer(send, merged, self._headers())
+
+
+def _merged_initialize(
+    name: str, request: jsonrpc.Message, results: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """One initialize result for the client: the members' capabilities joined, their instructions
+    each headed by the member's name, the version they all speak."""
+    versions = [r.get("protocolVersion") for _, r in results]
+    requested = request.get("params", {}).get("protocolVersion")
+    if all(v == requested for v in versions):
+        version = requested
+    else:
+        known = [v for v in versions if v in HANDSHAKE_PROTOCOL_VERSIONS]
+        version = min(known, key=HANDSHAKE_PROTOCOL_VERSIONS.index) if known else HANDSHAKE_PROTOCOL_VERSIONS[-1]
+    capabilities: dict[str, Any] = {}
+    for _, result in results:
+        _join(capabilities, result.get("capabilities"))
+    instructions = [
+        f"{target}: {result['instructions']}"
+        for target, result in results
+        if isinstance(result.get("instructions"), str)
+    ]
+    merged: dict[str, Any] = {
+        "protocolVersion": version,
+        "capabilities": capabilities,
+        "serverInfo": {"name": name, "version": "agentgw"},
+    }
+    if instructions:
+        merged["instructions"] = "\n\n".join(instructions)
+    return merged
+
+
+def _join(into: dict[str, Any], capabilities: Any) -> None:
+    """The union of capability objects: a capability any member has, with any flag any member sets."""
+    if not isinstance(capabilities, dict):
+        return
+    for key, value in capabilities.items():
+        if isinstance(value, dict):
+            held = into.setdefault(key, {})
+            if isinstance(held, dict):
+                _join(held, value)
+        elif value is True or key not in into:
+            into[key] = value
+
+
+class VirtualList(_VirtualSteps):
+    """`tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`: the union of the
+    members' lists, each as its own target's policies and scans leave it, paged by the gateway."""
+
+    async def upstream(self, call: Call) -> list[list[dict[str, Any]] | None]:
+        method = self.post.message["method"]
+        listing = [self._list_member(call, i, method) for i in range(len(self.server.members))]
+        return await asyncio.gather(*listing)
+
+    async def _list_member(self, call: Call, index: int, method: str) -> list[dict[str, Any]] | None:
+        """A member's whole list (every page), checked and trimmed; None when the member is down."""
+        pool = self.server.members[index][1]
+        target = pool.target
+        key = _LISTED_KEY[method]
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for page in range(MAX_MEMBER_PAGES):
+            params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            request_id = f"agentgw-list-{page}"
+            message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            try:
+                _, response = await self.virtual.send_to_member(
+                    self.record, self.server, index, jsonrpc.serialise(message)
+                )
+            except UpstreamUnavailable as exc:
+                log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, method, exc)
+                return None
+            try:
+                refuse_backend_auth(response)
+                if response.status != 200:
+                    return None
+                answer = await read_answer(response, request_id, target.timeout)
+            finally:
+                response.release()
+            result = answer.result
+            if result is None:
+                return None
+            rewrite = self.virtual.calls.guard.answer_rewrite(
+                target.name, method, message, call.caller, target.max_tools
+            )
+            if rewrite is not None:
+                await rewrite(result)
+            listed = result.get(key)
+            items += [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
+            cursor = result.get("nextCursor") if isinstance(result.get("nextCursor"), str) else None
+            if cursor is None:
+                break
+        return items
+
+    async def relay(self, call: Call, answer: list[list[dict[str, Any]] | None], receive: Receive, send: Send) -> None:
+        method = self.post.message["method"]
+        merged = self._merged(method, answer, call.caller)
+        offset = _offset(self.post.message.get("params", {}).get("cursor"))
+        page: dict[str, Any] = {_LISTED_KEY[method]: merged[offset : offset + PAGE_SIZE]}
+        if offset + PAGE_SIZE < len(merged):
+            page["nextCursor"] = f"{_CURSOR_PREFIX}{offset + PAGE_SIZE}"
+        response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": page}
+        await send_answer(send, Answer([response], None, 0), self._headers())
+
+    def _merged(
+        self, method: str, lists: list[list[dict[str, Any]] | None], caller: Principal | None
+    ) -> list[dict[str, Any]]:
+        if method in ("resources/list", "resources/templates/list"):
+            return [item for items in lists if items for item in items]
+        kind: Literal["tool", "prompt"] = "tool" if method == "tools/list" else "prompt"
+        scopes = caller.scopes if caller is not None else frozenset()
+        engine = self.virtual.calls.live.engine
+        exposed: dict[str, str] = {}
+        merged = []
+        for (member, _), items in zip(self.server.members, lists, strict=True):
+            for item in items or []:
+                name = item.get("name")
+                if not isinstance(name, str) or not includes(member, kind, name):
+                    continue
+                full = member.name_prefix + name
+                if full in exposed:
+                    log.warning("%s %r of %s left out: %s exposes it already", kind, full, member.target, exposed[full])
+                    continue
+                if not engine.decide(self.server.name, kind, full, scopes, named_only=True).allowed:
+                    continue
+                exposed[full] = member.target
+                merged.append({**item, "name": full})
+        return merged
+
+
+def _offset(cursor: Any) -> int:
+    if cursor is None:
+        return 0
+    if isinstance(cursor, str) and cursor.startswith(_CURSOR_PREFIX) and cursor[len(_CURSOR_PREFIX) :].isdigit():
+        return int(cursor[len(_CURSOR_PREFIX) :])
+    raise InvalidParams("Invalid params: unknown cursor")
+
+
+class VirtualRouted(_VirtualSteps):
+    """A request for one member: `tools/call` and `prompts/get` by prefix, `resources/read` and the
+    rest by the member that lists the resource."""
+
+    def __init__(self, virtual: VirtualCalls, server: VirtualServer, post: VirtualPost) -> None:
+        super().__init__(virtual, server, post)
+        self.index = -1
+        self.forwarded = post.message
+
+    async def policy(self, call: Call) -> None:
+        message = self.post.message
+        method = message["method"]
+        if method in ("tools/call", "prompts/get"):
+            await self._route_by_name(call, "tool" if method == "tools/call" else "prompt")
+        elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
+            await self._route_by_uri(call)
+        elif method == "completion/complete":
+            await self._route_completion(call)
+        else:
+            raise InvalidRequest(f"Method {method!r} is not served by virtual server {self.server.name!r}")
+        calls, pool = self.virtual.calls, self.server.members[self.index][1]
+        member = members_of(self.record)[self.index]
+        if member.backend is None:
+            named = calls.guard.lookup(pool.target.name, [self.forwarded])
+        else:
+            post = McpPost(self.post.request, pool, [self.forwarded], False, b"")
+            named = await calls.looked_up(post, Listing(member.backend, self.virtual.member_headers(member), None))
+        if method == "tools/call" and named and named[0].entry is None and calls.guard.enabled:
+            # The member never listed it: a name no member exposes (contract 12).
+            raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no tool {message['params']['name']!r}")
+        calls.guard.decide(call, pool.target.name, named, False)
+
+    async def _route_by_name(self, call: Call, kind: Literal["tool", "prompt"]) -> None:
+        exposed = self.post.message["params"]["name"]
+        routed = self.server.route(kind, exposed)
+        if routed is None:
+            raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no {kind} {exposed!r}")
+        self.index, name = routed
+        scopes = call.caller.scopes if call.caller is not None else frozenset()
+        decision = self.virtual.calls.live.engine.decide(self.server.name, kind, exposed, scopes, named_only=True)
+        if not decision.allowed:
+            raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no {kind} {exposed!r}")
+        self.forwarded = {**self.post.message, "params": {**self.post.message["params"], "name": name}}
+
+    async def _route_by_uri(self, call: Call) -> None:
+        uri = self.post.message.get("params", {}).get("uri")
+        self.index = await self._owner_of(call, uri)
+
+    async def _route_completion(self, call: Call) -> None:
+        ref = self.post.message.get("params", {}).get("ref")
+        if isinstance(ref, dict) and ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            routed = self.server.route("prompt", ref["name"])
+            if routed is None:
+                raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no prompt {ref['name']!r}")
+            self.index, name = routed
+            params = {**self.post.message["params"], "ref": {**ref, "name": name}}
+            self.forwarded = {**self.post.message, "params": params}
+        elif isinstance(ref, dict) and ref.get("type") == "ref/resource":
+            self.index = await self._owner_of(call, ref.get("uri"))
+        else:
+            raise InvalidParams("Invalid params: completion/complete needs a prompt or resource ref")
+
+    async def _owner_of(self, call: Call, uri: Any) -> int:
+        """The member whose resource list (or template list) holds the URI."""
+        if not isinstance(uri, str):
+            raise InvalidParams("Invalid params: a resource URI is needed")
+        for method, key, field in (
+            ("resources/list", "resources", "uri"),
+            ("resources/templates/list", "resourceTemplates", "uriTemplate"),
+        ):
+            lister = VirtualList(self.virtual, self.server, VirtualPost(self.post.request, {"method": method}, b""))
+            lister._found = self.record
+            for index in range(len(self.server.members)):
+                items = await lister._list_member(call, index, method)
+                if items and any(_matches(item.get(field), uri, key == "resourceTemplates") for item in items):
+                    return index
+        raise InvalidParams(f"Invalid params: no member of {self.server.name!r} lists {uri!r}")
+
+    async def upstream(self, call: Call) -> UpstreamResponse:
+        body = jsonrpc.serialise(self.forwarded)
+        forwarded = {k: v for k, v in self.post.request.forwarded_headers().items() if k == LAST_EVENT_ID}
+        member, response = await self.virtual.send_to_member(self.record, self.server, self.index, body, forwarded)
+        call.backend = member.backend
+        return response
+
+    async def relay(self, call: Call, answer: UpstreamResponse, receive: Receive, send: Send) -> None:
+        calls = self.virtual.calls
+        pool = self.server.members[self.index][1]
+        try:
+            refuse_backend_auth(answer)
+            answers = MemberAnswers(self.index, [self.post.message.get("id")], calls.foreign_answer(pool))
+            headers = calls.session_headers(self.record.id)
+            await relay(answer, headers, receive, send, pool.target.timeout, answers=answers)
+        finally:
+            answer.release()
+
+
+def _matches(listed: Any, uri: str, template: bool) -> bool:
+    if not isinstance(listed, str):
+        return False
+    if not template:
+        return listed == uri
+    # A URI template's literal start: `file:///{path}` serves every URI under `file:///`.
+    literal = listed.split("{", 1)[0]
+    return bool(literal) and uri.startswith(literal)
+
+
+class VirtualBroadcast(_VirtualSteps):
+    """A notification (`notifications/initialized`, `cancelled`, `roots/list_changed`) or a request
+    every member takes (`logging/setLevel`): sent to each open member, answered by the gateway."""
+
+    async def upstream(self, call: Call) -> None:
+        body = self.post.body
+        sends = [self._send(i, body) for i, m in enumerate(members_of(self.record)) if m.backend is not None]
+        await asyncio.gather(*sends)
+
+    async def _send(self, index: int, body: bytes) -> None:
+        try:
+            _, response = await self.virtual.send_to_member(self.record, self.server, index, body)
+        except UpstreamUnavailable as exc:
+            log.warning("member %d of %s missed a message: %s", index, self.server.name, exc)
+            return
+        response.release()
+
+    async def relay(self, call: Call, answer: None, receive: Receive, send: Send) -> None:
+        if "id" in self.post.message:
+            response = {"jsonrpc": "2.0", "id": self.post.message["id"], "result": {}}
+            await send_answer(send, Answer([response], None, 0), self._headers())
+            return
+        await send({"type": "http.response.start", "status": 202, "headers": self._headers()})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class VirtualReply(_VirtualSteps):
+    """The client's answer to a member's request: back to that member, under the member's own id."""
+
+    async def upstream(self, call: Call) -> UpstreamResponse:
+        routed = unmember_id(self.post.message.get("id"))
+        if routed is None or not 0 <= routed[0] < len(self.server.members):
+            raise InvalidRequest("Invalid request: an answer to no request of this session")
+        index, original = routed
+        body = jsonrpc.serialise({**self.post.message, "id": original})
+        _, response = await self.virtual.send_to_member(self.record, self.server, index, body)
+        return response
+
+    async def relay(self, call: Call, answer: UpstreamResponse, receive: Receive, send: Send) -> None:
+        answer.release()
+        await send({"type": "http.response.start", "status": 202, "headers": self._headers()})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class VirtualLocal(_VirtualSteps):
+    """A request the gateway answers for the virtual server itself (`ping`)."""
+
+    def __init__(self, virtual: VirtualCalls, server: VirtualServer, post: VirtualPost, result: dict[str, Any]) -> None:
+        super().__init__(virtual, server, post)
+        self.result = result
+
+    async def upstream(self, call: Call) -> None:
+        return None
+
+    async def relay(self, call: Call, answer: None, receive: Receive, send: Send) -> None:
+        response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": self.result}
+        await send_answer(send, Answer([response], None, 0), self._headers())
+
+
+async def relay_streams(
+    virtual: VirtualCalls, server: VirtualServer, record: SessionRecord, receive: Receive, send: Send
+) -> None:
+    """The session's GET stream: every open member's own stream merged into one, each member's
+    requests under ids naming it, a member's `*/list_changed` as the virtual server's."""
+    headers = [(b"content-type", sse.EVENT_STREAM.encode()), (b"cache-control", b"no-cache")]
+    headers += [(k.encode(), v.encode()) for k, v in virtual.calls.session_headers(record.id)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    lock = asyncio.Lock()
+
+    async def forward(index: int) -> None:
+        member = members_of(record)[index]
+        if member.backend is None:
+            return
+        pool = server.members[index][1]
+        try:
+            response = await virtual.send_to_member_once(member, "GET", None, pool.target.timeout)
+        except UpstreamUnavailable:
+            return
+        try:
+            if response.status != 200 or not sse.is_event_stream(response.header("content-type")):
+                return
+            answers = MemberAnswers(index, [], virtual.calls.foreign_answer(pool))
+            decoder = sse.SseDecoder()
+            async for chunk in response.chunks(None):
+                data = answers.events(decoder, chunk)
+                if data:
+                    async with lock:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            response.release()
+
+    streams = [asyncio.ensure_future(forward(i)) for i in range(len(server.members))]
+    disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait([*streams, disconnect], return_when=asyncio.FIRST_COMPLETED)
+        if not disconnect.done():
+            await disconnect
+    finally:
+        for task in [*streams, disconnect]:
+            task.cancel()
+        for outcome in await asyncio.gather(*streams, disconnect, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("a member's stream of %s failed", server.name, exc_info=outcome)
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
