@@ -55,6 +55,7 @@ from agentgw.sessions.store import SessionStore
 from agentgw.upstream.http import ConnectionPool
 from agentgw.upstream.llm.router import LlmRouter
 from agentgw.upstream.mcp import McpUpstream
+from agentgw.upstream.stdio_backends import StdioBackends
 
 log = logging.getLogger("agentgw")
 
@@ -87,7 +88,11 @@ def create_app(
     tracer = provider.get_tracer("agentgw") if provider is not None else None
     http = ConnectionPool(CONNECT_TIMEOUT) if tracer is None else TracedConnectionPool(CONNECT_TIMEOUT, tracer)
     live = LivePolicies(settings.policies, policies, env, http)
-    targets = settings.mcp.targets if settings.mcp.enabled else []
+    # A `command` backend becomes the URL of a bridge inside this process; a child lives as long as
+    # its gateway session may.
+    idle = live.policies.session.session_timeout
+    stdio = StdioBackends(settings.mcp.targets if settings.mcp.enabled else [], env, idle, settings.source)
+    targets = stdio.targets
     upstream = McpUpstream(targets, http)
     metrics = Metrics(_configured_models(settings))
     refusals = Refusals(metrics)
@@ -164,6 +169,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await stdio.start()
         await upstream.start()
         audit.start()
         tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
@@ -185,6 +191,7 @@ def create_app(
                 await admin.shutdown()
             await audit.close()
             await upstream.close()
+            await stdio.close()
             await http.close()
             await store.close()
             if provider is not None:

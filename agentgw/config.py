@@ -47,7 +47,14 @@ class SessionStoreConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    url: str
+    """An HTTP backend at `url`, or (MCP targets only) a stdio MCP server started by `command`,
+    one child per session (contract 13); `${NAME}` in an `env` value is read from the gateway's
+    environment."""
+
+    url: str = ""
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class McpTargetConfig:
     health_check_interval: Duration = _TWO_SECONDS
     # Tools beyond this many in a backend's listing are left out (contract 11).
     max_tools: int = 1000
+    # Live child processes per `command` backend; beyond it initialize answers 503 (contract 13).
+    max_processes: int = 32
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,28 @@ def _validate(settings: Settings) -> None:
     _validate_upstreams(file, "mcp.targets", settings.mcp.targets, reserved={"ws"})
     _validate_virtual_servers(file, settings.mcp)
     _validate_upstreams(file, "a2a.agents", settings.a2a.agents, reserved=set())
+    _validate_commands(settings)
+
+
+def _validate_commands(settings: Settings) -> None:
+    """`command` backends run inside the gateway process: one process, so one worker."""
+    for target in settings.mcp.targets:
+        for backend in target.backends:
+            if backend.command is None:
+                continue
+            key = f"mcp.targets.{target.name}.backends"
+            if not backend.command:
+                raise ConfigError(settings.source, line_of(backend), f"{key}: command is empty")
+            if settings.server.workers > 1:
+                message = (
+                    f"{key}: command backends run inside the gateway process, which server.workers > 1 "
+                    "multiplies; serve them with `agentgw bridge` and name its URL instead"
+                )
+                raise ConfigError(settings.source, line_of(backend), message)
+        if target.max_processes < 1:
+            raise ConfigError(
+                settings.source, line_of(target), f"mcp.targets.{target.name}.max_processes: must be at least 1"
+            )
 
 
 _GLOB = re.compile(r"[*?\[]")
@@ -305,6 +336,11 @@ def _validate_upstreams(
                 file, line_of(upstream), f"{key}.{upstream.name}.backends: at least one backend is needed"
             )
         for backend in upstream.backends:
+            if backend.command is not None and key == "mcp.targets":
+                if backend.url:
+                    message = f"{key}.{upstream.name}.backends: a backend has a url or a command, not both"
+                    raise ConfigError(file, line_of(backend), message)
+                continue
             if not backend.url.startswith(("http://", "https://")):
                 message = f"{key}.{upstream.name}.backends: {backend.url!r} is not an http(s) URL"
                 raise ConfigError(file, line_of(backend), message)
