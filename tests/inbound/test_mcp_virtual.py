@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ from mcp import types
 from tests.hostile_backend import HostileBackend, json_answer
 from tests.mcp_client import call_text, sdk_client
 from tests.support import (
+    ROOT,
     InProcessGateway,
     Process,
     in_process_gateway,
     initialize_body,
     mcp_backend,
     mcp_headers,
+    poll,
     raw_request,
     start_all,
     tool_call,
@@ -227,3 +230,69 @@ async def test_two_gateways_sharing_redis_continue_one_virtual_session(
             texts.append(answer.message()["result"]["content"][0]["text"])
         # The same backend session, reached through the second gateway: its call count goes on.
         assert texts == ["replica-b 1", "replica-b 2"]
+
+
+# -- a stdio member: progress, prompts, resources, list_changed, both client modes ----------------
+
+STDIO_SERVER = [sys.executable, str(ROOT / "examples" / "stdio_server.py")]
+
+
+@pytest.fixture
+async def mixed(tmp: Path, backends: list[Process]) -> AsyncIterator[InProcessGateway]:
+    """An HTTP member and a stdio member behind one virtual server."""
+    config = {
+        "mcp": {
+            "targets": [
+                {"name": "docs", "backends": [{"url": f"http://127.0.0.1:{backends[0].port}/mcp"}]},
+                {"name": "files", "backends": [{"command": STDIO_SERVER}]},
+            ],
+            "virtual_servers": [{"name": "workspace", "members": [{"target": "docs"}, {"target": "files"}]}],
+        }
+    }
+    async with in_process_gateway(tmp, config) as running:
+        yield running
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_both_client_modes_use_a_virtual_server(mixed: InProcessGateway, mode: str) -> None:
+    async with sdk_client(url(mixed), mode=mode) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"docs__add", "files__echo", "files__pid"} <= names
+        assert await call_text(client, "files__echo", {"text": "piped"}) == "piped"
+        assert await call_text(client, "docs__add", {"a": 1, "b": 2}) == "3"
+
+
+async def test_progress_prompts_and_resources_through_a_virtual_session(mixed: InProcessGateway) -> None:
+    reported: list[tuple[float, float | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        reported.append((done, total))
+
+    async with sdk_client(url(mixed)) as client:
+        result = await client.call_tool("files__slow_progress", {"steps": 2}, progress_callback=progress)
+        assert isinstance(result.content[0], types.TextContent)
+        assert result.content[0].text == "done after 2 steps"
+        assert reported == [(1, 2), (2, 2)]
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["files__review"]
+        prompt = await client.get_prompt("files__review", {"code": "x = 1"})
+        assert isinstance(prompt.messages[0].content, types.TextContent)
+        assert "x = 1" in prompt.messages[0].content.text
+        assert "note://greeting" in {str(r.uri) for r in (await client.list_resources()).resources}
+        read = await client.read_resource("note://greeting")
+        assert isinstance(read.contents[0], types.TextResourceContents)
+        assert read.contents[0].text == "hello from a stdio server"
+
+
+async def test_a_members_list_changed_reaches_the_client_as_the_virtual_servers(mixed: InProcessGateway) -> None:
+    received: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        received.append(message)
+
+    async with sdk_client(url(mixed), message_handler=on_message) as client:
+        assert await call_text(client, "files__announce_tools_changed") == "announced"
+
+        async def announced() -> bool:
+            return any(isinstance(m, types.ToolListChangedNotification) for m in received)
+
+        assert await poll(announced, timeout=10)
