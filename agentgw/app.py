@@ -175,7 +175,7 @@ def create_app(
         tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
         admin = None
         if settings.server.metrics_listen:
-            operated = Operated(store, upstream, catalogue, audit, live.detection, metrics, scraped)
+            operated = Operated(store, upstream, virtual, catalogue, audit, live.detection, metrics, scraped)
             admin_app = create_admin_app(operated)
             admin = await start_listener(admin_app, settings.server.metrics_listen)
         _log_urls(settings, upstream)

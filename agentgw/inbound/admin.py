@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentgw.config import split_host_port
 from agentgw.errors import StoreUnavailable
+from agentgw.inbound.mcp_virtual import VirtualCalls, members_of
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
 from agentgw.observability.metrics import LiveMetrics, Metrics
@@ -49,6 +50,7 @@ class Operated:
 
     store: SessionStore
     upstream: McpUpstream
+    virtual: VirtualCalls
     catalogue: ToolCatalogue
     audit: AuditLog
     detection: Callable[[str], PoisoningDetection]
@@ -58,6 +60,7 @@ class Operated:
 
 def create_admin_app(gateway: Operated) -> Starlette:
     targets = gateway.upstream.pools
+    virtual_servers = gateway.virtual.servers
 
     def describe(target: str, entry: ToolEntry) -> dict[str, object]:
         reason = entry.quarantine_reason(gateway.detection(target))
@@ -92,13 +95,15 @@ def create_admin_app(gateway: Operated) -> Starlette:
     async def sessions(request: Request) -> JSONResponse:
         limit = _count(request, "limit", 100, MAX_LISTED_SESSIONS)
         wanted = request.query_params.get("target")
-        if wanted is not None and wanted not in targets:
+        if wanted is not None and wanted not in targets and wanted not in virtual_servers:
             return _error(404, f"unknown target {wanted!r}")
         now = time.time()
         found: list[dict[str, object]] = []
-        for name, pool in targets.items():
+        # A virtual server's session has no backend of its own: its members' are in its record.
+        backends_of = {name: [b.url for b in pool.backends] for name, pool in targets.items()}
+        backends_of |= {name: [""] for name in virtual_servers}
+        for name, backends in backends_of.items():
             if wanted in (None, name):
-                backends = [b.url for b in pool.backends]
                 found += [_summary(r) for r in await gateway.store.sessions(name, backends, now, limit)]
         found.sort(key=lambda s: float(str(s["last_seen"])), reverse=True)
         return JSONResponse({"sessions": found[:limit]})
@@ -114,8 +119,12 @@ def create_admin_app(gateway: Operated) -> Starlette:
         if record is None:
             return _error(404, "no such session")
         pool = targets.get(record.target)
-        if pool is not None:  # the backend frees its session too; the operator does not wait long for it
+        server = virtual_servers.get(record.target)
+        # The backends free their sessions too; the operator does not wait long for them.
+        if pool is not None:
             await gateway.upstream.end_session(record, min(pool.target.timeout, BACKEND_DELETE_TIMEOUT))
+        elif server is not None:
+            await gateway.virtual.end_members(record, server, BACKEND_DELETE_TIMEOUT)
         log.warning("session of %s on target %s revoked by an operator", record.subject, record.target)
         return JSONResponse({"revoked": record.id, "target": record.target})
 
@@ -141,8 +150,9 @@ def create_admin_app(gateway: Operated) -> Starlette:
 
 
 def _summary(record: SessionRecord) -> dict[str, object]:
-    """What an operator sees of a session: never the client's initialize message."""
-    return {
+    """What an operator sees of a session: never the client's initialize message. A virtual
+    server's session names its members' backends."""
+    summary: dict[str, object] = {
         "id": record.id,
         "target": record.target,
         "backend": without_credentials(record.backend),
@@ -153,6 +163,12 @@ def _summary(record: SessionRecord) -> dict[str, object]:
         "created_at": record.created_at,
         "last_seen": record.last_seen,
     }
+    if record.members is not None:
+        summary["members"] = [
+            {"target": m.target, "backend": without_credentials(m.backend) if m.backend else None}
+            for m in members_of(record)
+        ]
+    return summary
 
 
 def _count(request: Request, name: str, default: int, most: int) -> int:

@@ -289,7 +289,12 @@ class VirtualCalls:
         raise UpstreamUnavailable(f"Member {member.target!r} of {server.name!r} is unavailable")
 
     async def end(self, record: SessionRecord, server: VirtualServer) -> None:
-        """DELETE, expiry or revocation: every member's backend session ends, then the record."""
+        """DELETE: every member's backend session ends, then the record."""
+        await self.end_members(record, server)
+        await self.calls.store.delete(record.id)
+
+    async def end_members(self, record: SessionRecord, server: VirtualServer, timeout: float | None = None) -> None:
+        """Every member's backend session ends (DELETE, revocation); `timeout` caps each member's own."""
         ends = []
         for member, (_, pool) in zip(members_of(record), server.members, strict=False):
             if member.backend is not None and member.backend_session_id is not None:
@@ -297,9 +302,9 @@ class VirtualCalls:
                     record, backend=member.backend, backend_session_id=member.backend_session_id
                 )
                 stand_in.protocol_version = member.protocol_version
-                ends.append(self.calls.upstream.end_session(stand_in, pool.target.timeout))
+                limit = pool.target.timeout if timeout is None else min(timeout, pool.target.timeout)
+                ends.append(self.calls.upstream.end_session(stand_in, limit))
         await asyncio.gather(*ends)
-        await self.calls.store.delete(record.id)
 
 
 @dataclass(slots=True)

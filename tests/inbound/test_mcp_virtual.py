@@ -296,3 +296,22 @@ async def test_a_members_list_changed_reaches_the_client_as_the_virtual_servers(
             return any(isinstance(m, types.ToolListChangedNotification) for m in received)
 
         assert await poll(announced, timeout=10)
+
+
+async def test_an_operator_sees_and_revokes_a_virtual_session_ending_every_member(
+    tmp: Path, backends: list[Process], recorder: HostileBackend
+) -> None:
+    config = {**workspace(backends, recorder), "server": {"metrics_listen": "127.0.0.1:0"}}
+    async with in_process_gateway(tmp, config) as running:
+        assert running.admin_port is not None
+        session_id, headers = await session(running)
+        admin = [("Host", f"127.0.0.1:{running.admin_port}")]
+        listed = await raw_request(running.admin_port, "GET", "/admin/sessions?target=workspace", admin)
+        [shown] = listed.json()["sessions"]
+        assert shown["id"] == session_id
+        assert {m["target"] for m in shown["members"]} == {"docs", "notes", "rec"}
+        revoked = await raw_request(running.admin_port, "DELETE", f"/admin/sessions/{session_id}", admin)
+        assert revoked.status == 200, revoked.body
+        assert recorder.methods()[-1] == "DELETE"
+        after = await raw_request(running.port, "POST", "/mcp/v1/workspace", headers, tool_call("echo", {}))
+        assert after.status == 404
