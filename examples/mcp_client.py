@@ -22,10 +22,12 @@ from mcp.types import TextContent
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 NO_TOKEN = "AGENTGW_TOKEN is not set: the gateway will answer 401 (export the dev token `make run` printed)"
+# By the tool's own name: on a virtual server (/mcp/v1/workspace) the listed name that ends with it.
 CALLS = [
     ("add", {"a": 20, "b": 22}),
     ("search_documents", {"query": "redis"}),
     ("whoami", {}),
+    ("echo", {"text": "through a stdio server"}),
 ]
 
 
@@ -40,8 +42,12 @@ async def main(url: str) -> None:
             server = client.server_info
             print(f"initialized: {server.name if server else '?'} (protocol {client.protocol_version}) at {url}")
             tools = await client.list_tools()
-            print("tools:", ", ".join(tool.name for tool in tools.tools))
-            for name, arguments in CALLS:
+            listed = [tool.name for tool in tools.tools]
+            print("tools:", ", ".join(listed))
+            for wanted, arguments in CALLS:
+                name = next((n for n in listed if n == wanted or n.endswith("__" + wanted)), None)
+                if name is None:
+                    continue
                 try:
                     result = await client.call_tool(name, arguments)
                 except MCPError as exc:

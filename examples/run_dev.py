@@ -11,6 +11,7 @@ The rest of the environment reaches the gateway too: AGENTGW_POLICIES=DIR serves
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -51,10 +52,9 @@ def wait_for(port: int, process: subprocess.Popen[bytes], what: str) -> None:
 
 
 def gateway_config(mcp_port: int, a2a_port: int, scratch: Path) -> Path:
-    """examples/gateway.yaml itself, or a copy of it pointing at the examples' actual ports."""
-    if (mcp_port, a2a_port) == (DEFAULT_MCP_PORT, DEFAULT_A2A_PORT):
-        return CONFIG
-    text = CONFIG.read_text()
+    """A copy of examples/gateway.yaml pointing at the examples' actual ports, its stdio server run by
+    this Python (the one with the MCP SDK installed)."""
+    text = CONFIG.read_text().replace("command: [python3,", f"command: [{json.dumps(sys.executable)},")
     text = text.replace(f"127.0.0.1:{DEFAULT_MCP_PORT}/", f"127.0.0.1:{mcp_port}/")
     text = text.replace(f"127.0.0.1:{DEFAULT_A2A_PORT}/", f"127.0.0.1:{a2a_port}/")
     copy = scratch / "gateway.yaml"
@@ -116,6 +116,7 @@ def main() -> None:
         print(
             f"\nagentgw is serving:\n"
             f"  MCP (Streamable HTTP)  {gateway_url}/mcp/v1      (target 'docs': {gateway_url}/mcp/v1/docs)\n"
+            f"  MCP virtual server     {gateway_url}/mcp/v1/workspace  (docs and the stdio server 'notes' in one)\n"
             f"  A2A agent 'planner'    {gateway_url}/a2a/v1/planner  (card: .../.well-known/agent-card.json)\n"
             f"  OpenAI-compatible chat {gateway_url}/v1/chat/completions  (models: default, echo/echo)\n"
             f"  health / readiness     {gateway_url}/healthz  {gateway_url}/ready\n"
