@@ -33,6 +33,7 @@ bench: install
 	@# granian, measured beside uvicorn: the bench group, installed here only (the gateway itself runs on uvicorn).
 	$(BIN)/granian --version >/dev/null 2>&1 || $(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/mcp_tools_call.py --server both
+	$(BIN)/python benchmarks/virtual_servers.py
 	$(BIN)/python benchmarks/chat_completions.py --server both
 
 clean:

@@ -1,7 +1,9 @@
 -- wrk script: the same tools/call in one MCP session, again and again.
--- SESSION_ID, TOKEN and LIMIT come from the environment; the benchmark script sets them.
+-- SESSION_ID, TOKEN, LIMIT and TOOL come from the environment; the benchmark script sets them.
 wrk.method = "POST"
-wrk.body = '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":20,"b":22}}}'
+-- TOOL names the tool when set: a virtual server exposes the backend's `add` under a prefix.
+local tool = os.getenv("TOOL") or "add"
+wrk.body = '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"' .. tool .. '","arguments":{"a":20,"b":22}}}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
 wrk.headers["Mcp-Session-Id"] = os.getenv("SESSION_ID")

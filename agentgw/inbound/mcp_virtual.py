@@ -45,7 +45,7 @@ from agentgw.errors import (
 from agentgw.inbound.mcp_calls import Listing, McpCalls, McpPost
 from agentgw.inbound.mcp_request import InboundRequest
 from agentgw.inbound.relay import AnswerFilter, relay, send_answer
-from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS, LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
+from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.policy.rate_limits import Kind
 from agentgw.sessions.store import SessionRecord
 from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
@@ -266,11 +266,13 @@ class VirtualCalls:
         body: bytes | None,
         forwarded: dict[str, str] | None = None,
         method: str = "POST",
+        member: MemberSession | None = None,
     ) -> tuple[MemberSession, UpstreamResponse]:
-        """Send to a member's backend session; when the backend is gone or forgot the session, open the
-        member again (alone) and send once more."""
+        """Send to a member's backend session (`member`, when the caller read the record's members
+        already); when the backend is gone or forgot the session, open the member again (alone) and
+        send once more."""
         timeout = server.members[index][1].target.timeout
-        member = members_of(record)[index]
+        member = member or members_of(record)[index]
         for attempt in range(2):
             if member.backend is None or attempt:
                 member = await self.reopen(record, server, index)
@@ -326,6 +328,7 @@ class _VirtualSteps:
         self.server = server
         self.post = post
         self._found: SessionRecord | None = None
+        self.members: list[MemberSession] = []
 
     @property
     def record(self) -> SessionRecord:
@@ -334,6 +337,7 @@ class _VirtualSteps:
 
     async def session(self, call: Call) -> None:
         self._found = await self.virtual.calls.sessions.find(self.post.request, self.server.name)
+        self.members = members_of(self._found)
         call.session_id = self._found.id
 
     async def policy(self, call: Call) -> None:
@@ -547,7 +551,7 @@ class VirtualRouted(_VirtualSteps):
         else:
             raise InvalidRequest(f"Method {method!r} is not served by virtual server {self.server.name!r}")
         calls, pool = self.virtual.calls, self.server.members[self.index][1]
-        member = members_of(self.record)[self.index]
+        member = self.members[self.index]
         if member.backend is None:
             named = calls.guard.lookup(pool.target.name, [self.forwarded])
         else:
@@ -605,9 +609,15 @@ class VirtualRouted(_VirtualSteps):
         raise InvalidParams(f"Invalid params: no member of {self.server.name!r} lists {uri!r}")
 
     async def upstream(self, call: Call) -> UpstreamResponse:
-        body = jsonrpc.serialise(self.forwarded)
-        forwarded = {k: v for k, v in self.post.request.forwarded_headers().items() if k == LAST_EVENT_ID}
-        member, response = await self.virtual.send_to_member(self.record, self.server, self.index, body, forwarded)
+        body = jsonrpc.serialise(self.forwarded) if self.forwarded is not self.post.message else self.post.body
+        member, response = await self.virtual.send_to_member(
+            self.record,
+            self.server,
+            self.index,
+            body,
+            self.post.request.forwarded_headers(),
+            member=self.members[self.index],
+        )
         call.backend = member.backend
         return response
 
@@ -639,7 +649,7 @@ class VirtualBroadcast(_VirtualSteps):
 
     async def upstream(self, call: Call) -> None:
         body = self.post.body
-        sends = [self._send(i, body) for i, m in enumerate(members_of(self.record)) if m.backend is not None]
+        sends = [self._send(i, body) for i, m in enumerate(self.members) if m.backend is not None]
         await asyncio.gather(*sends)
 
     async def _send(self, index: int, body: bytes) -> None:
