@@ -151,10 +151,14 @@ class McpHttpEndpoint:
     async def _virtual(self, call: Call, scope: Scope, server: VirtualServer, receive: Receive, send: Send) -> None:
         request = read_headers(scope, self.live.policies.session.second_header, call.caller)
         call.target, call.session_id = server.name, request.session_id
-        if request.is_modern:
-            raise InvalidRequest(f"Virtual server {server.name!r} speaks the stateful revisions (2025) only")
+        if request.is_modern and request.method != "POST":
+            raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
         if request.method == "POST":
             message, body = await self._read_post(call, request, receive)
+            if request.is_modern:
+                check_routing_headers(request, message)
+                if message.get("method") == "initialize":
+                    raise InvalidRequest("MCP 2026-07-28 has no initialize")
             await self.pipeline.run(
                 self.virtual.steps(server, VirtualPost(request, message, body)), call, receive, send
             )

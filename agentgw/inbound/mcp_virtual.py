@@ -45,7 +45,14 @@ from agentgw.errors import (
 from agentgw.inbound.mcp_calls import Listing, McpCalls, McpPost
 from agentgw.inbound.mcp_request import InboundRequest
 from agentgw.inbound.relay import AnswerFilter, relay, send_answer
-from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS, MCP_PROTOCOL_VERSION, MCP_SESSION_ID
+from agentgw.mcp_headers import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    MCP_METHOD,
+    MCP_NAME,
+    MCP_PROTOCOL_VERSION,
+    MCP_SESSION_ID,
+    MODERN_PROTOCOL_VERSIONS,
+)
 from agentgw.policy.rate_limits import Kind
 from agentgw.sessions.store import SessionRecord
 from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
@@ -68,6 +75,9 @@ _LISTED_KEY = {
     "resources/templates/list": "resourceTemplates",
 }
 _ACCEPT = "application/json, text/event-stream"
+# What a 2026-07-28 result the gateway makes says of caching it: not at all, and for this caller
+# only (its lists are trimmed by the caller's policies).
+UNCACHED = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
 # Methods sent to every member at once; the gateway answers the client itself.
 _BROADCAST_REQUESTS = frozenset({"logging/setLevel"})
 
@@ -172,6 +182,8 @@ class VirtualCalls:
         method = message.get("method")
         if method == "initialize":
             return VirtualInitialize(self, server, post)
+        if method == "server/discover":
+            return VirtualDiscover(self, server, post)
         if "method" not in message:
             return VirtualReply(self, server, post)
         if "id" not in message:
@@ -335,7 +347,16 @@ class _VirtualSteps:
         assert self._found is not None, "the session step comes first"
         return self._found
 
+    @property
+    def stateless(self) -> bool:
+        """The 2026-07-28 revision: no session; each request goes to any healthy backend of a member."""
+        return self.post.request.is_modern
+
     async def session(self, call: Call) -> None:
+        if self.stateless:
+            modern = MODERN_PROTOCOL_VERSIONS[-1]
+            self.members = [MemberSession(m.target, None, None, modern) for m, _ in self.server.members]
+            return
         self._found = await self.virtual.calls.sessions.find(self.post.request, self.server.name)
         self.members = members_of(self._found)
         call.session_id = self._found.id
@@ -344,7 +365,49 @@ class _VirtualSteps:
         """Nothing here names a tool, prompt or resource."""
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
+        if self.stateless:
+            return []
         return [(k.encode(), v.encode()) for k, v in self.virtual.calls.session_headers(self.record.id)]
+
+    async def _send(
+        self, index: int, body: bytes, forwarded: dict[str, str], name: str | None = None
+    ) -> tuple[str | None, UpstreamResponse]:
+        """Send to a member: within its backend session, or (2026-07-28) to the first healthy backend
+        of its target, `name` the member's own name for the request's Mcp-Name."""
+        if not self.stateless:
+            member, response = await self.virtual.send_to_member(
+                self.record, self.server, index, body, forwarded, member=self.members[index]
+            )
+            return member.backend, response
+        pool = self.server.members[index][1]
+        headers = {"content-type": "application/json", "accept": _ACCEPT, **forwarded}
+        if name is not None:
+            headers[MCP_NAME] = name
+        upstream = self.virtual.calls.upstream
+        for url in pool.rotation():
+            try:
+                return url, await upstream.send("POST", url, headers, body, timeout=pool.target.timeout)
+            except UpstreamTimeout:
+                raise
+            except UpstreamUnavailable:
+                continue
+        raise UpstreamUnavailable(f"No backend of member {pool.target.name!r} is reachable")
+
+    def _meta(self) -> Any:
+        """The client's `_meta`: on 2026-07-28 it carries the envelope every request needs."""
+        return self.post.message.get("params", {}).get("_meta")
+
+    def _modern(self, method: str) -> dict[str, str]:
+        """The headers of a 2026-07-28 request of `method` the gateway makes itself."""
+        return {MCP_PROTOCOL_VERSION: MODERN_PROTOCOL_VERSIONS[-1], MCP_METHOD: method}
+
+    def _listing(self, index: int) -> Listing | None:
+        """Where the member's tools are listed, should a call name one never seen; None: member down."""
+        if self.stateless:
+            rotation = self.server.members[index][1].rotation()
+            return Listing(rotation[0], self._modern("tools/list"), self._meta()) if rotation else None
+        member = self.members[index]
+        return Listing(member.backend, self.virtual.member_headers(member), None) if member.backend else None
 
 
 class VirtualInitialize(_VirtualSteps):
@@ -409,19 +472,21 @@ def _merged_initialize(
     capabilities: dict[str, Any] = {}
     for _, result in results:
         _join(capabilities, result.get("capabilities"))
-    instructions = [
-        f"{target}: {result['instructions']}"
-        for target, result in results
-        if isinstance(result.get("instructions"), str)
-    ]
+    instructions = _instructions(results)
     merged: dict[str, Any] = {
         "protocolVersion": version,
         "capabilities": capabilities,
         "serverInfo": {"name": name, "version": "agentgw"},
     }
     if instructions:
-        merged["instructions"] = "\n\n".join(instructions)
+        merged["instructions"] = instructions
     return merged
+
+
+def _instructions(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """The members' instructions, each headed by its member's name."""
+    parts = [f"{target}: {r['instructions']}" for target, r in results if isinstance(r.get("instructions"), str)]
+    return "\n\n".join(parts)
 
 
 def _join(into: dict[str, Any], capabilities: Any) -> None:
@@ -435,6 +500,56 @@ def _join(into: dict[str, Any], capabilities: Any) -> None:
                 _join(held, value)
         elif value is True or key not in into:
             into[key] = value
+
+
+class VirtualDiscover(_VirtualSteps):
+    """`server/discover` (2026-07-28), answered by the gateway: the members' answers joined, each
+    member's instructions scanned (contract 11) and headed by its name."""
+
+    async def upstream(self, call: Call) -> list[dict[str, Any] | None]:
+        return await asyncio.gather(*(self._discover(i) for i in range(len(self.server.members))))
+
+    async def _discover(self, index: int) -> dict[str, Any] | None:
+        target = self.server.members[index][1].target
+        try:
+            _, response = await self._send(index, self.post.body, self.post.request.forwarded_headers())
+        except UpstreamUnavailable as exc:
+            log.warning("member %s of %s left out of server/discover: %s", target.name, self.server.name, exc)
+            return None
+        try:
+            refuse_backend_auth(response)
+            if response.status != 200:
+                return None
+            answer = await read_answer(response, self.post.message.get("id"), target.timeout)
+        finally:
+            response.release()
+        result = answer.result
+        if result is not None:
+            self.virtual.calls.guard.scan_initialize(target.name, result)
+        return result
+
+    async def relay(self, call: Call, answer: list[dict[str, Any] | None], receive: Receive, send: Send) -> None:
+        results = [(m.target, r) for (m, _), r in zip(self.server.members, answer, strict=True) if r is not None]
+        if not results:
+            raise UpstreamUnavailable(f"No member of {self.server.name!r} answered")
+        offered = [r.get("supportedVersions") for _, r in results]
+        common = [v for v in MODERN_PROTOCOL_VERSIONS if all(isinstance(o, list) and v in o for o in offered)]
+        capabilities: dict[str, Any] = {}
+        for _, result in results:
+            _join(capabilities, result.get("capabilities"))
+        # Stateless only when every member is: otherwise the handshake revisions alone, which a client
+        # takes as a legacy server (it falls back to initialize, where every member is reached).
+        everyone = len(results) == len(self.server.members) and common
+        merged: dict[str, Any] = {
+            "supportedVersions": common if everyone else list(HANDSHAKE_PROTOCOL_VERSIONS),
+            "capabilities": capabilities,
+            **UNCACHED,
+        }
+        instructions = _instructions(results)
+        if instructions:
+            merged["instructions"] = instructions
+        response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": merged}
+        await send_answer(send, Answer([response], None, 0), self._headers())
 
 
 class VirtualList(_VirtualSteps):
@@ -455,12 +570,13 @@ class VirtualList(_VirtualSteps):
         cursor: str | None = None
         for page in range(MAX_MEMBER_PAGES):
             params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            if self.stateless and self._meta() is not None:
+                params["_meta"] = self._meta()
             request_id = f"agentgw-list-{page}"
             message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            forwarded = self._modern(method) if self.stateless else {}
             try:
-                _, response = await self.virtual.send_to_member(
-                    self.record, self.server, index, jsonrpc.serialise(message)
-                )
+                _, response = await self._send(index, jsonrpc.serialise(message), forwarded)
             except UpstreamUnavailable as exc:
                 log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, method, exc)
                 return None
@@ -493,6 +609,8 @@ class VirtualList(_VirtualSteps):
         page: dict[str, Any] = {_LISTED_KEY[method]: merged[offset : offset + PAGE_SIZE]}
         if offset + PAGE_SIZE < len(merged):
             page["nextCursor"] = f"{_CURSOR_PREFIX}{offset + PAGE_SIZE}"
+        if self.stateless:
+            page |= UNCACHED
         response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": page}
         await send_answer(send, Answer([response], None, 0), self._headers())
 
@@ -551,12 +669,12 @@ class VirtualRouted(_VirtualSteps):
         else:
             raise InvalidRequest(f"Method {method!r} is not served by virtual server {self.server.name!r}")
         calls, pool = self.virtual.calls, self.server.members[self.index][1]
-        member = self.members[self.index]
-        if member.backend is None:
+        listing = self._listing(self.index)
+        if listing is None:
             named = calls.guard.lookup(pool.target.name, [self.forwarded])
         else:
             post = McpPost(self.post.request, pool, [self.forwarded], False, b"")
-            named = await calls.looked_up(post, Listing(member.backend, self.virtual.member_headers(member), None))
+            named = await calls.looked_up(post, listing)
         if method == "tools/call" and named and named[0].entry is None and calls.guard.enabled:
             # The member never listed it: a name no member exposes (contract 12).
             raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no tool {message['params']['name']!r}")
@@ -601,7 +719,7 @@ class VirtualRouted(_VirtualSteps):
             ("resources/templates/list", "resourceTemplates", "uriTemplate"),
         ):
             lister = VirtualList(self.virtual, self.server, VirtualPost(self.post.request, {"method": method}, b""))
-            lister._found = self.record
+            lister._found, lister.members = self._found, self.members
             for index in range(len(self.server.members)):
                 items = await lister._list_member(call, index, method)
                 if items and any(_matches(item.get(field), uri, key == "resourceTemplates") for item in items):
@@ -610,15 +728,9 @@ class VirtualRouted(_VirtualSteps):
 
     async def upstream(self, call: Call) -> UpstreamResponse:
         body = jsonrpc.serialise(self.forwarded) if self.forwarded is not self.post.message else self.post.body
-        member, response = await self.virtual.send_to_member(
-            self.record,
-            self.server,
-            self.index,
-            body,
-            self.post.request.forwarded_headers(),
-            member=self.members[self.index],
-        )
-        call.backend = member.backend
+        name = jsonrpc.named_target(self.forwarded)
+        backend, response = await self._send(self.index, body, self.post.request.forwarded_headers(), name)
+        call.backend = backend
         return response
 
     async def relay(self, call: Call, answer: UpstreamResponse, receive: Receive, send: Send) -> None:
@@ -627,7 +739,7 @@ class VirtualRouted(_VirtualSteps):
         try:
             refuse_backend_auth(answer)
             answers = MemberAnswers(self.index, [self.post.message.get("id")], calls.foreign_answer(pool))
-            headers = calls.session_headers(self.record.id)
+            headers = [] if self.stateless else calls.session_headers(self.record.id)
             await relay(answer, headers, receive, send, pool.target.timeout, answers=answers)
         finally:
             answer.release()
@@ -649,12 +761,12 @@ class VirtualBroadcast(_VirtualSteps):
 
     async def upstream(self, call: Call) -> None:
         body = self.post.body
-        sends = [self._send(i, body) for i, m in enumerate(self.members) if m.backend is not None]
+        sends = [self._send_one(i, body) for i, m in enumerate(self.members) if self.stateless or m.backend]
         await asyncio.gather(*sends)
 
-    async def _send(self, index: int, body: bytes) -> None:
+    async def _send_one(self, index: int, body: bytes) -> None:
         try:
-            _, response = await self.virtual.send_to_member(self.record, self.server, index, body)
+            _, response = await self._send(index, body, self.post.request.forwarded_headers())
         except UpstreamUnavailable as exc:
             log.warning("member %d of %s missed a message: %s", index, self.server.name, exc)
             return
@@ -674,11 +786,11 @@ class VirtualReply(_VirtualSteps):
 
     async def upstream(self, call: Call) -> UpstreamResponse:
         routed = unmember_id(self.post.message.get("id"))
-        if routed is None or not 0 <= routed[0] < len(self.server.members):
+        if routed is None or not 0 <= routed[0] < len(self.server.members) or self.stateless:
             raise InvalidRequest("Invalid request: an answer to no request of this session")
         index, original = routed
         body = jsonrpc.serialise({**self.post.message, "id": original})
-        _, response = await self.virtual.send_to_member(self.record, self.server, index, body)
+        _, response = await self._send(index, body, {})
         return response
 
     async def relay(self, call: Call, answer: UpstreamResponse, receive: Receive, send: Send) -> None:

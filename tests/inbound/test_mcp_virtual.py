@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -315,3 +316,45 @@ async def test_an_operator_sees_and_revokes_a_virtual_session_ending_every_membe
         assert recorder.methods()[-1] == "DELETE"
         after = await raw_request(running.port, "POST", "/mcp/v1/workspace", headers, tool_call("echo", {}))
         assert after.status == 404
+
+
+async def test_the_stateless_revision_through_a_virtual_server_of_modern_members(
+    tmp: Path, backends: list[Process]
+) -> None:
+    """Every member speaks 2026-07-28: `mode="auto"` discovers the virtual server and calls statelessly."""
+    a, b = backends
+    config = {
+        "mcp": {
+            "targets": [
+                {"name": "docs", "backends": [{"url": f"http://127.0.0.1:{a.port}/mcp"}]},
+                {"name": "notes", "backends": [{"url": f"http://127.0.0.1:{b.port}/mcp"}]},
+            ],
+            "virtual_servers": [{"name": "workspace", "members": [{"target": "docs"}, {"target": "notes"}]}],
+        }
+    }
+    seen: list[Any] = []
+    async with in_process_gateway(tmp, config) as running:
+        async with sdk_client(url(running), mode="auto", seen=seen) as client:
+            assert client.protocol_version == "2026-07-28"
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert {"docs__add", "notes__add"} <= names
+            assert (await call_text(client, "notes__whoami")).startswith("replica-b ")
+            assert await call_text(client, "docs__add", {"a": 2, "b": 3}) == "5"
+    assert not any(r.headers.get("mcp-session-id") for r in seen)  # no session on this revision
+
+
+async def test_a_virtual_server_with_a_stateful_only_member_advertises_the_handshake(mixed: InProcessGateway) -> None:
+    port = mixed.port
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    discover = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": envelope}}
+    ).encode()
+    headers = mcp_headers(port, ("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "server/discover"))
+    answer = await raw_request(port, "POST", "/mcp/v1/workspace", headers, discover)
+    assert answer.status == 200, answer.body
+    result = answer.message()["result"]
+    assert "2026-07-28" not in result["supportedVersions"]  # the stdio bridge speaks the 2025 revisions only
+    assert "tools" in result["capabilities"]
