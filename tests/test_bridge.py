@@ -24,7 +24,7 @@ from mcp.client.stdio import DEFAULT_INHERITED_ENV_VARS
 from agentgw.bridge import StdioBridge, bridge_app
 from agentgw.upstream.stdio import server_parameters
 from tests.mcp_client import call_text, sdk_client
-from tests.support import ROOT, STOP_TIMEOUT, Process, poll
+from tests.support import ROOT, STOP_TIMEOUT, Process, in_process_gateway, poll, raw_call, raw_session, tool_text
 
 SERVER = [sys.executable, str(ROOT / "examples" / "stdio_server.py")]
 TARGET = "example"
@@ -338,3 +338,23 @@ async def test_agentgw_bridge_command(tmp_path: Path) -> None:
         bridge.kill()
     lines = [json.loads(line) for line in (tmp_path / "bridge.log").read_text().splitlines() if line.startswith("{")]
     assert any(line.get("event") == "session_ended" and line.get("reason") == "shutdown" for line in lines)
+
+
+async def test_one_bridge_serves_two_gateways_that_share_redis(tmp_path: Path, redis_url: str) -> None:
+    """The way stdio servers are deployed behind several replicas: a session opened through one
+    gateway goes on through the other, on the same child."""
+    args = [sys.executable, "-m", "agentgw", "bridge", "--listen", "127.0.0.1:0", "--", *SERVER]
+    bridge = Process(args, log=tmp_path / "bridge.log").start()
+    try:
+        target = {"name": "files", "backends": [{"url": f"http://127.0.0.1:{bridge.port}/mcp"}]}
+        config = {"mcp": {"targets": [target]}, "session_store": {"type": "redis", "url": redis_url}}
+        async with (
+            in_process_gateway(tmp_path, config, name="one") as one,
+            in_process_gateway(tmp_path, config, name="two") as two,
+        ):
+            session_id = await raw_session(one.port)
+            pids = {tool_text(await raw_call(gateway.port, session_id, "pid", {})) for gateway in (one, two)}
+            assert len(pids) == 1
+            assert tool_text(await raw_call(two.port, session_id, "echo", {"text": "via two"})) == "via two"
+    finally:
+        bridge.stop()
