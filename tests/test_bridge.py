@@ -23,8 +23,9 @@ from mcp.client.stdio import DEFAULT_INHERITED_ENV_VARS
 
 from agentgw.bridge import StdioBridge, bridge_app
 from agentgw.upstream.stdio import server_parameters
+from tests import support
 from tests.mcp_client import call_text, sdk_client
-from tests.support import ROOT, STOP_TIMEOUT, Process, in_process_gateway, poll, raw_call, raw_session, tool_text
+from tests.support import ROOT, STOP_TIMEOUT, Process, poll
 
 SERVER = [sys.executable, str(ROOT / "examples" / "stdio_server.py")]
 TARGET = "example"
@@ -349,12 +350,17 @@ async def test_one_bridge_serves_two_gateways_that_share_redis(tmp_path: Path, r
         target = {"name": "files", "backends": [{"url": f"http://127.0.0.1:{bridge.port}/mcp"}]}
         config = {"mcp": {"targets": [target]}, "session_store": {"type": "redis", "url": redis_url}}
         async with (
-            in_process_gateway(tmp_path, config, name="one") as one,
-            in_process_gateway(tmp_path, config, name="two") as two,
+            support.in_process_gateway(tmp_path, config, name="one") as one,
+            support.in_process_gateway(tmp_path, config, name="two") as two,
         ):
-            session_id = await raw_session(one.port)
-            pids = {tool_text(await raw_call(gateway.port, session_id, "pid", {})) for gateway in (one, two)}
+            session_id = await support.raw_session(one.port)
+            pids = {
+                support.tool_text(await support.raw_call(gateway.port, session_id, "pid", {})) for gateway in (one, two)
+            }
             assert len(pids) == 1
-            assert tool_text(await raw_call(two.port, session_id, "echo", {"text": "via two"})) == "via two"
+            assert (
+                support.tool_text(await support.raw_call(two.port, session_id, "echo", {"text": "via two"}))
+                == "via two"
+            )
     finally:
         bridge.stop()
