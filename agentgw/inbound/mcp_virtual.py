@@ -409,6 +409,47 @@ class _VirtualSteps:
         member = self.members[index]
         return Listing(member.backend, self.virtual.member_headers(member), None) if member.backend else None
 
+    async def _list_member(self, call: Call, index: int, method: str) -> list[dict[str, Any]] | None:
+        """A member's whole list (every page), checked and trimmed; None when the member is down."""
+        pool = self.server.members[index][1]
+        target = pool.target
+        key = _LISTED_KEY[method]
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for page in range(MAX_MEMBER_PAGES):
+            params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            if self.stateless and self._meta() is not None:
+                params["_meta"] = self._meta()
+            request_id = f"agentgw-list-{page}"
+            message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            forwarded = self._modern(method) if self.stateless else {}
+            try:
+                _, response = await self._send(index, jsonrpc.serialise(message), forwarded)
+            except UpstreamUnavailable as exc:
+                log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, method, exc)
+                return None
+            try:
+                refuse_backend_auth(response)
+                if response.status != 200:
+                    return None
+                answer = await read_answer(response, request_id, target.timeout)
+            finally:
+                response.release()
+            result = answer.result
+            if result is None:
+                return None
+            rewrite = self.virtual.calls.guard.answer_rewrite(
+                target.name, method, message, call.caller, target.max_tools
+            )
+            if rewrite is not None:
+                await rewrite(result)
+            listed = result.get(key)
+            items += [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
+            cursor = result.get("nextCursor") if isinstance(result.get("nextCursor"), str) else None
+            if cursor is None:
+                break
+        return items
+
 
 class VirtualInitialize(_VirtualSteps):
     """`initialize`: every member opened at once; the session stands when one of them answered."""
@@ -561,47 +602,6 @@ class VirtualList(_VirtualSteps):
         listing = [self._list_member(call, i, method) for i in range(len(self.server.members))]
         return await asyncio.gather(*listing)
 
-    async def _list_member(self, call: Call, index: int, method: str) -> list[dict[str, Any]] | None:
-        """A member's whole list (every page), checked and trimmed; None when the member is down."""
-        pool = self.server.members[index][1]
-        target = pool.target
-        key = _LISTED_KEY[method]
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        for page in range(MAX_MEMBER_PAGES):
-            params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
-            if self.stateless and self._meta() is not None:
-                params["_meta"] = self._meta()
-            request_id = f"agentgw-list-{page}"
-            message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-            forwarded = self._modern(method) if self.stateless else {}
-            try:
-                _, response = await self._send(index, jsonrpc.serialise(message), forwarded)
-            except UpstreamUnavailable as exc:
-                log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, method, exc)
-                return None
-            try:
-                refuse_backend_auth(response)
-                if response.status != 200:
-                    return None
-                answer = await read_answer(response, request_id, target.timeout)
-            finally:
-                response.release()
-            result = answer.result
-            if result is None:
-                return None
-            rewrite = self.virtual.calls.guard.answer_rewrite(
-                target.name, method, message, call.caller, target.max_tools
-            )
-            if rewrite is not None:
-                await rewrite(result)
-            listed = result.get(key)
-            items += [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
-            cursor = result.get("nextCursor") if isinstance(result.get("nextCursor"), str) else None
-            if cursor is None:
-                break
-        return items
-
     async def relay(self, call: Call, answer: list[list[dict[str, Any]] | None], receive: Receive, send: Send) -> None:
         method = self.post.message["method"]
         merged = self._merged(method, answer, call.caller)
@@ -718,10 +718,8 @@ class VirtualRouted(_VirtualSteps):
             ("resources/list", "resources", "uri"),
             ("resources/templates/list", "resourceTemplates", "uriTemplate"),
         ):
-            lister = VirtualList(self.virtual, self.server, VirtualPost(self.post.request, {"method": method}, b""))
-            lister._found, lister.members = self._found, self.members
             for index in range(len(self.server.members)):
-                items = await lister._list_member(call, index, method)
+                items = await self._list_member(call, index, method)
                 if items and any(_matches(item.get(field), uri, key == "resourceTemplates") for item in items):
                     return index
         raise InvalidParams(f"Invalid params: no member of {self.server.name!r} lists {uri!r}")
