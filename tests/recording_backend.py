@@ -72,4 +72,5 @@ async def recorded(request: Request) -> JSONResponse:
 app = Starlette(routes=[Route("/mcp", mcp, methods=["GET", "POST", "DELETE"]), Route("/_records", recorded)])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    # Info level for uvicorn's "running on" line, which tells a test the port 0 became.
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="info", access_log=False)

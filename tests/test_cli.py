@@ -13,7 +13,7 @@ import jwt
 import pytest
 import yaml
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT
 
 SHIPPED_POLICIES = ROOT / "policies"
 # `file:line: message`, as `policy check` prints every problem.
@@ -53,13 +53,14 @@ def one_line(stderr: str) -> str:
 
 
 def write_config(tmp: Path, policies: Path, metrics_port: int | None = None) -> Path:
-    server = {"listen": f"127.0.0.1:{free_port()}", "metrics_listen": ""}
+    server = {"listen": "127.0.0.1:0", "metrics_listen": ""}
     if metrics_port is not None:
         server["metrics_listen"] = f"127.0.0.1:{metrics_port}"
     config = {
         "server": server,
         "policies": [str(policies)],
-        "mcp": {"targets": [{"name": "docs", "backends": [{"url": f"http://127.0.0.1:{free_port()}/mcp"}]}]},
+        # Never contacted: no command here serves. Port 9 is privileged, so no test process listens there.
+        "mcp": {"targets": [{"name": "docs", "backends": [{"url": "http://127.0.0.1:9/mcp"}]}]},
     }
     path = tmp / "agentgw.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -227,8 +228,8 @@ def test_a_bad_command_line_exits_2_with_one_line(tmp: Path, args: list[str]) ->
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
-def test_tools_list_without_a_running_gateway_fails_cleanly(tmp: Path, position: str) -> None:
-    metrics_port = free_port()  # nothing listens there
+def test_tools_list_without_a_running_gateway_fails_cleanly(tmp: Path, dead_port: int, position: str) -> None:
+    metrics_port = dead_port  # nothing listens there
     config = write_config(tmp, SHIPPED_POLICIES, metrics_port)
     result = agentgw(*with_config(position, config, "tools", "list", "docs"), cwd=tmp)
     assert result.returncode != 0

@@ -7,6 +7,7 @@ nothing it started can outlive a test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ DEV_TOKEN = re.compile(r"^\s*export AGENTGW_TOKEN=(\S+)$", re.MULTILINE)
 POLICY_DENIED = -32051
 # run_dev waits up to 30 s for each of its three children.
 START_TIMEOUT = 60.0
+START_ATTEMPTS = 3
 STOP_TIMEOUT = 30.0
 CLIENT_TIMEOUT = 60.0
 RELOAD_TIMEOUT = 15.0
@@ -130,9 +132,20 @@ class DevRun:
 
 
 def start_dev(tmp: Path) -> DevRun:
-    """run_dev.py serving a copy of the shipped policies, so a test may change them."""
+    """run_dev.py serving a copy of the shipped policies, so a test may change them.
+
+    run_dev takes the ports it is told (as a person runs it), not port 0: should another process
+    take one of them before run_dev's children bind it, run_dev exits, and is started again on others.
+    """
     policies = tmp / "policies"
     shutil.copytree(ROOT / "policies", policies)
+    for _ in range(START_ATTEMPTS - 1):
+        with contextlib.suppress(RuntimeError):  # it exited before it served: on to other ports
+            return _started_dev(tmp, policies)
+    return _started_dev(tmp, policies)
+
+
+def _started_dev(tmp: Path, policies: Path) -> DevRun:
     gateway_port, metrics_port, mcp_port, a2a_port = distinct_free_ports(4)
     env = clean_env(
         AGENTGW_LISTEN=f"127.0.0.1:{gateway_port}",

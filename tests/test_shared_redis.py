@@ -1,4 +1,4 @@
-"""Gateway processes sharing one real Redis: sessions outlive and cross processes."""
+"""Gateways sharing one real Redis: sessions outlive and cross gateway processes, and outlast Redis going down."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from tests.support import (
     Gateway,
     Process,
-    free_port,
     gateway,
+    in_process_gateway,
     initialize_body,
     mcp_headers,
     mcp_target,
@@ -17,7 +17,7 @@ from tests.support import (
     raw_call,
     raw_request,
     raw_session,
-    redis_process,
+    started_redis,
     tool_text,
 )
 
@@ -70,37 +70,37 @@ async def test_a_gateway_restart_loses_no_session(tmp: Path, redis_url: str, bac
 
 
 async def test_redis_down_gives_503_quickly_and_service_resumes(tmp: Path, backends: list[Process]) -> None:
-    redis_port = free_port()
-    redis = redis_process(redis_port).start()
-    gw = gateway(tmp, redis_config(f"redis://127.0.0.1:{redis_port}/0", backends, "down:"))
-    host = [("Host", f"127.0.0.1:{gw.port}")]
+    redis = started_redis(tmp / "redis.log")
+    # The process that goes down is Redis; the gateway can live in this one.
+    config = redis_config(f"redis://127.0.0.1:{redis.port}/0", backends, "down:")
     try:
-        session_id = await raw_session(gw.port)
-        redis.kill()
-        started = time.monotonic()
-        response = await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1})
-        assert response.status == 503
-        assert response.json()["error"]["code"] == -32000
-        assert time.monotonic() - started < 3.0
-        created = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
-        assert created.status == 503
-        ready = await raw_request(gw.port, "GET", "/ready", host)
-        assert ready.status == 503
-        assert ready.json()["session_store"] == "unreachable"
-        assert (await raw_request(gw.port, "GET", "/healthz", host)).status == 200
+        async with in_process_gateway(tmp, config) as gw:
+            host = [("Host", f"127.0.0.1:{gw.port}")]
+            session_id = await raw_session(gw.port)
+            redis.kill()
+            started = time.monotonic()
+            response = await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1})
+            assert response.status == 503
+            assert response.json()["error"]["code"] == -32000
+            assert time.monotonic() - started < 3.0
+            created = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
+            assert created.status == 503
+            ready = await raw_request(gw.port, "GET", "/ready", host)
+            assert ready.status == 503
+            assert ready.json()["session_store"] == "unreachable"
+            assert (await raw_request(gw.port, "GET", "/healthz", host)).status == 200
 
-        redis.start()
+            redis.start()
 
-        async def serving() -> bool:
-            return (await raw_request(gw.port, "GET", "/ready", host)).status == 200
+            async def serving() -> bool:
+                return (await raw_request(gw.port, "GET", "/ready", host)).status == 200
 
-        await poll(serving)
-        # This Redis kept nothing on disk: the old session is gone, a new one works.
-        assert (await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1})).status == 404
-        fresh = await raw_session(gw.port)
-        assert tool_text(await raw_call(gw.port, fresh, "add", {"a": 1, "b": 1})) == "2"
+            await poll(serving)
+            # This Redis kept nothing on disk: the old session is gone, a new one works.
+            assert (await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1})).status == 404
+            fresh = await raw_session(gw.port)
+            assert tool_text(await raw_call(gw.port, fresh, "add", {"a": 1, "b": 1})) == "2"
     finally:
-        gw.stop()
         redis.stop()
 
 

@@ -35,7 +35,9 @@ def serve(port: int, jwks_file: Path) -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print(f"JWKS running on http://127.0.0.1:{server.server_port}", flush=True)  # how a test learns port 0's port
+    server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,14 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.auth.test_jwt import AUDIENCE, ISSUER, Jwks
-from tests.llm.conftest import STUB, StubProvider
+from tests.stub_providers import StubProvider, stub_provider
 from tests.support import (
-    ROOT,
     InProcessGateway,
     Process,
     RawResponse,
     bearer,
-    free_port,
     in_process_gateway,
     initialize_body,
     logged,
@@ -28,9 +25,9 @@ from tests.support import (
     mcp_target,
     poll,
     raw_request,
+    recording_backend,
 )
 
-RECORDING_BACKEND = ROOT / "tests" / "recording_backend.py"
 OUTAGES = ["stopped", "status-500", "not-json", "json-but-no-key-set", "silent"]
 
 
@@ -75,18 +72,15 @@ def jwks(tmp: Path) -> Iterator[Jwks]:
 
 @pytest.fixture
 def recording(tmp: Path) -> Iterator[Process]:
-    port = free_port()
-    process = Process([sys.executable, str(RECORDING_BACKEND), str(port)], port, log=tmp / "backend.log").start()
+    process = recording_backend(tmp / "backend.log").start()
     yield process
     process.stop()
 
 
 @pytest.fixture
-def provider(tmp: Path) -> Iterator[StubProvider]:
-    port = free_port()
-    stub = StubProvider(Process([sys.executable, str(STUB), str(port)], port, log=tmp / "stub.log").start())
-    yield stub
-    stub.stop()
+def provider() -> Iterator[StubProvider]:
+    with stub_provider() as stub:
+        yield stub
 
 
 @pytest.fixture

@@ -24,13 +24,12 @@ from mcp.client.streamable_http import streamable_http_client
 from agentgw.cli import TRUSTED_PROXIES_ENV
 from tests.mcp_client import call_text
 from tests.support import (
-    Gateway,
     InProcessGateway,
     Process,
     RawResponse,
     bearer,
-    free_port,
     gateway,
+    gateway_in_thread,
     in_process_gateway,
     initialize_body,
     mcp_headers,
@@ -136,7 +135,7 @@ def challenge(value: str | None) -> tuple[str, dict[str, str]]:
     return scheme, params
 
 
-def assert_invalid_token(response: RawResponse, gw: Gateway | InProcessGateway) -> None:
+def assert_invalid_token(response: RawResponse, gw: InProcessGateway) -> None:
     assert response.status == 401, response.body
     scheme, params = challenge(response.header("www-authenticate"))
     assert scheme == "Bearer"
@@ -154,22 +153,21 @@ def assert_invalid_token(response: RawResponse, gw: Gateway | InProcessGateway) 
 
 
 @pytest.fixture(scope="module")
-def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("jwt")
     config = {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
-    running = gateway(tmp, config, policies=HS256_POLICIES, env={"TEST_JWT_SECRET": SECRET})
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, config, policies=HS256_POLICIES, env={"TEST_JWT_SECRET": SECRET}) as running:
+        yield running
 
 
-async def test_good_hs256_token_initializes_and_calls_a_tool(gw: Gateway) -> None:
+async def test_good_hs256_token_initializes_and_calls_a_tool(gw: InProcessGateway) -> None:
     session_id = await open_session(gw.port, hs256())
     response = await call_add(gw.port, session_id, bearer(hs256()))
     assert response.status == 200
     assert tool_text(response) == "3"
 
 
-async def test_sdk_client_with_a_good_token_calls_tools(gw: Gateway) -> None:
+async def test_sdk_client_with_a_good_token_calls_tools(gw: InProcessGateway) -> None:
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {hs256()}"}, timeout=30) as http:
         async with Client(streamable_http_client(gw.mcp_url, http_client=http), mode="legacy") as client:
             assert await call_text(client, "add", {"a": 20, "b": 22}) == "42"
@@ -194,7 +192,7 @@ BAD_CREDENTIALS: dict[str, Callable[[], list[tuple[str, str]]]] = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CREDENTIALS))
-async def test_rejected_credentials_are_401_and_the_session_carries_on(gw: Gateway, case: str) -> None:
+async def test_rejected_credentials_are_401_and_the_session_carries_on(gw: InProcessGateway, case: str) -> None:
     session_id = await open_session(gw.port, hs256())
     refused = await call_add(gw.port, session_id, *BAD_CREDENTIALS[case]())
     assert_invalid_token(refused, gw)
@@ -205,7 +203,7 @@ async def test_rejected_credentials_are_401_and_the_session_carries_on(gw: Gatew
 
 
 @pytest.mark.parametrize("case", list(BAD_CREDENTIALS))
-async def test_rejected_credentials_cannot_initialize(gw: Gateway, case: str) -> None:
+async def test_rejected_credentials_cannot_initialize(gw: InProcessGateway, case: str) -> None:
     headers = mcp_headers(gw.port, *BAD_CREDENTIALS[case]())
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, initialize_body())
     assert_invalid_token(response, gw)
@@ -216,7 +214,7 @@ async def test_rejected_credentials_cannot_initialize(gw: Gateway, case: str) ->
     ("method", "path"),
     [("POST", "/mcp/v1/"), ("POST", "/mcp/v1/docs"), ("GET", "/mcp/v1"), ("DELETE", "/mcp/v1/docs")],
 )
-async def test_every_mcp_path_and_method_needs_a_token(gw: Gateway, method: str, path: str) -> None:
+async def test_every_mcp_path_and_method_needs_a_token(gw: InProcessGateway, method: str, path: str) -> None:
     session_id = await open_session(gw.port, hs256())
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", session_id), PROTOCOL)
     body = initialize_body() if method == "POST" else b""
@@ -225,7 +223,7 @@ async def test_every_mcp_path_and_method_needs_a_token(gw: Gateway, method: str,
 
 
 @pytest.mark.parametrize("parameter", ["access_token", "token"])
-async def test_token_in_the_query_string_is_401_even_with_a_valid_header(gw: Gateway, parameter: str) -> None:
+async def test_token_in_the_query_string_is_401_even_with_a_valid_header(gw: InProcessGateway, parameter: str) -> None:
     token = hs256()
     path = f"/mcp/v1?{parameter}={token}"
     response = await raw_request(gw.port, "POST", path, mcp_headers(gw.port, bearer(token)), initialize_body())
@@ -239,7 +237,9 @@ async def test_token_in_the_query_string_is_401_even_with_a_valid_header(gw: Gat
 
 
 @pytest.mark.parametrize("path", [METADATA, f"{METADATA}/mcp/v1"])
-async def test_protected_resource_metadata_names_issuer_and_scopes_without_a_token(gw: Gateway, path: str) -> None:
+async def test_protected_resource_metadata_names_issuer_and_scopes_without_a_token(
+    gw: InProcessGateway, path: str
+) -> None:
     response = await raw_request(gw.port, "GET", path, [("Host", f"127.0.0.1:{gw.port}")])
     assert response.status == 200
     metadata = response.json()
@@ -248,18 +248,19 @@ async def test_protected_resource_metadata_names_issuer_and_scopes_without_a_tok
     assert "read:documents" in metadata["scopes_supported"]
 
 
-async def test_protected_resource_metadata_for_a_path_names_that_resource(gw: Gateway) -> None:
+async def test_protected_resource_metadata_for_a_path_names_that_resource(gw: InProcessGateway) -> None:
     response = await raw_request(gw.port, "GET", f"{METADATA}/mcp/v1", [("Host", f"127.0.0.1:{gw.port}")])
     assert response.json()["resource"] == gw.mcp_url
 
 
-async def test_forwarded_proto_is_ignored_unless_the_proxy_is_trusted(gw: Gateway) -> None:
+async def test_forwarded_proto_is_ignored_unless_the_proxy_is_trusted(gw: InProcessGateway) -> None:
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("X-Forwarded-Proto", "https")]
     response = await raw_request(gw.port, "GET", f"{METADATA}/mcp/v1", headers)
     assert response.json()["resource"] == gw.mcp_url  # http: nobody said this client may speak for a proxy
 
 
 async def test_behind_a_trusted_tls_proxy_urls_say_https(tmp: Path) -> None:
+    # A process: uvicorn reads the trusted proxies from the environment of `agentgw serve`.
     config = {"server": {"allowed_hosts": ["agentgw.example.com"]}, "mcp": {"enabled": False}}
     env = {"TEST_JWT_SECRET": SECRET, TRUSTED_PROXIES_ENV: "127.0.0.1"}
     trusted = gateway(tmp, config, policies=HS256_POLICIES, env=env)
@@ -273,7 +274,7 @@ async def test_behind_a_trusted_tls_proxy_urls_say_https(tmp: Path) -> None:
         trusted.stop()
 
 
-async def test_healthz_needs_no_token(gw: Gateway) -> None:
+async def test_healthz_needs_no_token(gw: InProcessGateway) -> None:
     response = await raw_request(gw.port, "GET", "/healthz", [("Host", f"127.0.0.1:{gw.port}")])
     assert response.status == 200
 
@@ -330,16 +331,15 @@ def issuers(tmp_path_factory: pytest.TempPathFactory) -> AsymmetricIssuers:
 @pytest.fixture(scope="module")
 def asymmetric_gw(
     backends: list[Process], issuers: AsymmetricIssuers, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("asymmetric")
     config = {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
-    running = gateway(tmp, config, policies=issuers.policies())
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, config, policies=issuers.policies()) as running:
+        yield running
 
 
 async def test_rs256_token_checked_against_the_public_key_file_is_accepted(
-    asymmetric_gw: Gateway, issuers: AsymmetricIssuers
+    asymmetric_gw: InProcessGateway, issuers: AsymmetricIssuers
 ) -> None:
     token = jwt.encode(claims(iss=RS_ISSUER), issuers.rsa_key, algorithm="RS256")
     session_id = await open_session(asymmetric_gw.port, token)
@@ -349,7 +349,7 @@ async def test_rs256_token_checked_against_the_public_key_file_is_accepted(
 
 
 async def test_es256_token_checked_against_the_public_key_file_is_accepted(
-    asymmetric_gw: Gateway, issuers: AsymmetricIssuers
+    asymmetric_gw: InProcessGateway, issuers: AsymmetricIssuers
 ) -> None:
     token = jwt.encode(claims(iss=ES_ISSUER), issuers.ec_key, algorithm="ES256")
     session_id = await open_session(asymmetric_gw.port, token)
@@ -359,7 +359,7 @@ async def test_es256_token_checked_against_the_public_key_file_is_accepted(
 
 
 async def test_hs256_token_keyed_with_the_rsa_public_key_pem_is_401(
-    asymmetric_gw: Gateway, issuers: AsymmetricIssuers
+    asymmetric_gw: InProcessGateway, issuers: AsymmetricIssuers
 ) -> None:
     # Algorithm confusion: the public key is public, so an HMAC over it proves nothing.
     forged = hmac_signed(issuers.rsa_pem_file.read_bytes(), claims(iss=RS_ISSUER))
@@ -368,7 +368,7 @@ async def test_hs256_token_keyed_with_the_rsa_public_key_pem_is_401(
     assert_invalid_token(response, asymmetric_gw)
 
 
-async def test_rs256_token_of_another_key_is_401(asymmetric_gw: Gateway) -> None:
+async def test_rs256_token_of_another_key_is_401(asymmetric_gw: InProcessGateway) -> None:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = jwt.encode(claims(iss=RS_ISSUER), stranger, algorithm="RS256")
     headers = mcp_headers(asymmetric_gw.port, bearer(token))
@@ -377,7 +377,7 @@ async def test_rs256_token_of_another_key_is_401(asymmetric_gw: Gateway) -> None
 
 
 async def test_es256_token_presented_to_the_rs256_issuer_is_401(
-    asymmetric_gw: Gateway, issuers: AsymmetricIssuers
+    asymmetric_gw: InProcessGateway, issuers: AsymmetricIssuers
 ) -> None:
     token = jwt.encode(claims(iss=RS_ISSUER), issuers.ec_key, algorithm="ES256")
     headers = mcp_headers(asymmetric_gw.port, bearer(token))
@@ -386,7 +386,7 @@ async def test_es256_token_presented_to_the_rs256_issuer_is_401(
 
 
 async def test_rs256_token_for_a_public_key_file_without_algorithms_is_accepted(
-    asymmetric_gw: Gateway, issuers: AsymmetricIssuers
+    asymmetric_gw: InProcessGateway, issuers: AsymmetricIssuers
 ) -> None:
     token = jwt.encode(claims(iss=DEFAULT_ALGORITHMS_ISSUER), issuers.rsa_key, algorithm="RS256")
     session_id = await open_session(asymmetric_gw.port, token)
@@ -395,7 +395,7 @@ async def test_rs256_token_for_a_public_key_file_without_algorithms_is_accepted(
 
 
 async def test_es256_token_for_an_rsa_public_key_file_without_algorithms_is_401(
-    asymmetric_gw: Gateway, issuers: AsymmetricIssuers
+    asymmetric_gw: InProcessGateway, issuers: AsymmetricIssuers
 ) -> None:
     token = jwt.encode(claims(iss=DEFAULT_ALGORITHMS_ISSUER), issuers.ec_key, algorithm="ES256")
     headers = mcp_headers(asymmetric_gw.port, bearer(token))
@@ -427,8 +427,9 @@ class Jwks:
         self.file = tmp / "jwks.json"
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.publish("k1")
-        port = free_port()
-        self.server = Process([sys.executable, str(JWKS_SERVER), str(port), str(self.file)], port).start()
+        self.server = Process(
+            lambda port: [sys.executable, str(JWKS_SERVER), str(port), str(self.file)], log=tmp / "jwks.log"
+        ).start()
 
     @property
     def uri(self) -> str:

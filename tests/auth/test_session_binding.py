@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,19 +12,18 @@ import jwt
 import pytest
 
 from tests.support import (
-    ROOT,
-    Gateway,
+    InProcessGateway,
     Process,
     RawResponse,
     bearer,
-    free_port,
-    gateway,
+    gateway_in_thread,
     mcp_headers,
     mcp_target,
     raw_request,
     raw_session,
     tool_call,
     tool_text,
+    trace_backend,
 )
 
 ISSUER = "https://issuer.test"
@@ -92,20 +90,18 @@ class Trace:
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Trace]]:
     tmp = tmp_path_factory.mktemp("trace")
-    port = free_port()
-    server = Process([sys.executable, str(ROOT / "tests" / "trace_server.py"), str(port), str(tmp / "trace")], port)
-    yield server.start(), Trace(tmp / "trace")
+    server = trace_backend(tmp / "trace", tmp / "trace-server.log").start()
+    yield server, Trace(tmp / "trace")
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def gw(trace: tuple[Process, Trace], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(trace: tuple[Process, Trace], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("binding")
     config = {"mcp": {"targets": [mcp_target("docs", trace[0].port)]}}
     env = {"TEST_JWT_SECRET": SECRET, "OTHER_JWT_SECRET": OTHER_SECRET}
-    running = gateway(tmp, config, policies=POLICIES, env=env)
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, config, policies=POLICIES, env=env) as running:
+        yield running
 
 
 @pytest.fixture
@@ -133,7 +129,7 @@ async def search(port: int, session_id: str, bearer_token: str) -> RawResponse:
 # -- binding to iss+sub -----------------------------------------------------------
 
 
-async def test_another_subjects_token_is_403_and_the_owner_continues(gw: Gateway, ran: Trace) -> None:
+async def test_another_subjects_token_is_403_and_the_owner_continues(gw: InProcessGateway, ran: Trace) -> None:
     session_id = await open_session(gw.port, token("alice"))
     before = ran.runs("add")
 
@@ -147,14 +143,14 @@ async def test_another_subjects_token_is_403_and_the_owner_continues(gw: Gateway
     assert ran.runs("add") == before + 1  # bob's call never reached the backend
 
 
-async def test_the_same_subject_of_another_issuer_is_403(gw: Gateway) -> None:
+async def test_the_same_subject_of_another_issuer_is_403(gw: InProcessGateway) -> None:
     session_id = await open_session(gw.port, token("alice"))
     refused = await add(gw.port, session_id, token("alice", issuer=OTHER_ISSUER))
     assert refused.status == 403
     assert (await add(gw.port, session_id, token("alice"))).status == 200
 
 
-async def test_another_subject_cannot_end_the_session(gw: Gateway) -> None:
+async def test_another_subject_cannot_end_the_session(gw: InProcessGateway) -> None:
     session_id = await open_session(gw.port, token("alice"))
     headers = [("Host", f"127.0.0.1:{gw.port}"), bearer(token("bob")), ("Mcp-Session-Id", session_id), PROTOCOL]
     refused = await raw_request(gw.port, "DELETE", "/mcp/v1", headers)
@@ -162,7 +158,7 @@ async def test_another_subject_cannot_end_the_session(gw: Gateway) -> None:
     assert (await add(gw.port, session_id, token("alice"))).status == 200
 
 
-async def test_a_refreshed_token_of_the_owner_continues_the_session(gw: Gateway) -> None:
+async def test_a_refreshed_token_of_the_owner_continues_the_session(gw: InProcessGateway) -> None:
     now = int(time.time())
     session_id = await open_session(gw.port, token("alice", iat=now - 120, exp=now + 60))
     refreshed = token("alice", iat=now, exp=now + 3600)
@@ -174,7 +170,7 @@ async def test_a_refreshed_token_of_the_owner_continues_the_session(gw: Gateway)
 # -- the scopes of the token presented with each request --------------------------
 
 
-async def test_token_without_the_scope_is_refused_and_the_tool_never_runs(gw: Gateway, ran: Trace) -> None:
+async def test_token_without_the_scope_is_refused_and_the_tool_never_runs(gw: InProcessGateway, ran: Trace) -> None:
     session_id = await open_session(gw.port, token("alice"))
     before = ran.runs("search_documents")
 
@@ -197,7 +193,7 @@ async def test_token_without_the_scope_is_refused_and_the_tool_never_runs(gw: Ga
     assert ran.runs("search_documents") == before + 1
 
 
-async def test_a_token_without_any_scope_claim_has_no_scopes(gw: Gateway, ran: Trace) -> None:
+async def test_a_token_without_any_scope_claim_has_no_scopes(gw: InProcessGateway, ran: Trace) -> None:
     session_id = await open_session(gw.port, token("alice"))
     before = ran.runs("search_documents")
     refused = await search(gw.port, session_id, token("alice", scope=None))
@@ -208,7 +204,7 @@ async def test_a_token_without_any_scope_claim_has_no_scopes(gw: Gateway, ran: T
     assert ran.runs("search_documents") == before
 
 
-async def test_a_stepped_up_token_unlocks_the_tool_in_the_same_session(gw: Gateway) -> None:
+async def test_a_stepped_up_token_unlocks_the_tool_in_the_same_session(gw: InProcessGateway) -> None:
     # The session was made with a narrow token; the scopes of the session are not what counts.
     session_id = await open_session(gw.port, token("alice", scope="write:email"))
     assert (await search(gw.port, session_id, token("alice", scope="write:email"))).status == 403
@@ -217,13 +213,13 @@ async def test_a_stepped_up_token_unlocks_the_tool_in_the_same_session(gw: Gatew
     assert tool_text(stepped_up) == "search_documents ran"
 
 
-async def test_a_session_made_with_full_scope_does_not_lend_it_to_a_narrower_token(gw: Gateway) -> None:
+async def test_a_session_made_with_full_scope_does_not_lend_it_to_a_narrower_token(gw: InProcessGateway) -> None:
     session_id = await open_session(gw.port, token("alice"))
     assert (await search(gw.port, session_id, token("alice"))).status == 200
     assert (await search(gw.port, session_id, token("alice", scope="write:email"))).status == 403
 
 
-async def test_scp_list_claim_grants_scopes(gw: Gateway) -> None:
+async def test_scp_list_claim_grants_scopes(gw: InProcessGateway) -> None:
     scp_token = token("alice", scope=None, scp=[FULL_SCOPE])
     session_id = await open_session(gw.port, scp_token)
     response = await search(gw.port, session_id, scp_token)

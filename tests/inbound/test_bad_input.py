@@ -11,9 +11,9 @@ import pytest
 
 from tests.support import (
     JSON_HEADERS,
-    Gateway,
+    InProcessGateway,
     Process,
-    gateway,
+    gateway_in_thread,
     initialize_body,
     mcp_headers,
     mcp_target,
@@ -27,22 +27,21 @@ MAX_BODY = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("bad-input")
     config = {"server": {"max_body_bytes": MAX_BODY}, "mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
-    running = gateway(tmp, config)
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, config) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def session_id(gw: Gateway) -> str:
+def session_id(gw: InProcessGateway) -> str:
     import asyncio
 
     return asyncio.run(raw_session(gw.port))
 
 
-async def assert_still_serves(gw: Gateway, session_id: str) -> None:
+async def assert_still_serves(gw: InProcessGateway, session_id: str) -> None:
     health = await raw_request(gw.port, "GET", "/healthz", [("Host", f"127.0.0.1:{gw.port}")])
     assert health.status == 200
     assert tool_text(await raw_call(gw.port, session_id, "add", {"a": 2, "b": 2})) == "4"
@@ -101,7 +100,7 @@ INVALID_REQUESTS = {
 
 
 @pytest.mark.parametrize("body", PARSE_ERRORS.values(), ids=PARSE_ERRORS.keys())
-async def test_unparseable_body_is_400_parse_error(gw: Gateway, session_id: str, body: bytes) -> None:
+async def test_unparseable_body_is_400_parse_error(gw: InProcessGateway, session_id: str, body: bytes) -> None:
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", session_id))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, body)
     assert response.status == 400
@@ -110,7 +109,7 @@ async def test_unparseable_body_is_400_parse_error(gw: Gateway, session_id: str,
 
 
 @pytest.mark.parametrize("body", INVALID_REQUESTS.values(), ids=INVALID_REQUESTS.keys())
-async def test_non_jsonrpc_body_is_400_invalid_request(gw: Gateway, session_id: str, body: bytes) -> None:
+async def test_non_jsonrpc_body_is_400_invalid_request(gw: InProcessGateway, session_id: str, body: bytes) -> None:
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", session_id))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, body)
     assert response.status == 400
@@ -118,7 +117,7 @@ async def test_non_jsonrpc_body_is_400_invalid_request(gw: Gateway, session_id: 
     await assert_still_serves(gw, session_id)
 
 
-async def test_nesting_of_64_is_accepted(gw: Gateway, session_id: str) -> None:
+async def test_nesting_of_64_is_accepted(gw: InProcessGateway, session_id: str) -> None:
     # 64 levels in all: message, params, arguments and 61 arrays; the backend rejects the argument type.
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", session_id))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, nested(61))
@@ -126,7 +125,7 @@ async def test_nesting_of_64_is_accepted(gw: Gateway, session_id: str) -> None:
 
 
 @pytest.mark.parametrize("size", [MAX_BODY, 2 * 1024 * 1024])
-async def test_body_over_the_limit_is_413(gw: Gateway, session_id: str, size: int) -> None:
+async def test_body_over_the_limit_is_413(gw: InProcessGateway, session_id: str, size: int) -> None:
     body = CALL_PREFIX + b'"' + b"x" * size + b'"}}}'
     response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port, ("Mcp-Session-Id", session_id)), body)
     assert response.status == 413
@@ -134,7 +133,7 @@ async def test_body_over_the_limit_is_413(gw: Gateway, session_id: str, size: in
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/jsonx"])
-async def test_wrong_content_type_is_415(gw: Gateway, session_id: str, content_type: str) -> None:
+async def test_wrong_content_type_is_415(gw: InProcessGateway, session_id: str, content_type: str) -> None:
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Accept", "application/json, text/event-stream")]
     if content_type:
         headers.append(("Content-Type", content_type))
@@ -144,7 +143,7 @@ async def test_wrong_content_type_is_415(gw: Gateway, session_id: str, content_t
 
 
 @pytest.mark.parametrize("accept", ["text/html", "application/xml", "image/*"])
-async def test_wrong_accept_is_406(gw: Gateway, session_id: str, accept: str) -> None:
+async def test_wrong_accept_is_406(gw: InProcessGateway, session_id: str, accept: str) -> None:
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Content-Type", "application/json"), ("Accept", accept)]
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, initialize_body())
     assert response.status == 406
@@ -159,14 +158,14 @@ async def test_wrong_accept_is_406(gw: Gateway, session_id: str, accept: str) ->
 
 
 @pytest.mark.parametrize("version", ["1999-01-01", "2025-13-45", "latest", ""])
-async def test_unsupported_protocol_version_is_400(gw: Gateway, session_id: str, version: str) -> None:
+async def test_unsupported_protocol_version_is_400(gw: InProcessGateway, session_id: str, version: str) -> None:
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", version))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
     assert response.status == 400
     await assert_still_serves(gw, session_id)
 
 
-async def test_unsupported_method_is_405(gw: Gateway, session_id: str) -> None:
+async def test_unsupported_method_is_405(gw: InProcessGateway, session_id: str) -> None:
     response = await raw_request(gw.port, "PUT", "/mcp/v1", mcp_headers(gw.port), initialize_body())
     assert response.status == 405
     await assert_still_serves(gw, session_id)
@@ -175,14 +174,14 @@ async def test_unsupported_method_is_405(gw: Gateway, session_id: str) -> None:
 @pytest.mark.parametrize(
     "host", ["evil.example.com", "evil.example.com:8080", "127.0.0.1.nip.io", "localhost.evil.com"]
 )
-async def test_foreign_host_is_403(gw: Gateway, session_id: str, host: str) -> None:
+async def test_foreign_host_is_403(gw: InProcessGateway, session_id: str, host: str) -> None:
     response = await raw_request(gw.port, "POST", "/mcp/v1", [("Host", host), *JSON_HEADERS], initialize_body())
     assert response.status == 403
     await assert_still_serves(gw, session_id)
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example.com", "https://attacker.test:8080", "null", "file://"])
-async def test_foreign_origin_is_403(gw: Gateway, session_id: str, origin: str) -> None:
+async def test_foreign_origin_is_403(gw: InProcessGateway, session_id: str, origin: str) -> None:
     headers = mcp_headers(gw.port, ("Origin", origin))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, initialize_body())
     assert response.status == 403
@@ -190,7 +189,7 @@ async def test_foreign_origin_is_403(gw: Gateway, session_id: str, origin: str) 
 
 
 @pytest.mark.parametrize("host", ["localhost:{port}", "127.0.0.1:{port}", "[::1]:{port}", "localhost"])
-async def test_loopback_host_and_same_host_origin_are_served(gw: Gateway, host: str) -> None:
+async def test_loopback_host_and_same_host_origin_are_served(gw: InProcessGateway, host: str) -> None:
     host = host.format(port=gw.port)
     headers = [("Host", host), ("Origin", f"http://{host}"), *JSON_HEADERS]
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, initialize_body())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,16 +15,15 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    ROOT,
-    Gateway,
+    InProcessGateway,
     Process,
-    free_port,
-    gateway,
+    gateway_in_thread,
     initialize_body,
     mcp_headers,
     mcp_target,
     raw_request,
     raw_session,
+    recording_backend,
 )
 
 HEADER_TIMEOUT = 1.0
@@ -40,9 +38,7 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 @pytest.fixture(scope="module")
 def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("recorder") / "recorder.log"
-    process = Process([sys.executable, str(ROOT / "tests" / "recording_backend.py"), str(port)], port, log=log).start()
+    process = recording_backend(tmp_path_factory.mktemp("recorder") / "recorder.log").start()
     yield process
     process.stop()
 
@@ -53,10 +49,9 @@ def limited_config(recorder: Process, max_connections: int = 4096) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def gw(recorder: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = gateway(tmp_path_factory.mktemp("client-limits"), limited_config(recorder))
-    yield running
-    running.stop()
+def gw(recorder: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    with gateway_in_thread(tmp_path_factory.mktemp("client-limits"), limited_config(recorder)) as running:
+        yield running
 
 
 async def records(recorder: Process) -> list[dict[str, Any]]:
@@ -108,7 +103,7 @@ async def trickle(writer: asyncio.StreamWriter, byte: bytes, bound: float) -> No
 
 
 @pytest.fixture
-async def connection(gw: Gateway) -> AsyncIterator[Connection]:
+async def connection(gw: InProcessGateway) -> AsyncIterator[Connection]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", gw.port), 5)
     yield reader, writer
     writer.close()
@@ -128,7 +123,7 @@ async def connection(gw: Gateway) -> AsyncIterator[Connection]:
     ids=["same-twice", "allowed-then-foreign", "foreign-then-allowed", "folded"],
 )
 async def test_more_than_one_host_is_400_and_never_reaches_the_backend(
-    gw: Gateway, recorder: Process, hosts: list[str]
+    gw: InProcessGateway, recorder: Process, hosts: list[str]
 ) -> None:
     before = len(await records(recorder))
     headers = [("Host", h.format(port=gw.port)) for h in hosts] + mcp_headers(gw.port)[1:]
@@ -147,7 +142,7 @@ async def test_more_than_one_host_is_400_and_never_reaches_the_backend(
     assert len(await records(recorder)) == before
 
 
-async def test_one_host_is_still_served(gw: Gateway, recorder: Process) -> None:
+async def test_one_host_is_still_served(gw: InProcessGateway, recorder: Process) -> None:
     before = len(await records(recorder))
     response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
     assert response.status == 200
@@ -166,7 +161,7 @@ async def test_silent_connection_is_closed_at_header_timeout(
 
 
 async def test_trickled_head_is_disconnected_at_header_timeout(
-    gw: Gateway, recorder: Process, connection: Connection
+    gw: InProcessGateway, recorder: Process, connection: Connection
 ) -> None:
     reader, writer = connection
     before = len(await records(recorder))
@@ -181,7 +176,9 @@ async def test_trickled_head_is_disconnected_at_header_timeout(
     assert len(await records(recorder)) == before
 
 
-async def test_next_request_head_on_a_kept_connection_is_bounded_too(gw: Gateway, connection: Connection) -> None:
+async def test_next_request_head_on_a_kept_connection_is_bounded_too(
+    gw: InProcessGateway, connection: Connection
+) -> None:
     reader, writer = connection
     writer.write(head("GET", "/healthz", [("Host", f"127.0.0.1:{gw.port}")]))
     status, _, _ = await read_response(reader)
@@ -200,7 +197,9 @@ async def test_next_request_head_on_a_kept_connection_is_bounded_too(gw: Gateway
 # -- the body within body_timeout --------------------------------------------------
 
 
-async def test_trickled_body_is_408_at_body_timeout(gw: Gateway, recorder: Process, connection: Connection) -> None:
+async def test_trickled_body_is_408_at_body_timeout(
+    gw: InProcessGateway, recorder: Process, connection: Connection
+) -> None:
     reader, writer = connection
     before = len(await records(recorder))
     body = initialize_body()
@@ -220,7 +219,7 @@ async def test_trickled_body_is_408_at_body_timeout(gw: Gateway, recorder: Proce
     assert len(await records(recorder)) == before
 
 
-async def test_body_nobody_reads_is_cut_off_too(gw: Gateway, connection: Connection) -> None:
+async def test_body_nobody_reads_is_cut_off_too(gw: InProcessGateway, connection: Connection) -> None:
     reader, writer = connection
     started = time.monotonic()
     # Answered 404 before any body byte is read: uvicorn alone would keep reading it forever.
@@ -238,7 +237,7 @@ async def test_body_nobody_reads_is_cut_off_too(gw: Gateway, connection: Connect
 # -- a normal client ----------------------------------------------------------------
 
 
-async def test_normal_client_is_unaffected_by_the_deadlines(gw: Gateway, recorder: Process) -> None:
+async def test_normal_client_is_unaffected_by_the_deadlines(gw: InProcessGateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
     session = ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25")
     pause = BODY_TIMEOUT + BODY_GRACE + 0.5  # an answer that outlasts every deadline
@@ -267,12 +266,11 @@ async def test_normal_client_is_unaffected_by_the_deadlines(gw: Gateway, recorde
 
 
 @pytest.fixture(scope="module")
-def busy_gw(recorder: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def busy_gw(recorder: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     config = limited_config(recorder, max_connections=MAX_CONNECTIONS)
     config["server"] |= {"header_timeout": "10s", "body_timeout": "10s"}  # connections are held, not slow
-    running = gateway(tmp_path_factory.mktemp("client-limits-busy"), config, name="busy")
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp_path_factory.mktemp("client-limits-busy"), config, name="busy") as running:
+        yield running
 
 
 async def served_connection(port: int) -> Connection:
@@ -290,7 +288,9 @@ async def served_connection(port: int) -> Connection:
         await asyncio.sleep(0.1)
 
 
-async def test_connections_beyond_max_get_503_and_never_reach_the_backend(busy_gw: Gateway, recorder: Process) -> None:
+async def test_connections_beyond_max_get_503_and_never_reach_the_backend(
+    busy_gw: InProcessGateway, recorder: Process
+) -> None:
     port = busy_gw.port
     held = [await served_connection(port) for _ in range(MAX_CONNECTIONS)]
     try:

@@ -25,9 +25,9 @@ from tests.hostile_backend import (
     json_answer,
     sse_answer,
 )
+from tests.observability.test_operations import samples, value
 from tests.support import (
     deny_list_policy,
-    free_port,
     gateway,
     gateway_in_process,
     initialize_body,
@@ -36,7 +36,6 @@ from tests.support import (
     raw_request,
     raw_session,
 )
-from tests.test_operations import samples, value
 
 TARGET = "hostile"
 TOOLS = [
@@ -300,23 +299,24 @@ logging.getLogger("agentgw.refusals").setLevel(logging.INFO)
 
 
 async def test_refusals_are_counted_and_logged_without_contents(tmp: Path, backend: HostileBackend) -> None:
-    metrics_port = free_port()
     config = {
-        "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        "server": {"metrics_listen": "127.0.0.1:0"},
         "mcp": {"targets": [{"name": TARGET, "backends": [{"url": backend.url}]}]},
     }
+    # A process: what is checked is everything it writes to its log.
     gw = await asyncio.to_thread(gateway, tmp, config)
+    assert gw.admin_port is not None
     try:
         secret_text = "backend-internal-detail-7f3a"
         backend.answers["tools/list"] = lambda m: http(200, json.dumps({"id": "1", "x": secret_text}).encode())
         session_id = await raw_session(gw.port)
         assert (await post(gw.port, session_id, LIST_REQUEST)).status == 502
-        found = await asyncio.to_thread(samples, metrics_port)
+        found = await asyncio.to_thread(samples, gw.admin_port)
         assert value(found, "agentgw_backend_refusals_total", target=TARGET, reason="bad_backend_answer") == 1.0
-        lines = [json.loads(line) for line in gw.config_file.with_suffix(".log").read_text().splitlines() if line]
+        lines = [json.loads(line) for line in gw.log.read_text().splitlines() if line]
         refusals = [line for line in lines if line.get("event") == "backend_refusal"]
         assert [(r["target"], r["reason"]) for r in refusals] == [(TARGET, "bad_backend_answer")]
-        assert secret_text not in gw.config_file.with_suffix(".log").read_text()
+        assert secret_text not in gw.log.read_text()
     finally:
         await asyncio.to_thread(gw.stop)
 

@@ -1,8 +1,7 @@
 """The WebSocket transport with the client it exists for: mcp 1.x's `websocket_client`, in its own environment.
 
 mcp 2.x (the test environment's) dropped the transport, so mcp 1.x lives in a
-virtual environment of its own under `.venv/`, made from the package index
-on first use, like every other dependency of the tests.
+virtual environment of its own, `.venv/mcp1`, which `make install` builds.
 """
 
 from __future__ import annotations
@@ -15,10 +14,19 @@ from pathlib import Path
 import pytest
 
 from agentgw.auth.jwt import mint_token
-from tests.support import ROOT, Gateway, Process, deny_list_policy, gateway, hs256_auth_policy, mcp_target
+from tests.support import (
+    ROOT,
+    InProcessGateway,
+    Process,
+    deny_list_policy,
+    gateway_in_thread,
+    hs256_auth_policy,
+    mcp_target,
+)
 
 MCP1_ENV = ROOT / ".venv" / "mcp1"
 MCP1_PYTHON = MCP1_ENV / "bin" / "python"
+MCP1_CLIENT = Path(__file__).with_name("mcp1_websocket_client.py")
 SECRET = "mcp1-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
 POLICIES = hs256_auth_policy(ISSUER, "MCP1_SECRET") + "---\n" + deny_list_policy("docs", "whoami")
@@ -32,20 +40,21 @@ def mcp1_python() -> Path:
 
 
 @pytest.fixture
-def served(tmp: Path, backends: list[Process]) -> Iterator[Gateway]:
+def served(tmp: Path, backends: list[Process]) -> Iterator[InProcessGateway]:
     config = {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}
-    gw = gateway(tmp, config, POLICIES, env={"MCP1_SECRET": SECRET})
-    yield gw
-    gw.stop()
+    with gateway_in_thread(tmp, config, POLICIES, env={"MCP1_SECRET": SECRET}) as gw:
+        yield gw
 
 
-def test_mcp1_websocket_client_initializes_lists_calls_and_is_denied(mcp1_python: Path, served: Gateway) -> None:
+def test_mcp1_websocket_client_initializes_lists_calls_and_is_denied(
+    mcp1_python: Path, served: InProcessGateway
+) -> None:
     token = mint_token(SECRET, "mcp1-user", [], 600, issuer=ISSUER, audience="agentgw")
     url = f"ws://127.0.0.1:{served.port}/mcp/v1/docs/ws?access_token={token}"
     run = subprocess.run(
         [
             str(mcp1_python),
-            str(ROOT / "tests" / "mcp1_websocket_client.py"),
+            str(MCP1_CLIENT),
             url,
             "add",
             '{"a": 20, "b": 22}',
@@ -63,10 +72,10 @@ def test_mcp1_websocket_client_initializes_lists_calls_and_is_denied(mcp1_python
     assert seen["denied"] == -32051
 
 
-def test_mcp1_websocket_client_without_a_token_is_refused(mcp1_python: Path, served: Gateway) -> None:
+def test_mcp1_websocket_client_without_a_token_is_refused(mcp1_python: Path, served: InProcessGateway) -> None:
     url = f"ws://127.0.0.1:{served.port}/mcp/v1/docs/ws"
     run = subprocess.run(
-        [str(mcp1_python), str(ROOT / "tests" / "mcp1_websocket_client.py"), url, "add", "{}", "whoami"],
+        [str(mcp1_python), str(MCP1_CLIENT), url, "add", "{}", "whoami"],
         capture_output=True,
         text=True,
         timeout=60,

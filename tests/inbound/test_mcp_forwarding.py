@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,32 +11,30 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    ROOT,
-    Gateway,
+    InProcessGateway,
     Process,
-    free_port,
-    gateway,
+    gateway_in_thread,
     mcp_headers,
     mcp_target,
     raw_request,
     raw_session,
+    recording_backend,
 )
 
 
 @pytest.fixture(scope="module")
 def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("recorder") / "recorder.log"
-    process = Process([sys.executable, str(ROOT / "tests" / "recording_backend.py"), str(port)], port, log=log).start()
+    process = recording_backend(tmp_path_factory.mktemp("recorder") / "recorder.log").start()
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="module")
-def gw(recorder: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = gateway(tmp_path_factory.mktemp("forwarding"), {"mcp": {"targets": [mcp_target("rec", recorder.port)]}})
-    yield running
-    running.stop()
+def gw(recorder: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    with gateway_in_thread(
+        tmp_path_factory.mktemp("forwarding"), {"mcp": {"targets": [mcp_target("rec", recorder.port)]}}
+    ) as running:
+        yield running
 
 
 async def records(recorder: Process) -> list[dict[str, Any]]:
@@ -49,7 +46,7 @@ def session_headers(port: int, session_id: str, *extra: tuple[str, str]) -> list
     return mcp_headers(port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25"), *extra)
 
 
-async def test_backend_sees_only_its_own_session_id(gw: Gateway, recorder: Process) -> None:
+async def test_backend_sees_only_its_own_session_id(gw: InProcessGateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
     await raw_request(
         gw.port, "POST", "/mcp/v1", session_headers(gw.port, session_id), b'{"jsonrpc":"2.0","id":5,"method":"ping"}'
@@ -59,7 +56,9 @@ async def test_backend_sees_only_its_own_session_id(gw: Gateway, recorder: Proce
     assert session_id not in json.dumps(await records(recorder))
 
 
-async def test_checked_request_is_forwarded_as_the_gateways_own_serialisation(gw: Gateway, recorder: Process) -> None:
+async def test_checked_request_is_forwarded_as_the_gateways_own_serialisation(
+    gw: InProcessGateway, recorder: Process
+) -> None:
     session_id = await raw_session(gw.port)
     sent = (
         b'{ "jsonrpc" : "2.0",\n "id" : 9, "method":"tools/call",\t'
@@ -73,7 +72,9 @@ async def test_checked_request_is_forwarded_as_the_gateways_own_serialisation(gw
     )
 
 
-async def test_client_credentials_and_unknown_headers_stay_at_the_gateway(gw: Gateway, recorder: Process) -> None:
+async def test_client_credentials_and_unknown_headers_stay_at_the_gateway(
+    gw: InProcessGateway, recorder: Process
+) -> None:
     session_id = await raw_session(gw.port)
     extra = [
         ("Authorization", "Bearer client-token"),
@@ -94,7 +95,7 @@ async def test_client_credentials_and_unknown_headers_stay_at_the_gateway(gw: Ga
     assert headers["mcp-protocol-version"] == "2025-11-25"
 
 
-async def test_w3c_trace_context_passes_through(gw: Gateway, recorder: Process) -> None:
+async def test_w3c_trace_context_passes_through(gw: InProcessGateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
     trace = [
         ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
@@ -106,7 +107,7 @@ async def test_w3c_trace_context_passes_through(gw: Gateway, recorder: Process) 
     assert (headers["traceparent"], headers["tracestate"]) == (trace[0][1], trace[1][1])
 
 
-async def test_get_passes_last_event_id_through(gw: Gateway, recorder: Process) -> None:
+async def test_get_passes_last_event_id_through(gw: InProcessGateway, recorder: Process) -> None:
     session_id = await raw_session(gw.port)
     headers = [
         ("Host", f"127.0.0.1:{gw.port}"),
@@ -121,7 +122,7 @@ async def test_get_passes_last_event_id_through(gw: Gateway, recorder: Process) 
     assert (seen["method"], seen["headers"]["last-event-id"]) == ("GET", "41")
 
 
-async def test_event_stream_is_relayed_event_by_event(gw: Gateway) -> None:
+async def test_event_stream_is_relayed_event_by_event(gw: InProcessGateway) -> None:
     session_id = await raw_session(gw.port)
     body = b'{"jsonrpc":"2.0","id":3,"method":"slow/stream","params":{"pause":1.5}}'
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)

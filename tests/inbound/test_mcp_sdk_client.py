@@ -10,19 +10,18 @@ import pytest
 from mcp import types
 
 from tests.mcp_client import call_text, sdk_client
-from tests.support import Gateway, Process, gateway, mcp_target
+from tests.support import InProcessGateway, Process, gateway_in_thread, mcp_target
 
 
 @pytest.fixture(scope="module")
-def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp: Path = tmp_path_factory.mktemp("sdk")
     config = {"mcp": {"targets": [mcp_target("docs", *(b.port for b in backends), balance="round_robin")]}}
-    running = gateway(tmp, config)
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, config) as running:
+        yield running
 
 
-async def test_sdk_client_initializes_lists_and_calls_tools(gw: Gateway) -> None:
+async def test_sdk_client_initializes_lists_and_calls_tools(gw: InProcessGateway) -> None:
     async with sdk_client(gw.mcp_url) as client:
         listed = await client.list_tools()
         assert {"search_documents", "add", "whoami"} <= {tool.name for tool in listed.tools}
@@ -30,12 +29,12 @@ async def test_sdk_client_initializes_lists_and_calls_tools(gw: Gateway) -> None
         assert "pins each one" in await call_text(client, "search_documents", {"query": "gateway"})
 
 
-async def test_target_path_reaches_the_same_server(gw: Gateway) -> None:
+async def test_target_path_reaches_the_same_server(gw: InProcessGateway) -> None:
     async with sdk_client(f"{gw.mcp_url}/docs") as client:
         assert await call_text(client, "add", {"a": 1, "b": 2}) == "3"
 
 
-async def test_a_session_stays_on_one_replica(gw: Gateway) -> None:
+async def test_a_session_stays_on_one_replica(gw: InProcessGateway) -> None:
     async with sdk_client(gw.mcp_url) as client:
         answers = [await call_text(client, "whoami") for _ in range(6)]
     replicas = {answer.split()[0] for answer in answers}
@@ -45,7 +44,7 @@ async def test_a_session_stays_on_one_replica(gw: Gateway) -> None:
     assert counts == [1, 2, 3, 4, 5, 6]
 
 
-async def test_sessions_spread_over_replicas(gw: Gateway) -> None:
+async def test_sessions_spread_over_replicas(gw: InProcessGateway) -> None:
     replicas = set()
     for _ in range(4):
         async with sdk_client(gw.mcp_url) as client:
@@ -53,7 +52,7 @@ async def test_sessions_spread_over_replicas(gw: Gateway) -> None:
     assert replicas == {"replica-a", "replica-b"}
 
 
-async def test_client_sees_only_gateway_session_ids(gw: Gateway) -> None:
+async def test_client_sees_only_gateway_session_ids(gw: InProcessGateway) -> None:
     seen: list[httpx2.Response] = []
     async with sdk_client(gw.mcp_url, seen=seen) as client:
         await call_text(client, "add", {"a": 1, "b": 1})
@@ -66,7 +65,7 @@ async def test_client_sees_only_gateway_session_ids(gw: Gateway) -> None:
     assert not all(c in "0123456789abcdef" for c in session_id)
 
 
-async def test_stateless_2026_client_round_trips(gw: Gateway) -> None:
+async def test_stateless_2026_client_round_trips(gw: InProcessGateway) -> None:
     seen: list[httpx2.Response] = []
     async with sdk_client(gw.mcp_url, mode="auto", seen=seen) as client:
         listed = await client.list_tools()
@@ -78,7 +77,7 @@ async def test_stateless_2026_client_round_trips(gw: Gateway) -> None:
     assert all(r.headers.get("x-mcp-session-id") for r in seen)
 
 
-async def test_sampling_request_from_a_tool_completes_through_the_gateway(gw: Gateway) -> None:
+async def test_sampling_request_from_a_tool_completes_through_the_gateway(gw: InProcessGateway) -> None:
     asked: list[str] = []
 
     async def sampling(context: object, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
@@ -93,7 +92,7 @@ async def test_sampling_request_from_a_tool_completes_through_the_gateway(gw: Ga
     assert asked == ["Summarize: a long text"]
 
 
-async def test_elicitation_from_a_tool_completes_through_the_gateway(gw: Gateway) -> None:
+async def test_elicitation_from_a_tool_completes_through_the_gateway(gw: InProcessGateway) -> None:
     async def elicitation(context: object, params: types.ElicitRequestParams) -> types.ElicitResult:
         assert params.message == "Delete everything?"
         return types.ElicitResult(action="accept", content={"confirmed": False})

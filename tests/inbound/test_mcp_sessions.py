@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support import (
-    Gateway,
+    InProcessGateway,
     Process,
-    gateway,
+    gateway_in_thread,
+    in_process_gateway,
     initialize_body,
     mcp_headers,
     mcp_target,
@@ -27,22 +29,21 @@ MODERN = "2026-07-28"
 
 
 @pytest.fixture(scope="module")
-def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(backends: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("sessions")
     targets = [mcp_target("docs", *(b.port for b in backends)), mcp_target("other", backends[0].port)]
-    running = gateway(tmp, {"mcp": {"targets": targets}}, policies=session_policy("1500ms"))
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, {"mcp": {"targets": targets}}, policies=session_policy("1500ms")) as running:
+        yield running
 
 
-async def test_initialize_answers_both_session_headers(gw: Gateway) -> None:
+async def test_initialize_answers_both_session_headers(gw: InProcessGateway) -> None:
     response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), initialize_body())
     assert response.status == 200
     assert response.header("mcp-session-id") == response.header("x-mcp-session-id")
     assert response.message()["result"]["serverInfo"]["name"] == "example-docs"
 
 
-async def test_either_session_header_continues_the_session(gw: Gateway) -> None:
+async def test_either_session_header_continues_the_session(gw: InProcessGateway) -> None:
     session_id = await raw_session(gw.port)
     for header in ("Mcp-Session-Id", "X-MCP-Session-ID", "x-mcp-session-id"):
         headers = mcp_headers(gw.port, (header, session_id), ("MCP-Protocol-Version", "2025-11-25"))
@@ -51,7 +52,7 @@ async def test_either_session_header_continues_the_session(gw: Gateway) -> None:
         assert tool_text(response) == "3"
 
 
-async def test_conflicting_session_headers_are_refused(gw: Gateway) -> None:
+async def test_conflicting_session_headers_are_refused(gw: InProcessGateway) -> None:
     first, second = await raw_session(gw.port), await raw_session(gw.port)
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", first), ("X-MCP-Session-ID", second))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, tool_call("add", {"a": 1, "b": 2}))
@@ -59,7 +60,7 @@ async def test_conflicting_session_headers_are_refused(gw: Gateway) -> None:
     assert response.json()["error"]["code"] == -32600
 
 
-async def test_unknown_session_is_404_with_a_jsonrpc_error(gw: Gateway) -> None:
+async def test_unknown_session_is_404_with_a_jsonrpc_error(gw: InProcessGateway) -> None:
     headers = mcp_headers(gw.port, ("Mcp-Session-Id", "no-such-session"))
     response = await raw_request(gw.port, "POST", "/mcp/v1", headers, tool_call("add", {"a": 1, "b": 2}, 7))
     assert response.status == 404
@@ -67,24 +68,24 @@ async def test_unknown_session_is_404_with_a_jsonrpc_error(gw: Gateway) -> None:
     assert response.json()["id"] == 7
 
 
-async def test_stateful_request_without_session_is_400(gw: Gateway) -> None:
+async def test_stateful_request_without_session_is_400(gw: InProcessGateway) -> None:
     response = await raw_request(gw.port, "POST", "/mcp/v1", mcp_headers(gw.port), tool_call("add", {"a": 1, "b": 2}))
     assert response.status == 400
     assert response.json()["error"]["code"] == -32600
 
 
-async def test_a_session_of_one_target_is_unknown_on_another(gw: Gateway) -> None:
+async def test_a_session_of_one_target_is_unknown_on_another(gw: InProcessGateway) -> None:
     session_id = await raw_session(gw.port, "/mcp/v1/docs")
     response = await raw_call(gw.port, session_id, "add", {"a": 1, "b": 1}, path="/mcp/v1/other")
     assert response.status == 404
 
 
-async def test_unknown_target_is_404(gw: Gateway) -> None:
+async def test_unknown_target_is_404(gw: InProcessGateway) -> None:
     response = await raw_request(gw.port, "POST", "/mcp/v1/nope", mcp_headers(gw.port), initialize_body())
     assert response.status == 404
 
 
-async def test_delete_ends_the_session(gw: Gateway) -> None:
+async def test_delete_ends_the_session(gw: InProcessGateway) -> None:
     session_id = await raw_session(gw.port)
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Mcp-Session-Id", session_id)]
     deleted = await raw_request(gw.port, "DELETE", "/mcp/v1", headers)
@@ -95,7 +96,7 @@ async def test_delete_ends_the_session(gw: Gateway) -> None:
     assert again.status == 404
 
 
-async def test_get_opens_the_session_event_stream(gw: Gateway) -> None:
+async def test_get_opens_the_session_event_stream(gw: InProcessGateway) -> None:
     session_id = await raw_session(gw.port)
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     request = (
@@ -112,7 +113,7 @@ async def test_get_opens_the_session_event_stream(gw: Gateway) -> None:
     assert session_id.encode() in head  # the gateway's id, never the backend's
 
 
-async def test_idle_session_expires_and_activity_slides_its_lifetime(gw: Gateway) -> None:
+async def test_idle_session_expires_and_activity_slides_its_lifetime(gw: InProcessGateway) -> None:
     session_id = await raw_session(gw.port)
     # Six calls 0.5 s apart outlive the 1.5 s timeout only because each one slides it.
     for _ in range(6):
@@ -159,13 +160,13 @@ async def modern_whoami(port: int, *extra: tuple[str, str]) -> tuple[str, int, s
     return replica, int(count), handle
 
 
-async def test_stateless_request_round_trips_and_never_gets_mcp_session_id(gw: Gateway) -> None:
+async def test_stateless_request_round_trips_and_never_gets_mcp_session_id(gw: InProcessGateway) -> None:
     replica, _, handle = await modern_whoami(gw.port)
     assert replica in ("replica-a", "replica-b")
     assert len(handle) >= 22
 
 
-async def test_stateless_handle_pins_to_the_same_backend(gw: Gateway) -> None:
+async def test_stateless_handle_pins_to_the_same_backend(gw: InProcessGateway) -> None:
     replica, count, handle = await modern_whoami(gw.port)
     for _ in range(4):
         again, next_count, same_handle = await modern_whoami(gw.port, ("X-MCP-Session-ID", handle))
@@ -189,7 +190,7 @@ async def test_stateless_handle_pins_to_the_same_backend(gw: Gateway) -> None:
         ),
     ],
 )
-async def test_routing_header_mismatch_is_refused_and_never_forwarded(gw: Gateway, headers_for) -> None:
+async def test_routing_header_mismatch_is_refused_and_never_forwarded(gw: InProcessGateway, headers_for) -> None:
     replica, before, handle = await modern_whoami(gw.port)
     pinned = ("X-MCP-Session-ID", handle)
     response = await raw_request(gw.port, "POST", "/mcp/v1", [*headers_for(gw.port), pinned], modern_call("whoami", {}))
@@ -200,21 +201,18 @@ async def test_routing_header_mismatch_is_refused_and_never_forwarded(gw: Gatewa
     assert (again, after) == (replica, before + 1)
 
 
-async def test_stateless_unknown_handle_is_pinned_afresh(gw: Gateway) -> None:
+async def test_stateless_unknown_handle_is_pinned_afresh(gw: InProcessGateway) -> None:
     replica, _, handle = await modern_whoami(gw.port, ("X-MCP-Session-ID", "expired-or-never-issued"))
     assert handle != "expired-or-never-issued"
     again, _, same = await modern_whoami(gw.port, ("X-MCP-Session-ID", handle))
     assert (again, same) == (replica, handle)
 
 
-async def test_concurrent_first_calls_of_unseen_tools_are_all_answered(tmp_path, backends: list[Process]) -> None:
+async def test_concurrent_first_calls_of_unseen_tools_are_all_answered(tmp: Path, backends: list[Process]) -> None:
     """Each call of a tool never seen listed has the target listed first: together, they share one listing."""
-    fresh = gateway(tmp_path, {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}})
-    try:
+    async with in_process_gateway(tmp, {"mcp": {"targets": [mcp_target("docs", backends[0].port)]}}) as fresh:
         session_id = await raw_session(fresh.port)
         headers = mcp_headers(fresh.port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25"))
         calls = [tool_call("add", {"a": n, "b": 1}, request_id=10 + n) for n in range(12)]
         answers = await asyncio.gather(*(raw_request(fresh.port, "POST", "/mcp/v1", headers, c) for c in calls))
         assert [tool_text(a) for a in answers] == [str(n + 1) for n in range(12)]
-    finally:
-        fresh.stop()

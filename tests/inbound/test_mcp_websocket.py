@@ -16,12 +16,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentgw.auth.jwt import mint_token
-from tests.mcp_websocket_client import websocket_client
+from tests.inbound.mcp_websocket_client import websocket_client
 from tests.support import (
     Gateway,
     InProcessGateway,
     Process,
-    free_port,
     gateway,
     hs256_auth_policy,
     in_process_gateway,
@@ -53,29 +52,27 @@ def token(*scopes: str, subject: str = "ws-user") -> str:
     return mint_token(SECRET, subject, list(scopes), 600, issuer=ISSUER, audience="agentgw")
 
 
-def served_config(backends: list[Process]) -> tuple[dict[str, Any], int]:
-    # The admin port is named before the gateway binds it: create_app does not report a port it picked.
-    metrics_port = free_port()
-    config = {
-        "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+def served_config(backends: list[Process]) -> dict[str, Any]:
+    return {
+        "server": {"metrics_listen": "127.0.0.1:0"},
         "mcp": {"targets": [mcp_target("docs", backends[0].port)]},
     }
-    return config, metrics_port
 
 
 @pytest.fixture
 async def served(tmp: Path, backends: list[Process]) -> AsyncIterator[tuple[InProcessGateway, int]]:
-    config, metrics_port = served_config(backends)
-    async with in_process_gateway(tmp, config, POLICIES, env={"WS_JWT_SECRET": SECRET}) as gw:
-        yield gw, metrics_port
+    """The gateway and its admin port."""
+    async with in_process_gateway(tmp, served_config(backends), POLICIES, env={"WS_JWT_SECRET": SECRET}) as gw:
+        assert gw.admin_port is not None
+        yield gw, gw.admin_port
 
 
 @pytest.fixture
 def served_process(tmp: Path, backends: list[Process]) -> Iterator[tuple[Gateway, int]]:
     """For what only the process's own log file shows: uvicorn's lines through the JSON formatter."""
-    config, metrics_port = served_config(backends)
-    gw = gateway(tmp, config, POLICIES, env={"WS_JWT_SECRET": SECRET})
-    yield gw, metrics_port
+    gw = gateway(tmp, served_config(backends), POLICIES, env={"WS_JWT_SECRET": SECRET})
+    assert gw.admin_port is not None
+    yield gw, gw.admin_port
     gw.stop()
 
 
@@ -172,7 +169,7 @@ async def test_a_token_in_the_query_authenticates_a_client_that_cannot_set_heade
         return (await live_sessions(metrics_port)) == []
 
     assert await poll(ended)  # closing the socket ends its session
-    log = gw.config_file.with_suffix(".log").read_text()
+    log = gw.log.read_text()
     assert "access_token=[redacted]" in log  # uvicorn logged the handshake's path, without the token
     assert query_token not in log
 

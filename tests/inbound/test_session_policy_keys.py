@@ -63,9 +63,7 @@ async def test_the_second_session_header_is_the_one_the_policy_names(tmp: Path, 
         assert (await whoami(port, ("X-Agent-Session", handle)))[0] == replica
 
 
-async def test_without_sticky_sessions_stateless_requests_go_to_any_backend(
-    tmp: Path, backends: list[Process]
-) -> None:
+async def test_without_sticky_sessions_stateless_requests_go_to_any_backend(tmp: Path, backends: list[Process]) -> None:
     policy = session_policy(stickySession="false")
     async with gateway_in_process(tmp, config(backends[0].port, backends[1].port), policy) as port:
         _, _, handle = await whoami(port)

@@ -9,7 +9,7 @@ import httpx2
 
 from agentgw.auth.jwt import mint_token
 from tests.inbound.test_mcp_sessions import modern_whoami
-from tests.support import Process, bearer, free_port, gateway, hs256_auth_policy, mcp_target
+from tests.support import Process, bearer, gateway_in_thread, hs256_auth_policy, in_process_gateway, mcp_target
 
 SECRET = "stateless-tests-secret-of-at-least-32-characters"
 ISSUER = "https://issuer.test"
@@ -22,27 +22,25 @@ def sessions_active(metrics_port: int) -> float:
 
 
 async def test_clients_that_never_echo_the_handle_leave_no_records(tmp: Path, backends: list[Process]) -> None:
-    metrics_port = free_port()
     config = {
-        "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        "server": {"metrics_listen": "127.0.0.1:0"},
         "mcp": {"targets": [mcp_target("docs", *(b.port for b in backends))]},
     }
-    gw = gateway(tmp, config)
-    try:
+    # Served from a thread: the metrics are read with a blocking client.
+    with gateway_in_thread(tmp, config) as gw:
+        assert gw.admin_port is not None
         handles = {(await modern_whoami(gw.port))[2] for _ in range(20)}
-        assert sessions_active(metrics_port) == 0
+        assert sessions_active(gw.admin_port) == 0
         assert 1 <= len(handles) <= 2  # one handle per backend, whoever asks
-    finally:
-        gw.stop()
 
 
 async def test_a_handle_of_another_caller_pins_afresh(tmp: Path, backends: list[Process]) -> None:
     config = {"mcp": {"targets": [mcp_target("docs", *(b.port for b in backends))]}}
-    gw = gateway(tmp, config, hs256_auth_policy(ISSUER, "HANDLE_SECRET"), env={"HANDLE_SECRET": SECRET})
+    policies = hs256_auth_policy(ISSUER, "HANDLE_SECRET")
     alice, bob = (
         bearer(mint_token(SECRET, sub, [], 600, issuer=ISSUER, audience="agentgw")) for sub in ("alice", "bob")
     )
-    try:
+    async with in_process_gateway(tmp, config, policies, env={"HANDLE_SECRET": SECRET}) as gw:
         replica, _, handle = await modern_whoami(gw.port, alice)
         again, _, same = await modern_whoami(gw.port, alice, ("X-MCP-Session-ID", handle))
         assert (again, same) == (replica, handle)
@@ -51,8 +49,6 @@ async def test_a_handle_of_another_caller_pins_afresh(tmp: Path, backends: list[
         forged = handle.split(".")[0] + ".AAAAAAAAAAAAAAAAAAAAAA"
         _, _, fresh = await modern_whoami(gw.port, alice, ("X-MCP-Session-ID", forged))
         assert fresh != forged
-    finally:
-        gw.stop()
 
 
 async def test_a_handle_from_one_replica_pins_at_another_sharing_redis(
@@ -60,12 +56,11 @@ async def test_a_handle_from_one_replica_pins_at_another_sharing_redis(
 ) -> None:
     store = {"type": "redis", "url": redis_url, "key_prefix": f"handles{time.monotonic_ns()}:"}
     config = {"session_store": store, "mcp": {"targets": [mcp_target("docs", *(b.port for b in backends))]}}
-    first, second = gateway(tmp, config, name="first"), gateway(tmp, config, name="second")
-    try:
+    async with (
+        in_process_gateway(tmp, config, name="first") as first,
+        in_process_gateway(tmp, config, name="second") as second,
+    ):
         for _ in range(4):
             replica, _, handle = await modern_whoami(first.port)
             again, _, same = await modern_whoami(second.port, ("X-MCP-Session-ID", handle))
             assert (again, same) == (replica, handle)
-    finally:
-        first.stop()
-        second.stop()

@@ -30,14 +30,12 @@ from agentgw.sessions.store import SessionStore
 from tests.mcp_client import call_text, sdk_client
 from tests.support import (
     Process,
-    free_port,
-    gateway,
     in_process_gateway,
     mcp_target,
     poll,
     raw_call,
     raw_session,
-    redis_process,
+    started_redis,
 )
 
 TARGET = "docs"
@@ -395,33 +393,33 @@ async def test_an_idle_gateway_reads_no_catalogue(tmp: Path, backends: list[Proc
     sends Redis a single command (the old design re-read every catalogue every second)."""
     import redis.asyncio as aioredis
 
-    redis_port = free_port()
-    server = redis_process(redis_port).start()
-    url = f"redis://127.0.0.1:{redis_port}/0"
+    server = started_redis(tmp / "redis.log")
+    url = f"redis://127.0.0.1:{server.port}/0"
     config = {
         "session_store": {"type": "redis", "url": url, "key_prefix": "idle:"},
         "mcp": {"targets": [mcp_target("docs", backends[0].port), mcp_target("mail", backends[1].port)]},
     }
-    first, second = gateway(tmp, config, name="first"), gateway(tmp, config, name="second")
     admin = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        for target in ("docs", "mail"):
-            async with sdk_client(f"{first.mcp_url}/{target}") as client:
-                assert (await client.list_tools()).tools
-        assert await admin.hlen("idle:tools:docs") > 0
+        async with (
+            in_process_gateway(tmp, config, name="first") as first,
+            in_process_gateway(tmp, config, name="second"),
+        ):
+            for target in ("docs", "mail"):
+                async with sdk_client(f"{first.mcp_url}/{target}") as client:
+                    assert (await client.list_tools()).tools
+            assert await admin.hlen("idle:tools:docs") > 0
 
-        async def both_subscribed() -> bool:
-            return bool((await admin.pubsub_numsub("idle:tools_changed"))[0][1] == 2)
+            async def both_subscribed() -> bool:
+                return bool((await admin.pubsub_numsub("idle:tools_changed"))[0][1] == 2)
 
-        await poll(both_subscribed, timeout=10)
-        before = await commandstats(admin)
-        await asyncio.sleep(IDLE_SECONDS)  # the measurement itself: nothing is awaited here
-        after = await commandstats(admin)
-        assert after == before
+            await poll(both_subscribed, timeout=10)
+            before = await commandstats(admin)
+            await asyncio.sleep(IDLE_SECONDS)  # the measurement itself: nothing is awaited here
+            after = await commandstats(admin)
+            assert after == before
     finally:
         await admin.aclose()
-        first.stop()
-        second.stop()
         server.stop()
 
 
@@ -430,9 +428,11 @@ SHIFTING_SERVER = Path(__file__).with_name("shifting_server.py")
 
 @pytest.mark.parametrize("field", ["title", "_meta"])
 async def test_a_rug_pull_outside_the_description_quarantines_through_the_gateway(tmp: Path, field: str) -> None:
-    port, trace = free_port(), tmp / "trace.txt"
-    backend = Process([sys.executable, str(SHIFTING_SERVER), str(port), str(trace)], port, log=tmp / "backend.log")
-    backend.start()
+    trace = tmp / "trace.txt"
+    backend = Process(
+        lambda port: [sys.executable, str(SHIFTING_SERVER), str(port), str(trace)], log=tmp / "backend.log"
+    )
+    port = backend.start().port
     policy = (
         "apiVersion: agentgw.dev/v1alpha1\nkind: ToolPolicy\nmetadata: {name: all}\n"
         "spec:\n  defaultAction: allow\n  poisoningDetection: {enabled: true, action: quarantine}\n"

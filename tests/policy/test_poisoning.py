@@ -24,12 +24,9 @@ import yaml
 from tests.mcp_client import call_text, sdk_client
 from tests.support import (
     ROOT,
-    Gateway,
     InProcessGateway,
     Process,
     RawResponse,
-    free_port,
-    gateway,
     in_process_gateway,
     mcp_headers,
     mcp_target,
@@ -40,7 +37,7 @@ from tests.support import (
     tool_text,
 )
 
-MALICIOUS_SERVER = ROOT / "tests" / "malicious_server.py"
+MALICIOUS_SERVER = Path(__file__).with_name("malicious_server.py")
 POLICY_DENIED = -32051
 TARGET = "evil"
 POISONED = {"hidden_instructions", "tag_smuggler", "bidi_tool"}
@@ -76,18 +73,16 @@ class EvilServer:
 
 @pytest.fixture
 def evil(tmp: Path) -> Iterator[EvilServer]:
-    port = free_port()
     trace = tmp / "evil-trace.txt"
-    process = Process([sys.executable, str(MALICIOUS_SERVER), str(port), str(trace)], port, log=tmp / "evil.log")
+    process = Process(lambda port: [sys.executable, str(MALICIOUS_SERVER), str(port), str(trace)], log=tmp / "evil.log")
     yield EvilServer(process.start(), trace)
     process.stop()
 
 
 def evil_config(evil: EvilServer, store: dict[str, Any] | None = None) -> dict[str, Any]:
-    # The command line finds the admin API through the config file, so its port is named
-    # before the gateway binds it: create_app does not report a port it picked.
+    # The command line finds the admin API through the config file, which names the port it got.
     config: dict[str, Any] = {
-        "server": {"metrics_listen": f"127.0.0.1:{free_port()}"},
+        "server": {"metrics_listen": "127.0.0.1:0"},
         "mcp": {"targets": [mcp_target(TARGET, evil.process.port)]},
     }
     if store is not None:
@@ -96,14 +91,9 @@ def evil_config(evil: EvilServer, store: dict[str, Any] | None = None) -> dict[s
 
 
 def evil_gateway(
-    tmp: Path, evil: EvilServer, action: str = "quarantine"
+    tmp: Path, evil: EvilServer, action: str = "quarantine", store: dict[str, Any] | None = None, name: str = "gateway"
 ) -> contextlib.AbstractAsyncContextManager[InProcessGateway]:
-    return in_process_gateway(tmp, evil_config(evil), policies=tool_policy(action))
-
-
-def evil_gateway_process(tmp: Path, evil: EvilServer, name: str, store: dict[str, Any]) -> Gateway:
-    """A replica of its own, for what two processes share only through Redis."""
-    return gateway(tmp, evil_config(evil, store), policies=tool_policy("quarantine"), name=name)
+    return in_process_gateway(tmp, evil_config(evil, store), policies=tool_policy(action), name=name)
 
 
 async def agentgw(*args: str) -> tuple[int, str]:
@@ -138,8 +128,8 @@ def assert_quarantined(response: RawResponse, tool: str) -> None:
     assert error["data"]["tool"] == tool
 
 
-def policy_file(gw: Gateway | InProcessGateway) -> Path:
-    """The policy file the gateway watches (written by `gateway()`)."""
+def policy_file(gw: InProcessGateway) -> Path:
+    """The policy file the gateway watches (written by `write_gateway_config`)."""
     return Path(yaml.safe_load(gw.config_file.read_text())["policies"][0]) / "policies.yaml"
 
 
@@ -216,9 +206,11 @@ async def test_a_quarantine_and_its_approval_are_shared_through_redis(
     tmp: Path, evil: EvilServer, redis_url: str
 ) -> None:
     store = {"type": "redis", "url": redis_url, "key_prefix": f"poison{time.monotonic_ns()}:"}
-    first = evil_gateway_process(tmp, evil, "first", store)
-    second = evil_gateway_process(tmp, evil, "second", store)
-    try:
+    # Two replicas, which share nothing but Redis.
+    async with (
+        evil_gateway(tmp, evil, store=store, name="first") as first,
+        evil_gateway(tmp, evil, store=store, name="second") as second,
+    ):
         # Everything the catalogue learns, it learns through the first gateway.
         async with sdk_client(first.mcp_url) as client:
             assert {tool.name for tool in (await client.list_tools()).tools} == CLEAN
@@ -250,9 +242,6 @@ async def test_a_quarantine_and_its_approval_are_shared_through_redis(
         await poll(listed_by_second, timeout=10)
         assert tool_text(await raw_call(second.port, session_id, "shape_shifter", ARGUMENTS["shape_shifter"]))
         assert evil.ran() == ["flip", "shape_shifter"]
-    finally:
-        first.stop()
-        second.stop()
 
 
 async def test_approving_a_tool_the_target_never_listed_fails(tmp: Path, evil: EvilServer) -> None:

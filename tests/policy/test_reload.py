@@ -9,19 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from tests.support import (
-    ROOT,
     InProcessGateway,
     Process,
     RawResponse,
-    free_port,
     in_process_gateway,
     logged,
     mcp_target,
@@ -29,6 +27,7 @@ from tests.support import (
     raw_call,
     raw_session,
     tool_text,
+    trace_backend,
 )
 
 POLICY_DENIED = -32051
@@ -60,26 +59,34 @@ def session_policy(timeout: str) -> str:
     )
 
 
+@dataclass
 class TraceBackend:
-    """tests/trace_server.py: every tool that runs leaves its name in the trace file."""
+    """tests/trace_server.py, shared by the module's tests: every tool that runs leaves its name in
+    the trace file, and `runs` counts those of the current test."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.trace = tmp / "trace.txt"
-        self.trace.touch()
-        port = free_port()
-        args = [sys.executable, str(ROOT / "tests" / "trace_server.py"), str(port), str(self.trace)]
-        self.process = Process(args, port, log=tmp / "trace-server.log")
+    process: Process
+    trace: Path
+    since: int = 0  # trace lines written before the test began
+
+    def lines(self) -> list[str]:
+        return self.trace.read_text().splitlines()
 
     def runs(self, tool: str) -> int:
-        return self.trace.read_text().splitlines().count(tool)
+        return self.lines()[self.since :].count(tool)
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TraceBackend]:
+    tmp = tmp_path_factory.mktemp("trace")
+    (tmp / "trace.txt").touch()
+    process = trace_backend(tmp / "trace.txt", tmp / "trace-server.log").start()
+    yield TraceBackend(process, tmp / "trace.txt")
+    process.stop()
 
 
 @pytest.fixture
-def backend(tmp: Path) -> Iterator[TraceBackend]:
-    traced = TraceBackend(tmp)
-    traced.process.start()
-    yield traced
-    traced.process.stop()
+def backend(traced: TraceBackend) -> TraceBackend:
+    return replace(traced, since=len(traced.lines()))
 
 
 def start(tmp: Path, backend_port: int, policies: str) -> contextlib.AbstractAsyncContextManager[InProcessGateway]:

@@ -22,11 +22,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import (
     ROOT,
-    Gateway,
+    InProcessGateway,
     Process,
     RawResponse,
-    free_port,
-    gateway,
+    gateway_in_thread,
     initialize_body,
     mcp_headers,
     mcp_target,
@@ -34,6 +33,7 @@ from tests.support import (
     raw_request,
     tool_call,
     tool_text,
+    trace_backend,
 )
 
 ISSUER = "https://issuer.test"
@@ -111,29 +111,27 @@ class Trace:
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trace]:
     tmp = tmp_path_factory.mktemp("trace")
-    port = free_port()
-    backend = Process([sys.executable, str(ROOT / "tests" / "trace_server.py"), str(port), str(tmp / "trace")], port)
-    backend.start()
-    yield Trace(tmp / "trace", port)
+    backend = trace_backend(tmp / "trace", tmp / "trace-server.log").start()
+    yield Trace(tmp / "trace", backend.port)
     backend.stop()
 
 
 @pytest.fixture(scope="module")
-def odd_backend() -> Iterator[Process]:
-    port = free_port()
-    backend = Process([sys.executable, "-c", ODD_NAMES_SERVER, str(port)], port).start()
+def odd_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    log = tmp_path_factory.mktemp("odd") / "odd.log"
+    backend = Process(lambda port: [sys.executable, "-c", ODD_NAMES_SERVER, str(port)], log=log).start()
     yield backend
     backend.stop()
 
 
 @pytest.fixture(scope="module")
-def gw(trace: Trace, odd_backend: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(trace: Trace, odd_backend: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("tool-policy")
     targets = [mcp_target("docs", trace.port), mcp_target("open", trace.port), mcp_target("odd", odd_backend.port)]
-    config = {"server": {"metrics_listen": f"127.0.0.1:{free_port()}"}, "mcp": {"targets": targets}}
-    running = gateway(tmp, config, policies=POLICIES, env={"TEST_JWT_SECRET": SECRET})
-    yield running
-    running.stop()
+    # Served from a thread, as the audit is read with the blocking command line.
+    config = {"server": {"metrics_listen": "127.0.0.1:0"}, "mcp": {"targets": targets}}
+    with gateway_in_thread(tmp, config, policies=POLICIES, env={"TEST_JWT_SECRET": SECRET}) as running:
+        yield running
 
 
 # -- callers -------------------------------------------------------------------
@@ -154,14 +152,14 @@ NOBODY = token()
 class Caller:
     """One token's stateful MCP session with the gateway, over raw HTTP."""
 
-    def __init__(self, gw: Gateway, bearer: str, path: str) -> None:
+    def __init__(self, gw: InProcessGateway, bearer: str, path: str) -> None:
         self.gw = gw
         self.bearer = bearer
         self.path = path
         self.session_id = ""
 
     @classmethod
-    async def open(cls, gw: Gateway, bearer: str = READER, path: str = "/mcp/v1/docs") -> Caller:
+    async def open(cls, gw: InProcessGateway, bearer: str = READER, path: str = "/mcp/v1/docs") -> Caller:
         caller = cls(gw, bearer, path)
         headers = mcp_headers(gw.port, ("Authorization", f"Bearer {bearer}"))
         response = await raw_request(gw.port, "POST", path, headers, initialize_body())
@@ -222,7 +220,7 @@ async def sdk_client(url: str, bearer: str, mode: str) -> AsyncIterator[Client]:
 # -- allow, deny, scopes ----------------------------------------------------------
 
 
-async def test_deny_list_wins_over_an_allow_rule_for_the_same_tool(gw: Gateway, trace: Trace) -> None:
+async def test_deny_list_wins_over_an_allow_rule_for_the_same_tool(gw: InProcessGateway, trace: Trace) -> None:
     caller = await Caller.open(gw)
     data = assert_denied(await caller.call("exec_shell", {"command": "id"}), "deny_list")
     assert data["tool"] == "exec_shell"
@@ -230,13 +228,13 @@ async def test_deny_list_wins_over_an_allow_rule_for_the_same_tool(gw: Gateway, 
     trace.assert_never_ran("exec_shell")
 
 
-async def test_first_target_path_is_governed_by_its_policy(gw: Gateway, trace: Trace) -> None:
+async def test_first_target_path_is_governed_by_its_policy(gw: InProcessGateway, trace: Trace) -> None:
     caller = await Caller.open(gw, path="/mcp/v1")
     assert_denied(await caller.call("exec_shell", {"command": "id"}), "deny_list")
     trace.assert_never_ran("exec_shell")
 
 
-async def test_missing_scope_is_403_with_the_scope_that_would_allow_it(gw: Gateway, trace: Trace) -> None:
+async def test_missing_scope_is_403_with_the_scope_that_would_allow_it(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("search_documents")
     caller = await Caller.open(gw, MAILER)
     response = await caller.call("search_documents", {"query": "q"})
@@ -249,7 +247,7 @@ async def test_missing_scope_is_403_with_the_scope_that_would_allow_it(gw: Gatew
     assert trace.count("search_documents") == before
 
 
-async def test_the_same_call_with_the_scope_runs(gw: Gateway, trace: Trace) -> None:
+async def test_the_same_call_with_the_scope_runs(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("search_documents")
     caller = await Caller.open(gw, READER)
     response = await caller.call("search_documents", {"query": "q"})
@@ -258,7 +256,7 @@ async def test_the_same_call_with_the_scope_runs(gw: Gateway, trace: Trace) -> N
     assert trace.count("search_documents") == before + 1
 
 
-async def test_token_without_scope_claim_has_no_scopes(gw: Gateway, trace: Trace) -> None:
+async def test_token_without_scope_claim_has_no_scopes(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("search_documents")
     caller = await Caller.open(gw, NOBODY)
     assert_denied(await caller.call("search_documents", {"query": "q"}), "missing_scope", status=403)
@@ -266,7 +264,7 @@ async def test_token_without_scope_claim_has_no_scopes(gw: Gateway, trace: Trace
     assert trace.count("search_documents") == before
 
 
-async def test_scopes_from_an_scp_list_claim_count(gw: Gateway, trace: Trace) -> None:
+async def test_scopes_from_an_scp_list_claim_count(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("search_documents")
     claims = {"iss": ISSUER, "aud": "agentgw", "sub": "alice", "exp": int(time.time()) + 3600}
     caller = await Caller.open(gw, jwt.encode({**claims, "scp": ["read:documents"]}, SECRET, "HS256"))
@@ -276,7 +274,7 @@ async def test_scopes_from_an_scp_list_claim_count(gw: Gateway, trace: Trace) ->
 
 @pytest.mark.parametrize("scope", ["READ:DOCUMENTS", "read:documents:all", "read:", "read:documents,write:email"])
 async def test_a_scope_that_only_resembles_the_required_one_does_not_count(
-    gw: Gateway, trace: Trace, scope: str
+    gw: InProcessGateway, trace: Trace, scope: str
 ) -> None:
     before = trace.count("search_documents")
     caller = await Caller.open(gw, token(scope))
@@ -284,7 +282,7 @@ async def test_a_scope_that_only_resembles_the_required_one_does_not_count(
     assert trace.count("search_documents") == before
 
 
-async def test_tool_on_no_list_is_not_allowed_under_default_deny(gw: Gateway, trace: Trace) -> None:
+async def test_tool_on_no_list_is_not_allowed_under_default_deny(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("send_email")
     caller = await Caller.open(gw)
     assert_denied(await caller.call("send_email", {"to": "x@example.com", "body": "hi"}), "not_allowed")
@@ -292,7 +290,7 @@ async def test_tool_on_no_list_is_not_allowed_under_default_deny(gw: Gateway, tr
     assert trace.count("send_email") == before
 
 
-async def test_default_action_allow_lets_an_unlisted_tool_run(gw: Gateway, trace: Trace) -> None:
+async def test_default_action_allow_lets_an_unlisted_tool_run(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("send_email")
     caller = await Caller.open(gw, NOBODY, path="/mcp/v1/open")
     response = await caller.call("send_email", {"to": "x@example.com", "body": "hi"})
@@ -301,13 +299,13 @@ async def test_default_action_allow_lets_an_unlisted_tool_run(gw: Gateway, trace
 
 
 @pytest.mark.parametrize("path", ["/mcp/v1/docs", "/mcp/v1/open"])
-async def test_glob_deny_blocks_get_secret_key(gw: Gateway, trace: Trace, path: str) -> None:
+async def test_glob_deny_blocks_get_secret_key(gw: InProcessGateway, trace: Trace, path: str) -> None:
     caller = await Caller.open(gw, path=path)
     assert_denied(await caller.call("get_secret_key", {}), "deny_list")
     trace.assert_never_ran("get_secret_key")
 
 
-async def test_read_credentials_is_denied(gw: Gateway, trace: Trace) -> None:
+async def test_read_credentials_is_denied(gw: InProcessGateway, trace: Trace) -> None:
     caller = await Caller.open(gw)
     assert_denied(await caller.call("read_credentials", {}), "deny_list")
     trace.assert_never_ran("read_credentials")
@@ -332,7 +330,7 @@ EVASIONS = {
 
 
 @pytest.mark.parametrize("name", list(EVASIONS.values()), ids=list(EVASIONS))
-async def test_evasions_of_a_denied_name_never_reach_the_backend(gw: Gateway, trace: Trace, name: str) -> None:
+async def test_evasions_of_a_denied_name_never_reach_the_backend(gw: InProcessGateway, trace: Trace, name: str) -> None:
     for path in ("/mcp/v1/docs", "/mcp/v1/open"):
         caller = await Caller.open(gw, path=path)
         response = await caller.post(message("tools/call", {"name": name, "arguments": {"command": "id"}}))
@@ -341,7 +339,9 @@ async def test_evasions_of_a_denied_name_never_reach_the_backend(gw: Gateway, tr
 
 
 @pytest.mark.parametrize("method", ["Tools/Call", "TOOLS/CALL", "tools/call ", "tools//call", "tools/call\u0000"])
-async def test_variants_of_the_call_method_never_run_a_denied_tool(gw: Gateway, trace: Trace, method: str) -> None:
+async def test_variants_of_the_call_method_never_run_a_denied_tool(
+    gw: InProcessGateway, trace: Trace, method: str
+) -> None:
     caller = await Caller.open(gw)
     response = await caller.post(message(method, {"name": "exec_shell", "arguments": {"command": "id"}}))
     assert response.status < 500
@@ -349,7 +349,7 @@ async def test_variants_of_the_call_method_never_run_a_denied_tool(gw: Gateway, 
     trace.assert_never_ran("exec_shell")
 
 
-async def test_batch_holding_a_denied_call_is_refused_whole(gw: Gateway, trace: Trace) -> None:
+async def test_batch_holding_a_denied_call_is_refused_whole(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("add")
     caller = await Caller.open(gw)
     allowed = message("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}}, 1)
@@ -359,7 +359,7 @@ async def test_batch_holding_a_denied_call_is_refused_whole(gw: Gateway, trace: 
     trace.assert_never_ran("exec_shell")
 
 
-async def test_notification_shaped_call_is_checked_like_a_request(gw: Gateway, trace: Trace) -> None:
+async def test_notification_shaped_call_is_checked_like_a_request(gw: InProcessGateway, trace: Trace) -> None:
     caller = await Caller.open(gw)
     response = await caller.post(message("tools/call", {"name": "exec_shell", "arguments": {"command": "id"}}, None))
     assert_denied(response, "deny_list")
@@ -375,7 +375,9 @@ async def test_notification_shaped_call_is_checked_like_a_request(gw: Gateway, t
     ],
     ids=["allowed-then-denied", "denied-then-allowed", "duplicate-arguments"],
 )
-async def test_duplicate_keys_in_params_are_refused_and_nothing_runs(gw: Gateway, trace: Trace, params: bytes) -> None:
+async def test_duplicate_keys_in_params_are_refused_and_nothing_runs(
+    gw: InProcessGateway, trace: Trace, params: bytes
+) -> None:
     before = trace.count("add")
     caller = await Caller.open(gw)
     body = b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":' + params + b"}"
@@ -385,7 +387,7 @@ async def test_duplicate_keys_in_params_are_refused_and_nothing_runs(gw: Gateway
 
 
 @pytest.mark.parametrize("name", [["exec_shell"], {"name": "exec_shell"}, 1, None, True])
-async def test_non_string_tool_name_is_an_invalid_request(gw: Gateway, trace: Trace, name: Any) -> None:
+async def test_non_string_tool_name_is_an_invalid_request(gw: InProcessGateway, trace: Trace, name: Any) -> None:
     caller = await Caller.open(gw)
     assert_invalid_request(await caller.post(message("tools/call", {"name": name, "arguments": {"command": "id"}})))
     trace.assert_never_ran("exec_shell")
@@ -395,7 +397,7 @@ async def test_non_string_tool_name_is_an_invalid_request(gw: Gateway, trace: Tr
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_tools_list_shows_only_what_each_callers_scopes_allow(gw: Gateway, mode: str) -> None:
+async def test_tools_list_shows_only_what_each_callers_scopes_allow(gw: InProcessGateway, mode: str) -> None:
     async with sdk_client(f"{gw.mcp_url}/docs", READER, mode) as client:
         reader_sees = {tool.name for tool in (await client.list_tools()).tools}
     async with sdk_client(f"{gw.mcp_url}/docs", MAILER, mode) as client:
@@ -404,7 +406,7 @@ async def test_tools_list_shows_only_what_each_callers_scopes_allow(gw: Gateway,
     assert mailer_sees == {"add"}
 
 
-async def test_tools_list_never_shows_denied_tools(gw: Gateway) -> None:
+async def test_tools_list_never_shows_denied_tools(gw: InProcessGateway) -> None:
     async with sdk_client(f"{gw.mcp_url}/open", READER, "legacy") as client:
         listed = {tool.name for tool in (await client.list_tools()).tools}
     assert {"search_documents", "send_email", "add", "read_credentials"} <= listed
@@ -419,19 +421,19 @@ async def test_tools_list_never_shows_denied_tools(gw: Gateway) -> None:
     ],
     ids=["space", "trailing-newline"],
 )
-async def test_backend_tool_breaking_the_naming_rule_is_left_out_of_tools_list(gw: Gateway, name: str) -> None:
+async def test_backend_tool_breaking_the_naming_rule_is_left_out_of_tools_list(gw: InProcessGateway, name: str) -> None:
     async with sdk_client(f"{gw.mcp_url}/odd", NOBODY, "legacy") as client:
         listed = {tool.name for tool in (await client.list_tools()).tools}
     assert "plain" in listed
     assert name not in listed
 
 
-async def test_call_naming_a_tool_that_breaks_the_naming_rule_is_not_allowed(gw: Gateway) -> None:
+async def test_call_naming_a_tool_that_breaks_the_naming_rule_is_not_allowed(gw: InProcessGateway) -> None:
     caller = await Caller.open(gw, NOBODY, path="/mcp/v1/odd")
     assert_denied(await caller.call("two words", {}), "not_allowed")
 
 
-async def test_invalid_arguments_are_refused_before_the_backend(gw: Gateway, trace: Trace) -> None:
+async def test_invalid_arguments_are_refused_before_the_backend(gw: InProcessGateway, trace: Trace) -> None:
     caller = await Caller.open(gw)
     listed = await caller.request("tools/list", {})
     assert "add" in {tool["name"] for tool in listed.message()["result"]["tools"]}
@@ -446,7 +448,7 @@ async def test_invalid_arguments_are_refused_before_the_backend(gw: Gateway, tra
 # -- prompts and resources ------------------------------------------------------------
 
 
-async def test_prompts_get_follows_allowed_prompts(gw: Gateway, trace: Trace) -> None:
+async def test_prompts_get_follows_allowed_prompts(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("prompt:greeting")
     mailer = await Caller.open(gw, MAILER)
     response = await mailer.request("prompts/get", {"name": "greeting", "arguments": {"name": "x"}})
@@ -460,7 +462,7 @@ async def test_prompts_get_follows_allowed_prompts(gw: Gateway, trace: Trace) ->
     assert trace.count("prompt:greeting") == before + 1
 
 
-async def test_prompts_are_unrestricted_where_no_policy_lists_them(gw: Gateway, trace: Trace) -> None:
+async def test_prompts_are_unrestricted_where_no_policy_lists_them(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("prompt:greeting")
     caller = await Caller.open(gw, NOBODY, path="/mcp/v1/open")
     response = await caller.request("prompts/get", {"name": "greeting", "arguments": {"name": "x"}})
@@ -468,7 +470,7 @@ async def test_prompts_are_unrestricted_where_no_policy_lists_them(gw: Gateway, 
     assert trace.count("prompt:greeting") == before + 1
 
 
-async def test_resources_read_follows_allowed_resources(gw: Gateway, trace: Trace) -> None:
+async def test_resources_read_follows_allowed_resources(gw: InProcessGateway, trace: Trace) -> None:
     before = trace.count("resource:readme")
     mailer = await Caller.open(gw, MAILER)
     assert_denied(await mailer.request("resources/read", {"uri": "docs://readme"}), "missing_scope", status=403)
@@ -488,7 +490,7 @@ def modern(method: str, params: dict[str, Any]) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}).encode()
 
 
-async def modern_call(gw: Gateway, bearer: str, tool: str, arguments: dict[str, Any]) -> RawResponse:
+async def modern_call(gw: InProcessGateway, bearer: str, tool: str, arguments: dict[str, Any]) -> RawResponse:
     headers = mcp_headers(
         gw.port,
         ("Authorization", f"Bearer {bearer}"),
@@ -500,7 +502,7 @@ async def modern_call(gw: Gateway, bearer: str, tool: str, arguments: dict[str, 
     return await raw_request(gw.port, "POST", "/mcp/v1/docs", headers, body)
 
 
-async def test_stateless_revision_is_policy_checked(gw: Gateway, trace: Trace) -> None:
+async def test_stateless_revision_is_policy_checked(gw: InProcessGateway, trace: Trace) -> None:
     assert_denied(await modern_call(gw, READER, "exec_shell", {"command": "id"}), "deny_list")
     assert_denied(await modern_call(gw, READER, "Exec_Shell", {"command": "id"}), "deny_list", "not_allowed")
     trace.assert_never_ran("exec_shell")
@@ -514,7 +516,7 @@ async def test_stateless_revision_is_policy_checked(gw: Gateway, trace: Trace) -
 # -- audit ------------------------------------------------------------------------------
 
 
-def audit_tail(gw: Gateway) -> list[dict[str, Any]]:
+def audit_tail(gw: InProcessGateway) -> list[dict[str, Any]]:
     args = [sys.executable, "-m", "agentgw", "audit", "tail", "-n", "50", "--config", str(gw.config_file)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=30, cwd=ROOT)
     if done.returncode != 0:
@@ -522,7 +524,7 @@ def audit_tail(gw: Gateway) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-async def test_audit_tail_shows_allow_and_deny_decisions(gw: Gateway) -> None:
+async def test_audit_tail_shows_allow_and_deny_decisions(gw: InProcessGateway) -> None:
     subject = f"auditor-{uuid.uuid4().hex[:8]}"
     caller = await Caller.open(gw, token("read:documents", sub=subject))
     assert tool_text(await caller.call("add", {"a": 1, "b": 2})) == "add ran"

@@ -12,8 +12,8 @@ import openai
 import pytest
 import redis
 
-from tests.llm.conftest import AUTH_POLICY, client, llm_config, token
-from tests.support import Gateway
+from tests.stub_providers import AUTH_POLICY, client, llm_config, token
+from tests.support import InProcessGateway
 
 T = TypeVar("T")
 ECHO = {"name": "echo", "type": "echo"}
@@ -46,7 +46,7 @@ def within_one_window(attempt: Callable[[], T]) -> T:
     raise AssertionError("three attempts in a row crossed a minute boundary")
 
 
-def status_of(gw: Gateway, bearer: str, stream: bool = False, text: str = "hi") -> int:
+def status_of(gw: InProcessGateway, bearer: str, stream: bool = False, text: str = "hi") -> int:
     try:
         answer = client(gw, api_key=bearer).chat.completions.create(
             model="echo/echo", messages=[{"role": "user", "content": text}], stream=stream
@@ -70,7 +70,7 @@ def assert_rate_limited(error: openai.RateLimitError) -> None:
     assert body["error"]["code"] == "rate_limit_exceeded"
 
 
-def test_sixth_request_in_a_minute_is_429_with_retry_after(serve: Callable[..., Gateway]) -> None:
+def test_sixth_request_in_a_minute_is_429_with_retry_after(serve: Callable[..., InProcessGateway]) -> None:
     gw = serve(llm_config(ECHO), policies=LIMITS)
 
     def attempt() -> tuple[list[int], openai.RateLimitError]:
@@ -88,7 +88,7 @@ def test_sixth_request_in_a_minute_is_429_with_retry_after(serve: Callable[..., 
     assert_rate_limited(error)
 
 
-def test_request_limit_counts_streams_and_is_per_subject(serve: Callable[..., Gateway]) -> None:
+def test_request_limit_counts_streams_and_is_per_subject(serve: Callable[..., InProcessGateway]) -> None:
     gw = serve(llm_config(ECHO), policies=LIMITS)
 
     def attempt() -> tuple[list[int], int]:
@@ -102,7 +102,7 @@ def test_request_limit_counts_streams_and_is_per_subject(serve: Callable[..., Ga
     assert bob_status == 200
 
 
-def test_tier_claim_selects_the_callers_tier(serve: Callable[..., Gateway]) -> None:
+def test_tier_claim_selects_the_callers_tier(serve: Callable[..., InProcessGateway]) -> None:
     gw = serve(llm_config(ECHO), policies=LIMITS)
 
     statuses = within_one_window(lambda: [status_of(gw, token(tier="pro")) for _ in range(8)])
@@ -112,7 +112,7 @@ def test_tier_claim_selects_the_callers_tier(serve: Callable[..., Gateway]) -> N
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 def test_tokens_per_minute_refuses_once_the_usage_reaches_the_limit(
-    serve: Callable[..., Gateway], stream: bool
+    serve: Callable[..., InProcessGateway], stream: bool
 ) -> None:
     gw = serve(llm_config(ECHO), policies=LIMITS)
 
@@ -125,7 +125,7 @@ def test_tokens_per_minute_refuses_once_the_usage_reaches_the_limit(
     assert within_one_window(attempt) == [200, 429]
 
 
-def test_limit_is_shared_by_two_gateways_on_one_redis(serve: Callable[..., Gateway], redis_url: str) -> None:
+def test_limit_is_shared_by_two_gateways_on_one_redis(serve: Callable[..., InProcessGateway], redis_url: str) -> None:
     config = {
         **llm_config(ECHO),
         "session_store": {"type": "redis", "url": redis_url, "key_prefix": f"llm-{uuid.uuid4().hex}:"},
@@ -184,7 +184,7 @@ spec:
     ids=["no-rate-limit", "requests-limit", "requests-and-tokens-limit"],
 )
 def test_chat_store_round_trips_are_none_without_a_rate_limit_and_one_with_it(
-    serve: Callable[..., Gateway], redis_url: str, policies: str, tier: str, per_request: dict[str, int]
+    serve: Callable[..., InProcessGateway], redis_url: str, policies: str, tier: str, per_request: dict[str, int]
 ) -> None:
     """Admission is one script call (EVALSHA: the round trip) counting the request and reading the
     tokens; with a token limit the answer's tokens are one more, written after the client has its

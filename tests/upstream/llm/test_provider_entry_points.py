@@ -6,15 +6,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.llm.conftest import client, llm_config
-from tests.support import ROOT, Gateway, free_port
+from tests.stub_providers import client, llm_config
+from tests.support import ROOT, gateway
 
 SHOUT_PROVIDER = '''\
 """A provider that shouts the last user message back, word by word when streaming."""
@@ -65,25 +64,30 @@ def install_shout_package(folder: Path) -> Path:
     return folder
 
 
-def test_provider_type_from_an_entry_point_answers(serve: Callable[..., Gateway], tmp: Path) -> None:
+def test_provider_type_from_an_entry_point_answers(tmp: Path) -> None:
     site = install_shout_package(tmp / "site")
-    gw = serve(llm_config({"name": "loud", "type": "shout"}, models={"yell": ["loud/loud"]}), PYTHONPATH=str(site))
-    sdk = client(gw)
-
-    answer = sdk.chat.completions.create(model="yell", messages=[{"role": "user", "content": "hello there"}])
-    quiet = [{"role": "user", "content": "quiet please"}]
-    chunks = list(sdk.chat.completions.create(model="loud/loud", messages=quiet, stream=True))
+    # A process: the package is installed for `agentgw serve` the way pip would, on its path.
+    config = llm_config({"name": "loud", "type": "shout"}, models={"yell": ["loud/loud"]})
+    gw = gateway(tmp, config, env={"PYTHONPATH": str(site)})
+    try:
+        sdk = client(gw)
+        answer = sdk.chat.completions.create(model="yell", messages=[{"role": "user", "content": "hello there"}])
+        quiet = [{"role": "user", "content": "quiet please"}]
+        chunks = list(sdk.chat.completions.create(model="loud/loud", messages=quiet, stream=True))
+        models = {m.id for m in sdk.models.list()}
+    finally:
+        gw.stop()
 
     assert answer.choices[0].message.content == "HELLO THERE!"
     assert [c.choices[0].delta.content for c in chunks] == ["QUIET", " PLEASE!", None]
-    assert {m.id for m in sdk.models.list()} == {"yell", "loud/loud"}
+    assert models == {"yell", "loud/loud"}
 
 
 def serve_once(tmp: Path, llm: dict[str, Any]) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """`agentgw serve` with this chat config, expected to refuse it and exit."""
     config = tmp / "agentgw.yaml"
     config.write_text(
-        yaml.safe_dump({**llm, "server": {"listen": f"127.0.0.1:{free_port()}", "metrics_listen": ""}, "policies": []})
+        yaml.safe_dump({**llm, "server": {"listen": "127.0.0.1:0", "metrics_listen": ""}, "policies": []})
     )
     result = subprocess.run(
         [sys.executable, "-m", "agentgw", "serve", "--config", str(config)],

@@ -9,8 +9,8 @@ import httpx2
 import openai
 import pytest
 
-from tests.llm.conftest import StubProvider, client, llm_config, openai_provider, sse_data
-from tests.support import Gateway, free_port, poll
+from tests.stub_providers import StubProvider, client, llm_config, openai_provider, sse_data
+from tests.support import InProcessGateway, poll
 
 QUESTION = [{"role": "user", "content": "what now"}]
 
@@ -20,7 +20,7 @@ def chain(first: dict[str, Any], second: StubProvider) -> dict[str, Any]:
     return llm_config({**first, "timeout": "1s"}, openai_provider("b", second), models={"smart": ["a/x", "b/y"]})
 
 
-def answer_text(gw: Gateway, stream: bool) -> str:
+def answer_text(gw: InProcessGateway, stream: bool) -> str:
     sdk = client(gw)
     if not stream:
         return sdk.chat.completions.create(model="smart", messages=QUESTION).choices[0].message.content or ""
@@ -36,7 +36,7 @@ def answer_text(gw: Gateway, stream: bool) -> str:
     ids=["500", "503", "429", "timeout"],
 )
 def test_alias_answers_from_the_next_route_when_the_first_fails(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], failure: str, stream: bool
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], failure: str, stream: bool
 ) -> None:
     a, b = stub("name=a", failure), stub("name=b")
     gw = serve(chain(openai_provider("a", a), b))
@@ -51,17 +51,17 @@ def test_alias_answers_from_the_next_route_when_the_first_fails(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 def test_alias_answers_from_the_next_route_when_the_first_refuses_connections(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], stream: bool
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], dead_port: int, stream: bool
 ) -> None:
     b = stub("name=b")
-    dead = {"name": "a", "type": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"}
+    dead = {"name": "a", "type": "openai", "base_url": f"http://127.0.0.1:{dead_port}/v1"}
     gw = serve(chain(dead, b))
 
     assert answer_text(gw, stream) == "b says what now"
 
 
 def test_stream_cut_before_its_first_chunk_falls_back(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "cut=0"), stub("name=b")  # a answers 200, then drops the connection before any event
     gw = serve(chain(openai_provider("a", a), b))
@@ -71,7 +71,7 @@ def test_stream_cut_before_its_first_chunk_falls_back(
 
 
 def test_provider_refusing_the_request_is_not_retried_elsewhere(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "status=400"), stub("name=b")
     gw = serve(chain(openai_provider("a", a), b))
@@ -86,7 +86,7 @@ def test_provider_refusing_the_request_is_not_retried_elsewhere(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 def test_every_route_failing_is_503_with_an_openai_shaped_error(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], stream: bool
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], stream: bool
 ) -> None:
     a, b = stub("name=a", "status=500"), stub("name=b", "status=502")
     gw = serve(chain(openai_provider("a", a), b))
@@ -103,7 +103,7 @@ def test_every_route_failing_is_503_with_an_openai_shaped_error(
 
 
 def test_provider_dying_mid_stream_ends_the_stream_with_an_error_event(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "cut=2"), stub("name=b")  # two chunks, then the connection drops
     gw = serve(chain(openai_provider("a", a), b))
@@ -124,7 +124,7 @@ def test_provider_dying_mid_stream_ends_the_stream_with_an_error_event(
 
 
 def test_provider_dying_mid_stream_raises_an_api_error_in_the_openai_sdk(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "cut=2"), stub("name=b")
     gw = serve(chain(openai_provider("a", a), b))
@@ -140,7 +140,7 @@ def test_provider_dying_mid_stream_raises_an_api_error_in_the_openai_sdk(
 
 
 def test_stream_stalling_before_its_first_chunk_falls_back(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "stall=0"), stub("name=b")  # a answers 200, then sends nothing within its 1s timeout
     gw = serve(chain(openai_provider("a", a), b))
@@ -149,7 +149,7 @@ def test_stream_stalling_before_its_first_chunk_falls_back(
 
 
 def test_provider_stalling_mid_stream_ends_the_stream_with_an_error_event(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "stall=2"), stub("name=b")  # two chunks, then silence past a's 1s timeout
     gw = serve(chain(openai_provider("a", a), b))
@@ -166,7 +166,7 @@ def test_provider_stalling_mid_stream_ends_the_stream_with_an_error_event(
 
 
 def test_stream_ending_without_done_before_any_chunk_falls_back(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "end=0"), stub("name=b")  # 200, then the body ends with no event at all
     gw = serve(chain(openai_provider("a", a), b))
@@ -175,7 +175,7 @@ def test_stream_ending_without_done_before_any_chunk_falls_back(
 
 
 def test_stream_ending_without_done_mid_answer_ends_with_an_error_event(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "end=2"), stub("name=b")  # two chunks, then the body ends: no closing chunk, no [DONE]
     gw = serve(chain(openai_provider("a", a), b))
@@ -192,7 +192,7 @@ def test_stream_ending_without_done_mid_answer_ends_with_an_error_event(
 
 
 async def test_a_client_leaving_mid_stream_ends_the_providers_stream(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "stall=2")  # two chunks, then silence with the connection open
     gw = serve(llm_config(openai_provider("a", a)))

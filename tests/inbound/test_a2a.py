@@ -1,4 +1,4 @@
-"""A2A through the gateway (contract 8): two real a2a-sdk agent replicas behind `agentgw serve`.
+"""A2A through the gateway (contract 8): two real a2a-sdk agent replicas behind it.
 
 The example agent completes every task with the artifact "<replica>: <user text>",
 so each answer names the replica that holds the task.
@@ -20,8 +20,18 @@ import pytest
 from a2a.client import A2ACardResolver, ClientConfig, create_client
 from a2a.types.a2a_pb2 import Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
 
-from tests.a2a.conftest import REPLICAS, a2a_agent
-from tests.support import Gateway, Process, RawResponse, free_port, gateway, poll, raw_request
+from tests.inbound.conftest import REPLICAS, a2a_agent
+from tests.support import (
+    InProcessGateway,
+    Process,
+    RawResponse,
+    closed_port,
+    gateway_in_thread,
+    in_process_gateway,
+    poll,
+    raw_request,
+    start_all,
+)
 
 AGENT_PATH = "/a2a/v1/planner"
 CARD_PATH = "/.well-known/agent-card.json"
@@ -82,7 +92,7 @@ def rpc(method: str, params: dict[str, Any], request_id: int = 1) -> bytes:
 
 
 async def call(
-    gw: Gateway,
+    gw: InProcessGateway,
     method: str,
     params: dict[str, Any],
     bearer: str | None = None,
@@ -121,14 +131,14 @@ def artifact_text(task: dict[str, Any]) -> str:
     return str(task["artifacts"][0]["parts"][0]["text"])
 
 
-async def send(gw: Gateway, text: str, bearer: str | None = None, **ids: str) -> dict[str, Any]:
+async def send(gw: InProcessGateway, text: str, bearer: str | None = None, **ids: str) -> dict[str, Any]:
     """A blocking v1 SendMessage; the task it made."""
     task = result(await call(gw, "SendMessage", {"message": v1_message(text, **ids)}, bearer))["task"]
     assert task["status"]["state"] == "TASK_STATE_COMPLETED", task
     return dict(task)
 
 
-async def get_task(gw: Gateway, task_id: str, bearer: str | None = None) -> dict[str, Any]:
+async def get_task(gw: InProcessGateway, task_id: str, bearer: str | None = None) -> dict[str, Any]:
     return result(await call(gw, "GetTask", {"id": task_id}, bearer))
 
 
@@ -137,16 +147,15 @@ def replica_of(task: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def gw(agents: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = gateway(tmp_path_factory.mktemp("a2a"), a2a_config(*(a.port for a in agents)))
-    yield running
-    running.stop()
+def gw(agents: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    with gateway_in_thread(tmp_path_factory.mktemp("a2a"), a2a_config(*(a.port for a in agents))) as running:
+        yield running
 
 
 # -- (1) the real a2a-sdk client, through the gateway -----------------------------
 
 
-async def sdk_exchange(gw: Gateway, text: str, streaming: bool) -> list[StreamResponse]:
+async def sdk_exchange(gw: InProcessGateway, text: str, streaming: bool) -> list[StreamResponse]:
     async with httpx.AsyncClient(timeout=10.0) as http:
         card = await A2ACardResolver(http, gw.base + AGENT_PATH).get_agent_card()
         client = await create_client(card, client_config=ClientConfig(streaming=streaming, httpx_client=http))
@@ -156,7 +165,9 @@ async def sdk_exchange(gw: Gateway, text: str, streaming: bool) -> list[StreamRe
         return [event async for event in client.send_message(request)]
 
 
-async def test_sdk_client_resolves_the_card_through_the_gateway_and_sends_a_blocking_message(gw: Gateway) -> None:
+async def test_sdk_client_resolves_the_card_through_the_gateway_and_sends_a_blocking_message(
+    gw: InProcessGateway,
+) -> None:
     events = await sdk_exchange(gw, "plan a trip", streaming=False)
 
     assert [e.WhichOneof("payload") for e in events] == ["task"]
@@ -166,7 +177,7 @@ async def test_sdk_client_resolves_the_card_through_the_gateway_and_sends_a_bloc
     assert (replica in REPLICAS, echoed) == (True, "plan a trip")
 
 
-async def test_sdk_client_streams_a_message_through_the_gateway(gw: Gateway) -> None:
+async def test_sdk_client_streams_a_message_through_the_gateway(gw: InProcessGateway) -> None:
     events = await sdk_exchange(gw, "stream it", streaming=True)
 
     kinds = [e.WhichOneof("payload") for e in events]
@@ -181,7 +192,9 @@ async def test_sdk_client_streams_a_message_through_the_gateway(gw: Gateway) -> 
 
 
 @pytest.mark.parametrize("path", [CARD_PATH, LEGACY_CARD_PATH])
-async def test_card_points_at_the_gateway_and_names_no_backend(gw: Gateway, agents: list[Process], path: str) -> None:
+async def test_card_points_at_the_gateway_and_names_no_backend(
+    gw: InProcessGateway, agents: list[Process], path: str
+) -> None:
     response = await raw_request(gw.port, "GET", AGENT_PATH + path, [("Host", f"127.0.0.1:{gw.port}")])
 
     assert response.status == 200, response.body
@@ -196,7 +209,7 @@ async def test_card_points_at_the_gateway_and_names_no_backend(gw: Gateway, agen
 # -- (3) tasks are found where they were made ---------------------------------------
 
 
-async def test_every_task_is_found_on_its_replica_every_time(gw: Gateway) -> None:
+async def test_every_task_is_found_on_its_replica_every_time(gw: InProcessGateway) -> None:
     tasks = [await send(gw, f"task {n}") for n in range(6)]
 
     assert {replica_of(t) for t in tasks} == set(REPLICAS)  # both replicas hold tasks
@@ -207,7 +220,7 @@ async def test_every_task_is_found_on_its_replica_every_time(gw: Gateway) -> Non
             assert artifact_text(found) == artifact_text(task)
 
 
-async def test_streamed_tasks_are_found_on_their_replica(gw: Gateway) -> None:
+async def test_streamed_tasks_are_found_on_their_replica(gw: InProcessGateway) -> None:
     made: dict[str, str] = {}
     for n in range(4):
         response = await call(
@@ -225,7 +238,7 @@ async def test_streamed_tasks_are_found_on_their_replica(gw: Gateway) -> None:
             assert artifact_text(await get_task(gw, task_id)) == text
 
 
-async def test_follow_ups_in_a_context_go_to_the_replica_holding_it(gw: Gateway) -> None:
+async def test_follow_ups_in_a_context_go_to_the_replica_holding_it(gw: InProcessGateway) -> None:
     first = await send(gw, "opening")
     follow_ups = [await send(gw, f"follow-up {n}", contextId=first["contextId"]) for n in range(4)]
 
@@ -233,7 +246,7 @@ async def test_follow_ups_in_a_context_go_to_the_replica_holding_it(gw: Gateway)
     assert {t["contextId"] for t in follow_ups} == {first["contextId"]}
 
 
-async def test_a_task_the_gateway_never_made_is_not_found(gw: Gateway) -> None:
+async def test_a_task_the_gateway_never_made_is_not_found(gw: InProcessGateway) -> None:
     response = await call(gw, "GetTask", {"id": str(uuid.uuid4())})
 
     assert response.status == 200
@@ -245,19 +258,18 @@ async def test_a_task_made_through_one_gateway_is_found_through_another(
 ) -> None:
     store = {"type": "redis", "url": redis_url, "key_prefix": f"a2a{time.monotonic_ns()}:"}
     config = a2a_config(*(a.port for a in agents), session_store=store)
-    first, second = gateway(tmp, config, name="first"), gateway(tmp, config, name="second")
-    try:
+    async with (
+        in_process_gateway(tmp, config, name="first") as first,
+        in_process_gateway(tmp, config, name="second") as second,
+    ):
         tasks = [await send(first, f"shared {n}") for n in range(4)]
         assert {replica_of(t) for t in tasks} == set(REPLICAS)
         for task in tasks:
             for gw in (second, first, second):
                 assert artifact_text(await get_task(gw, task["id"])) == artifact_text(task)
-    finally:
-        first.stop()
-        second.stop()
 
 
-async def test_tasks_made_concurrently_are_each_found(gw: Gateway) -> None:
+async def test_tasks_made_concurrently_are_each_found(gw: InProcessGateway) -> None:
     tasks = await asyncio.gather(*(send(gw, f"at once {n}") for n in range(10)))
 
     assert {replica_of(t) for t in tasks} == set(REPLICAS)
@@ -269,15 +281,14 @@ async def test_tasks_made_concurrently_are_each_found(gw: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def secured(agents: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def secured(agents: list[Process], tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     tmp = tmp_path_factory.mktemp("a2a-secured")
     config = a2a_config(*(a.port for a in agents))
-    running = gateway(tmp, config, policies=AUTH_POLICIES, env={"TEST_JWT_SECRET": SECRET}, name="secured")
-    yield running
-    running.stop()
+    with gateway_in_thread(tmp, config, AUTH_POLICIES, env={"TEST_JWT_SECRET": SECRET}, name="secured") as running:
+        yield running
 
 
-async def test_another_subjects_task_does_not_exist_for_them(secured: Gateway) -> None:
+async def test_another_subjects_task_does_not_exist_for_them(secured: InProcessGateway) -> None:
     alice, mallory = token("alice"), token("mallory")
     tasks = [await send(secured, f"alice {n}", alice) for n in range(2)]  # one on each replica
 
@@ -293,16 +304,14 @@ async def test_ownership_holds_across_gateways_sharing_redis(tmp: Path, redis_ur
     store = {"type": "redis", "url": redis_url, "key_prefix": f"a2a{time.monotonic_ns()}:"}
     config = a2a_config(*(a.port for a in agents), session_store=store)
     env = {"TEST_JWT_SECRET": SECRET}
-    first = gateway(tmp, config, policies=AUTH_POLICIES, env=env, name="first")
-    second = gateway(tmp, config, policies=AUTH_POLICIES, env=env, name="second")
-    try:
+    async with (
+        in_process_gateway(tmp, config, AUTH_POLICIES, env=env, name="first") as first,
+        in_process_gateway(tmp, config, AUTH_POLICIES, env=env, name="second") as second,
+    ):
         task = await send(first, "across", token("alice"))
 
         assert rpc_error(await call(second, "GetTask", {"id": task["id"]}, token("mallory"))) == TASK_NOT_FOUND
         assert artifact_text(await get_task(second, task["id"], token("alice"))) == artifact_text(task)
-    finally:
-        first.stop()
-        second.stop()
 
 
 @pytest.mark.parametrize(
@@ -317,7 +326,7 @@ async def test_ownership_holds_across_gateways_sharing_redis(tmp: Path, redis_ur
     ],
 )
 async def test_every_method_naming_another_subjects_task_finds_nothing(
-    secured: Gateway, method: str, version: str | None, params: Any
+    secured: InProcessGateway, method: str, version: str | None, params: Any
 ) -> None:
     task = await send(secured, "private", token("alice"))
 
@@ -327,7 +336,7 @@ async def test_every_method_naming_another_subjects_task_finds_nothing(
     assert rpc_error(response) == TASK_NOT_FOUND
 
 
-async def test_a_follow_up_into_another_subjects_task_is_refused(secured: Gateway) -> None:
+async def test_a_follow_up_into_another_subjects_task_is_refused(secured: InProcessGateway) -> None:
     task = await send(secured, "mine", token("alice"))
     message = {"message": v1_message("hijack", taskId=task["id"], contextId=task["contextId"])}
 
@@ -336,7 +345,7 @@ async def test_a_follow_up_into_another_subjects_task_is_refused(secured: Gatewa
     assert rpc_error(response) == TASK_NOT_FOUND
 
 
-async def test_a_message_into_another_subjects_context_is_refused(secured: Gateway) -> None:
+async def test_a_message_into_another_subjects_context_is_refused(secured: InProcessGateway) -> None:
     task = await send(secured, "my context", token("alice"))
 
     response = await call(
@@ -348,7 +357,7 @@ async def test_a_message_into_another_subjects_context_is_refused(secured: Gatew
     assert replica_of(follow_up) == replica_of(task)
 
 
-async def test_list_tasks_shows_only_the_callers_tasks(secured: Gateway) -> None:
+async def test_list_tasks_shows_only_the_callers_tasks(secured: InProcessGateway) -> None:
     alice, bob = token("alice"), token("bob")
     mine = {(await send(secured, f"alice list {n}", alice))["id"] for n in range(2)}
     theirs = {(await send(secured, f"bob list {n}", bob))["id"] for n in range(2)}
@@ -361,14 +370,14 @@ async def test_list_tasks_shows_only_the_callers_tasks(secured: Gateway) -> None
     assert not (theirs & listed)
 
 
-async def test_no_token_is_401(secured: Gateway) -> None:
+async def test_no_token_is_401(secured: InProcessGateway) -> None:
     response = await call(secured, "SendMessage", {"message": v1_message("anonymous")})
 
     assert response.status == 401
     assert (response.header("www-authenticate") or "").startswith("Bearer")
 
 
-async def test_a_token_without_the_agent_scope_is_403_missing_scope(secured: Gateway) -> None:
+async def test_a_token_without_the_agent_scope_is_403_missing_scope(secured: InProcessGateway) -> None:
     response = await call(secured, "SendMessage", {"message": v1_message("no scope")}, token("alice", "other"))
 
     assert response.status == 403
@@ -382,7 +391,7 @@ async def test_a_token_without_the_agent_scope_is_403_missing_scope(secured: Gat
     [("CancelTask", "1.0"), ("tasks/cancel", None), ("canceltask", "1.0"), ("Tasks/Cancel", None)],
 )
 async def test_a_denied_method_is_refused_in_both_generations(
-    secured: Gateway, method: str, version: str | None
+    secured: InProcessGateway, method: str, version: str | None
 ) -> None:
     alice = token("alice")
     task = await send(secured, "cancel me", alice)
@@ -394,7 +403,7 @@ async def test_a_denied_method_is_refused_in_both_generations(
     assert response.json()["error"]["data"]["reason"] == "deny_list"
 
 
-async def test_sdk_client_with_a_token_works_through_the_secured_gateway(secured: Gateway) -> None:
+async def test_sdk_client_with_a_token_works_through_the_secured_gateway(secured: InProcessGateway) -> None:
     headers = {"Authorization": f"Bearer {token('alice')}"}
     async with httpx.AsyncClient(timeout=10.0, headers=headers) as http:
         card = await A2ACardResolver(http, secured.base + AGENT_PATH).get_agent_card()
@@ -409,7 +418,7 @@ async def test_sdk_client_with_a_token_works_through_the_secured_gateway(secured
     assert texts[0].split(": ", 1)[1] == "with a token"
 
 
-async def test_the_card_needs_a_token_too(secured: Gateway) -> None:
+async def test_the_card_needs_a_token_too(secured: InProcessGateway) -> None:
     response = await raw_request(secured.port, "GET", AGENT_PATH + CARD_PATH, [("Host", f"127.0.0.1:{secured.port}")])
 
     assert response.status == 401
@@ -418,7 +427,7 @@ async def test_the_card_needs_a_token_too(secured: Gateway) -> None:
 # -- (5) a 0.3 client ----------------------------------------------------------------
 
 
-async def test_a_v03_client_sends_and_gets_tasks_without_the_version_header(gw: Gateway) -> None:
+async def test_a_v03_client_sends_and_gets_tasks_without_the_version_header(gw: InProcessGateway) -> None:
     made = []
     for n in range(2):
         message = v03_message(f"old client {n}")
@@ -433,7 +442,7 @@ async def test_a_v03_client_sends_and_gets_tasks_without_the_version_header(gw: 
         assert artifact_text(found) == artifact_text(task)
 
 
-async def test_a_v03_client_streams_and_the_streamed_task_is_found(gw: Gateway) -> None:
+async def test_a_v03_client_streams_and_the_streamed_task_is_found(gw: InProcessGateway) -> None:
     made: dict[str, str] = {}
     for n in range(2):
         message = v03_message(f"old stream {n}")
@@ -453,10 +462,19 @@ async def test_a_v03_client_streams_and_the_streamed_task_is_found(gw: Gateway) 
 # -- (6) agents that are down ------------------------------------------------------
 
 
-async def test_agents_down_answer_a_json_rpc_error_quickly_and_service_resumes(tmp: Path) -> None:
-    replicas = [a2a_agent(free_port(), name, tmp / f"{name}.log").start() for name in REPLICAS]
-    running = gateway(tmp, a2a_config(*(r.port for r in replicas)))
-    try:
+@pytest.fixture
+def replicas(tmp: Path) -> Iterator[list[Process]]:
+    """Replicas of this test's own, to stop and start again."""
+    started = start_all(*(a2a_agent(name, tmp / f"{name}.log") for name in REPLICAS))
+    yield started
+    for replica in started:
+        replica.stop()
+
+
+async def test_agents_down_answer_a_json_rpc_error_quickly_and_service_resumes(
+    tmp: Path, replicas: list[Process]
+) -> None:
+    async with in_process_gateway(tmp, a2a_config(*(r.port for r in replicas))) as running:
         task = await send(running, "before")
         for replica in replicas:
             replica.stop()
@@ -469,35 +487,27 @@ async def test_agents_down_answer_a_json_rpc_error_quickly_and_service_resumes(t
             assert response.status in (502, 503, 504), response.body
             assert rpc_error(response) < 0
 
-        for replica in replicas:
-            replica.start()
+        start_all(*replicas)
         resumed = [await send(running, f"after {n}") for n in range(2)]
         assert [artifact_text(t).split(": ", 1)[1] for t in resumed] == ["after 0", "after 1"]
-    finally:
-        running.stop()
-        for replica in replicas:
-            replica.stop()
 
 
 async def test_a_gateway_started_before_its_agents_answers_a_json_rpc_error(tmp: Path) -> None:
-    running = gateway(tmp, a2a_config(free_port(), free_port()))
-    try:
-        started = time.monotonic()
-        response = await call(running, "SendMessage", {"message": v1_message("anyone?")})
+    with closed_port() as first, closed_port() as second:
+        async with in_process_gateway(tmp, a2a_config(first, second)) as running:
+            started = time.monotonic()
+            response = await call(running, "SendMessage", {"message": v1_message("anyone?")})
 
-        assert time.monotonic() - started < 10.0
-        assert response.status in (502, 503, 504), response.body
-        assert rpc_error(response) < 0
-        card = await raw_request(running.port, "GET", AGENT_PATH + CARD_PATH, [("Host", f"127.0.0.1:{running.port}")])
-        assert card.status in (502, 503, 504)
-    finally:
-        running.stop()
+            assert time.monotonic() - started < 10.0
+            assert response.status in (502, 503, 504), response.body
+            assert rpc_error(response) < 0
+            host = [("Host", f"127.0.0.1:{running.port}")]
+            card = await raw_request(running.port, "GET", AGENT_PATH + CARD_PATH, host)
+            assert card.status in (502, 503, 504)
 
 
-async def test_with_one_agent_down_new_tasks_go_to_the_other(tmp: Path) -> None:
-    replicas = [a2a_agent(free_port(), name, tmp / f"{name}.log").start() for name in REPLICAS]
-    running = gateway(tmp, a2a_config(*(r.port for r in replicas)))
-    try:
+async def test_with_one_agent_down_new_tasks_go_to_the_other(tmp: Path, replicas: list[Process]) -> None:
+    async with in_process_gateway(tmp, a2a_config(*(r.port for r in replicas))) as running:
         before = {replica_of(t): t for t in [await send(running, f"before {n}") for n in range(2)]}
         assert set(before) == set(REPLICAS)
         replicas[0].stop()
@@ -510,16 +520,10 @@ async def test_with_one_agent_down_new_tasks_go_to_the_other(tmp: Path) -> None:
         # A task on the stopped replica is not looked for elsewhere: the agent is unavailable.
         lost = await call(running, "GetTask", {"id": before[REPLICAS[0]]["id"]})
         assert lost.status in (502, 503, 504), lost.body
-    finally:
-        running.stop()
-        for replica in replicas:
-            replica.stop()
 
 
-async def test_a_replica_that_comes_back_gets_new_tasks_again(tmp: Path) -> None:
-    replicas = [a2a_agent(free_port(), name, tmp / f"{name}.log").start() for name in REPLICAS]
-    running = gateway(tmp, a2a_config(*(r.port for r in replicas)))
-    try:
+async def test_a_replica_that_comes_back_gets_new_tasks_again(tmp: Path, replicas: list[Process]) -> None:
+    async with in_process_gateway(tmp, a2a_config(*(r.port for r in replicas))) as running:
         replicas[1].stop()
         assert {replica_of(await send(running, f"while down {n}")) for n in range(2)} == {REPLICAS[0]}
         replicas[1].start()
@@ -529,10 +533,6 @@ async def test_a_replica_that_comes_back_gets_new_tasks_again(tmp: Path) -> None
 
         # Ten times the interval at which MCP backends are health-checked.
         await poll(lands_on_the_returned_replica, timeout=20.0, interval=0.5)
-    finally:
-        running.stop()
-        for replica in replicas:
-            replica.stop()
 
 
 # -- (7) bad input -------------------------------------------------------------------
@@ -553,7 +553,7 @@ BAD_INPUT = {
 
 @pytest.mark.parametrize(("body", "content_type", "status", "code"), BAD_INPUT.values(), ids=BAD_INPUT.keys())
 async def test_bad_input_is_refused_with_its_code_and_the_gateway_still_serves(
-    gw: Gateway, body: bytes, content_type: str, status: int, code: int
+    gw: InProcessGateway, body: bytes, content_type: str, status: int, code: int
 ) -> None:
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Content-Type", content_type), ("A2A-Version", "1.0")]
 
@@ -564,7 +564,7 @@ async def test_bad_input_is_refused_with_its_code_and_the_gateway_still_serves(
     assert artifact_text(await send(gw, "still here")).endswith(": still here")
 
 
-async def test_an_unknown_agent_is_404(gw: Gateway) -> None:
+async def test_an_unknown_agent_is_404(gw: InProcessGateway) -> None:
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Content-Type", JSON)]
 
     unknown = await raw_request(gw.port, "POST", "/a2a/v1/nobody", headers, rpc("GetTask", {"id": "x"}))

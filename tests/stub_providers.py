@@ -1,23 +1,25 @@
-"""Stub providers on loopback, gateways in front of them, and the tokens and clients that call them."""
+"""Stub LLM providers on loopback, the chat config naming them, and the tokens and clients that call a gateway.
+
+The `stub` and `serve` fixtures (tests/conftest.py) start the providers and the gateways.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import jwt
 import openai
-import pytest
 
-from tests.support import Gateway, Process, free_port, gateway
+from tests import stub_upstream
+from tests.support import Gateway, InProcessGateway, ThreadServers, bound_port
 
-STUB = Path(__file__).resolve().parent / "stub_upstream.py"
 ISSUER = "https://issuer.test"
 AUDIENCE = "agentgw"
 SECRET = "a-test-secret-long-enough-for-hs256-and-then-some"
@@ -35,15 +37,12 @@ spec:
 GATEWAY_ENV = {SECRET_ENV: SECRET, PROVIDER_KEY_ENV: PROVIDER_KEY}
 
 
+@dataclass
 class StubProvider:
-    """One `stub_upstream.py` process: an OpenAI- and Anthropic-compatible provider that records what it gets."""
+    """A stub provider (tests/stub_upstream.py) on loopback: OpenAI- and Anthropic-compatible, it records
+    what it gets. Its controls are HTTP requests, as they were when it ran as a process of its own."""
 
-    def __init__(self, process: Process) -> None:
-        self.process = process
-
-    @property
-    def port(self) -> int:
-        return self.process.port
+    port: int
 
     @property
     def base_url(self) -> str:
@@ -51,17 +50,18 @@ class StubProvider:
 
     def requests(self, path: str | None = None) -> list[dict[str, Any]]:
         """What the stub received, oldest first; only requests to `path` when given."""
-        recorded = httpx2.get(f"http://127.0.0.1:{self.port}/_requests", timeout=5).json()
+        recorded = httpx2.get(f"http://127.0.0.1:{self.port}/_requests", timeout=5, verify=False).json()
         return [r for r in recorded if path is None or r["path"] == path]
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return self.requests("/v1/chat/completions")
 
     def open_streams(self) -> int:
-        return int(httpx2.get(f"http://127.0.0.1:{self.port}/_streams", timeout=5).json()["open"])
+        return int(httpx2.get(f"http://127.0.0.1:{self.port}/_streams", timeout=5, verify=False).json()["open"])
 
     def set_modes(self, *modes: str) -> None:
-        httpx2.post(f"http://127.0.0.1:{self.port}/_modes", json={"modes": list(modes)}, timeout=5).raise_for_status()
+        url = f"http://127.0.0.1:{self.port}/_modes"
+        httpx2.post(url, json={"modes": list(modes)}, timeout=5, verify=False).raise_for_status()
 
     def script(
         self,
@@ -76,45 +76,22 @@ class StubProvider:
         script = {"message": message, "events": events, "chunks": chunks, "completion": completion}
         script["line_end"] = line_end
         script["raw_events"] = raw_events
-        httpx2.post(f"http://127.0.0.1:{self.port}/_script", json=script, timeout=5).raise_for_status()
-
-    def stop(self) -> None:
-        self.process.stop()
+        url = f"http://127.0.0.1:{self.port}/_script"
+        httpx2.post(url, json=script, timeout=5, verify=False).raise_for_status()
 
 
-@pytest.fixture
-def stub(tmp: Path) -> Iterator[Callable[..., StubProvider]]:
-    """`stub("name=a", "status=500")` starts a stub provider with those modes (on `port=` if given).
-
-    All are stopped after the test.
-    """
-    started: list[StubProvider] = []
-
-    def start(*modes: str, port: int | None = None) -> StubProvider:
-        port = port or free_port()
-        log = tmp / f"stub-{port}.log"
-        provider = StubProvider(Process([sys.executable, str(STUB), str(port), *modes], port, log=log).start())
-        started.append(provider)
-        return provider
-
-    yield start
-    for provider in started:
-        provider.stop()
+def start_stub_provider(servers: ThreadServers, *modes: str, port: int = 0) -> StubProvider:
+    """A stub provider with those modes, served from a thread on `port` (0: one the kernel picks)."""
+    return StubProvider(bound_port(servers.start(lambda: stub_upstream.server(list(modes), port), "stub-provider")))
 
 
-@pytest.fixture
-def serve(tmp: Path) -> Iterator[Callable[..., Gateway]]:
-    """`serve(config, policies=..., name=...)` starts a gateway with GATEWAY_ENV; all are stopped after the test."""
-    started: list[Gateway] = []
-
-    def start(config: dict[str, Any], policies: str | None = None, name: str = "gateway", **env: str) -> Gateway:
-        gw = gateway(tmp, config, policies=policies, name=name, env={**GATEWAY_ENV, **env})
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+@contextlib.contextmanager
+def stub_provider(*modes: str, port: int = 0) -> Iterator[StubProvider]:
+    servers = ThreadServers()
+    try:
+        yield start_stub_provider(servers, *modes, port=port)
+    finally:
+        servers.stop()
 
 
 def openai_provider(name: str, stub: StubProvider, **options: Any) -> dict[str, Any]:
@@ -145,13 +122,16 @@ def token(sub: str | None = None, **claims: Any) -> str:
     return jwt.encode(payload, SECRET, algorithm="HS256")
 
 
-def client(gw: Gateway, api_key: str = "client-side-anything") -> openai.OpenAI:
+def client(gw: Gateway | InProcessGateway, api_key: str = "client-side-anything") -> openai.OpenAI:
     """The real OpenAI SDK pointed at the gateway; no retries, so every call is one request."""
-    return openai.OpenAI(base_url=f"{gw.base}/v1", api_key=api_key, max_retries=0, timeout=20)
+    # verify=False: plain HTTP on loopback, so no CA bundle to load (60 ms a client otherwise).
+    http = openai.DefaultHttpxClient(verify=False)
+    return openai.OpenAI(base_url=f"{gw.base}/v1", api_key=api_key, max_retries=0, timeout=20, http_client=http)
 
 
-def async_client(gw: Gateway, api_key: str = "client-side-anything") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gw.base}/v1", api_key=api_key, max_retries=0, timeout=20)
+def async_client(gw: InProcessGateway, api_key: str = "client-side-anything") -> openai.AsyncOpenAI:
+    http = openai.DefaultAsyncHttpxClient(verify=False)
+    return openai.AsyncOpenAI(base_url=f"{gw.base}/v1", api_key=api_key, max_retries=0, timeout=20, http_client=http)
 
 
 def sse_data(body: bytes) -> list[Any]:

@@ -11,7 +11,6 @@ import pytest
 from tests.support import (
     InProcessGateway,
     Process,
-    free_port,
     in_process_gateway,
     initialize_body,
     mcp_backend,
@@ -21,16 +20,28 @@ from tests.support import (
     raw_call,
     raw_request,
     raw_session,
+    start_all,
     tool_text,
 )
 
 
-@pytest.fixture
-def replicas(tmp: Path) -> Iterator[dict[str, Process]]:
-    started = {name: mcp_backend(free_port(), name, tmp / f"{name}.log").start() for name in ("replica-a", "replica-b")}
-    yield started
-    for replica in started.values():
+@pytest.fixture(scope="module")
+def replica_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Process]]:
+    logs = tmp_path_factory.mktemp("replicas")
+    names = ("replica-a", "replica-b")
+    started = start_all(*(mcp_backend(name, logs / f"{name}.log") for name in names))
+    yield dict(zip(names, started, strict=True))
+    for replica in started:
         replica.stop()
+
+
+@pytest.fixture
+def replicas(replica_processes: dict[str, Process]) -> dict[str, Process]:
+    """Both replicas up: those an earlier test killed start again, on their own ports."""
+    dead = [r for r in replica_processes.values() if r.process is None or r.process.poll() is not None]
+    if dead:
+        start_all(*dead)
+    return replica_processes
 
 
 def start_gateway(

@@ -3,7 +3,7 @@
 It screens no webhook URL itself, as many agents do not, so what it calls is
 exactly what the gateway let through:
 
-    python tests/a2a/push_agent.py --port 9111
+    python tests/a2a/push_agent.py --port 0
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import uvicorn
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import BasePushNotificationSender, InMemoryPushNotificationConfigStore, InMemoryTaskStore
@@ -22,6 +21,7 @@ from starlette.applications import Starlette
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from a2a_agent import RPC_PATH, EchoExecutor
+from example_agent import serve
 
 
 def build_app(base_url: str) -> Starlette:
@@ -52,9 +52,9 @@ def build_app(base_url: str) -> Starlette:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0: one the kernel picks")
     args = parser.parse_args()
-    uvicorn.run(build_app(f"http://127.0.0.1:{args.port}"), host="127.0.0.1", port=args.port, log_level="warning")
+    serve(build_app, args.port)
 
 
 if __name__ == "__main__":

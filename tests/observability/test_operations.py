@@ -19,11 +19,12 @@ from agentgw.observability.audit import hash_session
 from tests.support import (
     ROOT,
     Gateway,
+    InProcessGateway,
     Process,
     bearer,
     deny_list_policy,
-    free_port,
     gateway,
+    gateway_in_thread,
     hs256_auth_policy,
     mcp_target,
     poll,
@@ -57,32 +58,44 @@ def value(found: list[Sample], name: str, **labels: str) -> float | None:
 
 def log_lines(gw: Gateway) -> list[dict[str, Any]]:
     """Every line the gateway wrote: each must be one JSON object."""
-    return [json.loads(line) for line in gw.config_file.with_suffix(".log").read_text().splitlines() if line]
+    return [json.loads(line) for line in gw.log.read_text().splitlines() if line]
 
 
 def access_lines(gw: Gateway) -> list[dict[str, Any]]:
     return [line for line in log_lines(gw) if "request_id" in line]
 
 
-@pytest.fixture
-def observed(tmp: Path, backends: list[Process]) -> Iterator[tuple[Gateway, int, int]]:
-    """A gateway with auth, a ToolPolicy, one live and one dead backend, the echo LLM and a metrics port."""
-    metrics_port, dead_port = free_port(), free_port()
-    config = {
-        "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+def observed_config(backends: list[Process], dead_port: int) -> dict[str, Any]:
+    """Auth, a ToolPolicy (in POLICIES), one live and one dead backend, the echo LLM and a metrics port."""
+    return {
+        "server": {"metrics_listen": "127.0.0.1:0"},
         "mcp": {"targets": [mcp_target("docs", backends[0].port, dead_port)]},
         "llm": {
             "providers": [{"name": "echo", "type": "echo"}],
             "models": [{"name": "default", "route": ["echo/echo"]}],
         },
     }
-    gw = gateway(tmp, config, POLICIES, env={"OPS_JWT_SECRET": SECRET})
-    yield gw, metrics_port, dead_port
+
+
+@pytest.fixture
+def observed(tmp: Path, backends: list[Process], dead_port: int) -> Iterator[tuple[InProcessGateway, int, int]]:
+    """The gateway (served from a thread: the tests read it with blocking clients), its admin port, the dead port."""
+    config = observed_config(backends, dead_port)
+    with gateway_in_thread(tmp, config, POLICIES, env={"OPS_JWT_SECRET": SECRET}) as gw:
+        assert gw.admin_port is not None
+        yield gw, gw.admin_port, dead_port
+
+
+@pytest.fixture
+def observed_process(tmp: Path, backends: list[Process], dead_port: int) -> Iterator[Gateway]:
+    """The same gateway as `agentgw serve`, for what only its own log output shows."""
+    gw = gateway(tmp, observed_config(backends, dead_port), POLICIES, env={"OPS_JWT_SECRET": SECRET})
+    yield gw
     gw.stop()
 
 
 async def test_metrics_after_real_traffic_carry_every_contract_name(
-    observed: tuple[Gateway, int, int], backends: list[Process]
+    observed: tuple[InProcessGateway, int, int], backends: list[Process]
 ) -> None:
     gw, metrics_port, dead_port = observed
     auth = bearer(token())
@@ -154,9 +167,9 @@ async def test_metrics_after_real_traffic_carry_every_contract_name(
 
 
 async def test_one_json_log_line_per_request_without_tokens_or_contents(
-    observed: tuple[Gateway, int, int], backends: list[Process]
+    observed_process: Gateway, backends: list[Process]
 ) -> None:
-    gw, _, _ = observed
+    gw = observed_process
     secret_token = token("log-reader")
     session_id = await raw_session(gw.port, "/mcp/v1", bearer(secret_token))
     headers = [
@@ -217,7 +230,7 @@ async def test_one_json_log_line_per_request_without_tokens_or_contents(
     assert len({line["request_id"] for line in lines}) == len(lines)
     startup = [line for line in log_lines(gw) if "request_id" not in line]
     assert startup and all({"time", "level", "logger", "message"} <= set(line) for line in startup)
-    everything = gw.config_file.with_suffix(".log").read_text()
+    everything = gw.log.read_text()
     for leaked in (secret_token, SECRET, session_id, marker, chat_marker):
         assert leaked not in everything
 
@@ -236,18 +249,17 @@ def agentgw(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_sessions_revoke_through_one_process_ends_the_session_on_another(
+async def test_sessions_revoke_through_one_replica_ends_the_session_on_another(
     tmp: Path, redis_url: str, backends: list[Process]
 ) -> None:
     store = {"type": "redis", "url": redis_url, "key_prefix": f"ops{time.monotonic_ns()}:"}
     targets = {"targets": [mcp_target("docs", backends[0].port)]}
-    operator = gateway(
-        tmp,
-        {"session_store": store, "mcp": targets, "server": {"metrics_listen": f"127.0.0.1:{free_port()}"}},
-        name="operator",
-    )
-    serving = gateway(tmp, {"session_store": store, "mcp": targets}, name="serving")
-    try:
+    operated = {"session_store": store, "mcp": targets, "server": {"metrics_listen": "127.0.0.1:0"}}
+    # Served from threads: the operator commands run while the test waits for them.
+    with (
+        gateway_in_thread(tmp, operated, name="operator") as operator,
+        gateway_in_thread(tmp, {"session_store": store, "mcp": targets}, name="serving") as serving,
+    ):
         kept, revoked = await raw_session(serving.port), await raw_session(serving.port)
         assert (await raw_call(serving.port, revoked, "add", {"a": 1, "b": 1})).status == 200
 
@@ -268,12 +280,9 @@ async def test_sessions_revoke_through_one_process_ends_the_session_on_another(
         again = agentgw(operator.config_file, "sessions", "revoke", revoked)
         assert again.returncode == 1 and "no such session" in again.stderr
         assert revoked not in agentgw(operator.config_file, "sessions", "list").stdout
-    finally:
-        operator.stop()
-        serving.stop()
 
 
-async def test_admin_api_is_not_served_on_the_main_port(observed: tuple[Gateway, int, int]) -> None:
+async def test_admin_api_is_not_served_on_the_main_port(observed: tuple[InProcessGateway, int, int]) -> None:
     gw, metrics_port, _ = observed
     host = [("Host", f"127.0.0.1:{gw.port}")]
     for path in ("/admin/sessions", "/admin/audit", "/metrics"):

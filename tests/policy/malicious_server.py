@@ -9,7 +9,7 @@
 
 Every tool appends its name to TRACE_FILE when it runs: a refused call leaves no line.
 
-    python tests/malicious_server.py PORT TRACE_FILE
+    python tests/policy/malicious_server.py PORT TRACE_FILE
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import pytest
 from agentgw.config import CircuitBreakerConfig
 from agentgw.typed_yaml import Duration
 from agentgw.upstream.llm.router import CircuitBreaker
-from tests.llm.conftest import StubProvider, async_client, client, llm_config, openai_provider
-from tests.support import Gateway, free_port, poll
+from tests.stub_providers import StubProvider, async_client, client, llm_config, openai_provider
+from tests.support import InProcessGateway, closed_port, poll
 
 QUESTION = [{"role": "user", "content": "anyone there"}]
 OPEN_FOR = 2.0  # the half-open delay the tests configure, well above the time a burst of 12 requests takes
@@ -24,7 +24,7 @@ def breaker(open_for: str = "2s") -> dict[str, Any]:
     return {"circuit_breaker": {"failures": 5, "open_for": open_for, "probes": 3}}
 
 
-def ask(gw: Gateway, model: str = "a/x", stream: bool = False) -> int:
+def ask(gw: InProcessGateway, model: str = "a/x", stream: bool = False) -> int:
     """One request through the SDK; its HTTP status."""
     try:
         with client(gw) as sdk:
@@ -47,7 +47,7 @@ async def ask_async(sdk: openai.AsyncOpenAI) -> int:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 def test_breaker_opens_after_five_failures_and_spares_the_provider(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], stream: bool
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], stream: bool
 ) -> None:
     a = stub("name=a", "status=500")
     gw = serve(llm_config(openai_provider("a", a), **breaker(open_for="30s")))
@@ -60,7 +60,7 @@ def test_breaker_opens_after_five_failures_and_spares_the_provider(
 
 @pytest.mark.parametrize("retries", [1, 2], ids=["no-retry", "retry"])
 async def test_a_concurrent_burst_costs_a_dead_provider_no_more_than_five_requests(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], retries: int
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], retries: int
 ) -> None:
     a = stub("name=a", "status=500", "delay=0.2")  # all twelve arrive before any failure is counted
     config = llm_config(openai_provider("a", a), retry={"attempts": retries}, **breaker(open_for="30s"))
@@ -73,7 +73,7 @@ async def test_a_concurrent_burst_costs_a_dead_provider_no_more_than_five_reques
 
 
 async def test_a_concurrent_burst_at_a_healthy_provider_is_answered_in_full(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "delay=0.2")
     gw = serve(llm_config(openai_provider("a", a), **breaker(open_for="30s")))
@@ -85,7 +85,7 @@ async def test_a_concurrent_burst_at_a_healthy_provider_is_answered_in_full(
 
 
 async def test_open_breaker_probes_the_provider_again_after_its_half_open_delay(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "status=500")
     gw = serve(llm_config(openai_provider("a", a), **breaker()))
@@ -106,7 +106,7 @@ async def test_open_breaker_probes_the_provider_again_after_its_half_open_delay(
 
 
 async def test_half_open_breaker_lets_through_at_most_three_probes(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "status=500")
     gw = serve(llm_config(openai_provider("a", a), **breaker()))
@@ -122,7 +122,7 @@ async def test_half_open_breaker_lets_through_at_most_three_probes(
 
 
 async def test_breaker_closes_again_when_a_probe_succeeds(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "status=500")
     gw = serve(llm_config(openai_provider("a", a), **breaker()))
@@ -138,7 +138,7 @@ async def test_breaker_closes_again_when_a_probe_succeeds(
 
 
 def test_open_breaker_moves_an_alias_straight_to_its_next_route(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "status=500"), stub("name=b")
     config = llm_config(
@@ -154,12 +154,12 @@ def test_open_breaker_moves_an_alias_straight_to_its_next_route(
 
 
 def test_breaker_opens_on_refused_connections_too(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
-    port = free_port()  # nothing listens here yet
-    dead = {"name": "a", "type": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}
-    gw = serve(llm_config(dead, **breaker(open_for="30s")))
-    assert [ask(gw) for _ in range(12)] == [503] * 12
+    with closed_port() as port:  # nothing listens here yet
+        dead = {"name": "a", "type": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}
+        gw = serve(llm_config(dead, **breaker(open_for="30s")))
+        assert [ask(gw) for _ in range(12)] == [503] * 12
 
     # The provider comes up on that port: the open breaker keeps traffic off it until the half-open delay.
     revived = stub("name=a", port=port)
@@ -180,7 +180,7 @@ async def test_a_proven_provider_is_not_held_back_by_requests_in_flight() -> Non
 
 
 def test_malformed_messages_are_400_and_leave_the_provider_usable(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a")
     gw = serve(llm_config(openai_provider("a", a), **breaker(open_for="30s")))
@@ -191,7 +191,7 @@ def test_malformed_messages_are_400_and_leave_the_provider_usable(
 
 
 def test_a_provider_refusing_the_gateways_key_is_502_not_the_clients_401(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "status=401")
     gw = serve(llm_config(openai_provider("a", a)))

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tests.a2a.test_a2a import call, v1_message
+from tests.inbound.test_a2a import call, v1_message
 from tests.support import Process, gateway_in_process
 
 LIMIT = 3

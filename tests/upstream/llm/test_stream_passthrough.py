@@ -11,8 +11,8 @@ import httpx2
 import openai
 import pytest
 
-from tests.llm.conftest import AUTH_POLICY, StubProvider, client, llm_config, openai_provider, token
-from tests.support import Gateway
+from tests.stub_providers import AUTH_POLICY, StubProvider, client, llm_config, openai_provider, token
+from tests.support import InProcessGateway
 
 # What json.loads + json.dumps would each change: spacing, key order kept as sent, escaped and
 # unescaped non-ASCII, number forms, a vendor's own field, a null where a default would be dropped.
@@ -42,7 +42,7 @@ spec:
 )
 
 
-def stream(gw: Gateway, bearer: str | None = None) -> httpx2.Response:
+def stream(gw: InProcessGateway, bearer: str | None = None) -> httpx2.Response:
     body = {"model": "a/x", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
     with httpx2.Client(timeout=10) as http:
@@ -50,7 +50,7 @@ def stream(gw: Gateway, bearer: str | None = None) -> httpx2.Response:
 
 
 def test_openai_compatible_chunks_reach_the_client_byte_for_byte(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     upstream.script(raw_events=[*(f"data: {chunk}\n\n" for chunk in CHUNKS), "data: [DONE]\n\n"])
@@ -64,7 +64,7 @@ def test_openai_compatible_chunks_reach_the_client_byte_for_byte(
 
 
 def test_a_chunk_spread_over_data_lines_stays_data_lines(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     # One pretty-printed chunk: its lines joined, it is one JSON object; relayed, each line is a data line.
@@ -89,7 +89,7 @@ def test_a_chunk_spread_over_data_lines_stays_data_lines(
 
 
 def test_the_usage_of_a_relayed_chunk_counts_towards_the_token_limit(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     upstream.script(raw_events=[*(f"data: {chunk}\n\n" for chunk in CHUNKS), "data: [DONE]\n\n"])

@@ -5,15 +5,17 @@ and `[DONE]`, and either way it is logged naming the provider; never a 500, neve
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.llm.conftest import StubProvider, llm_config, openai_provider, sse_data
-from tests.llm.test_anthropic import EVENTS, NO_LIMIT_REQUEST, anthropic_provider
-from tests.support import Gateway
+from agentgw.observability.logs import JsonFormatter
+from tests.stub_providers import StubProvider, llm_config, openai_provider, sse_data
+from tests.support import InProcessGateway
+from tests.upstream.llm.test_anthropic import EVENTS, NO_LIMIT_REQUEST, anthropic_provider
 
 BASE = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1700000000, "model": "x"}
 
@@ -23,17 +25,23 @@ def chunk(content: str | None = None, **extra: Any) -> dict[str, Any]:
     return {**BASE, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], **extra}
 
 
-def post(gw: Gateway, model: str, stream: bool) -> httpx2.Response:
+def post(gw: InProcessGateway, model: str, stream: bool) -> httpx2.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
     with httpx2.Client(timeout=10) as http:
         return http.post(f"{gw.base}/v1/chat/completions", json=body)
 
 
-def logged(gw: Gateway, *words: str) -> bool:
+@pytest.fixture(autouse=True)
+def gateway_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """What the gateway logs, from INFO up, as `agentgw serve` logs it."""
+    caplog.set_level(logging.INFO)
+    return caplog
+
+
+def logged(caplog: pytest.LogCaptureFixture, *words: str) -> bool:
     """Whether one JSON line of the gateway's log holds every word."""
-    log = gw.process.log
-    assert log is not None
-    return any(all(word in line for word in words) for line in log.read_text().splitlines() if line.startswith("{"))
+    lines = [JsonFormatter().format(record) for record in caplog.records]
+    return any(all(word in line for word in words) for line in lines)
 
 
 def assert_ends_with_an_error_event(response: httpx2.Response, chunks_before: int) -> list[Any]:
@@ -57,7 +65,10 @@ BAD_USAGES = [
 
 @pytest.mark.parametrize("usage", BAD_USAGES, ids=["string", "list", "not-an-object", "negative"])
 def test_bad_usage_mid_stream_ends_it_with_an_error_event_and_done(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], usage: Any
+    serve: Callable[..., InProcessGateway],
+    stub: Callable[..., StubProvider],
+    gateway_log: pytest.LogCaptureFixture,
+    usage: Any,
 ) -> None:
     upstream = stub("name=alpha")
     upstream.script(chunks=[chunk("one"), chunk(" two"), chunk(None, usage=usage), chunk(" never")])
@@ -67,11 +78,11 @@ def test_bad_usage_mid_stream_ends_it_with_an_error_event_and_done(
 
     assert [c["choices"][0]["delta"]["content"] for c in relayed] == ["one", " two"]
     assert len(upstream.chat_requests()) == 1
-    assert logged(gw, "mid-stream", "alpha")
+    assert logged(gateway_log, "mid-stream", "alpha")
 
 
 def test_chunk_that_is_not_an_object_mid_stream_ends_it_with_an_error_event(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     upstream.script(chunks=[chunk("one"), [1, 2, 3], chunk(" never")])
@@ -81,7 +92,7 @@ def test_chunk_that_is_not_an_object_mid_stream_ends_it_with_an_error_event(
 
 
 def test_anthropic_bad_usage_mid_stream_ends_it_with_an_error_event(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], gateway_log: pytest.LogCaptureFixture
 ) -> None:
     upstream = stub("name=claude")
     bad_delta = ["message_delta", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": "many"}}]
@@ -92,11 +103,11 @@ def test_anthropic_bad_usage_mid_stream_ends_it_with_an_error_event(
         response = http.post(f"{gw.base}/v1/chat/completions", json={**NO_LIMIT_REQUEST, "stream": True})
 
     assert_ends_with_an_error_event(response, chunks_before=2)
-    assert logged(gw, "mid-stream", "claude")
+    assert logged(gateway_log, "mid-stream", "claude")
 
 
 def test_bad_first_chunk_falls_back_before_the_client_saw_anything(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a"), stub("name=b")
     a.script(chunks=[chunk("one", usage={"prompt_tokens": "x"})])
@@ -120,7 +131,7 @@ def test_bad_first_chunk_falls_back_before_the_client_saw_anything(
     ids=["string-usage", "list", "string"],
 )
 def test_malformed_completion_falls_back_and_alone_is_503_not_500(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], answer: Any
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], answer: Any
 ) -> None:
     a, b = stub("name=a"), stub("name=b")
     a.script(completion=answer)
@@ -147,7 +158,7 @@ def test_malformed_completion_falls_back_and_alone_is_503_not_500(
     ids=["content-string", "block-number", "text-number", "usage-string"],
 )
 def test_malformed_anthropic_message_is_the_providers_failure_not_a_500(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], message: dict[str, Any]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], message: dict[str, Any]
 ) -> None:
     upstream = stub("name=claude")
     upstream.script(message={"id": "msg_x", "type": "message", "content": [], **message})
@@ -162,7 +173,7 @@ def test_malformed_anthropic_message_is_the_providers_failure_not_a_500(
 
 @pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "bare-cr"])
 def test_provider_streams_are_read_whatever_the_line_ending(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], line_end: str
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], line_end: str
 ) -> None:
     a, claude = stub("name=a"), stub("name=claude")
     a.script(chunks=[chunk("one"), chunk(" two")], line_end=line_end)

@@ -22,8 +22,8 @@ import jwt
 import pytest
 
 from agentgw.inbound.a2a_webhooks import is_public_address, webhook_allowed
-from tests.a2a.lying_agent import LyingAgent, Received, Reply, Servers, Sink, answer, honest, task
-from tests.support import Gateway, Process, RawResponse, free_port, gateway, poll, raw_request
+from tests.inbound.lying_agent import LyingAgent, Received, Reply, Servers, Sink, answer, honest, task
+from tests.support import InProcessGateway, Process, RawResponse, gateway_in_thread, poll, raw_request
 
 TASK_NOT_FOUND = -32001
 POLICY_DENIED = -32051
@@ -66,7 +66,7 @@ def v1_message(text: str, **ids: str) -> dict[str, Any]:
 
 
 async def call(
-    gw: Gateway,
+    gw: InProcessGateway,
     agent: str,
     method: str,
     params: dict[str, Any],
@@ -85,7 +85,7 @@ async def call(
     return await raw_request(gw.port, "POST", f"/a2a/v1/{agent}", headers, body)
 
 
-async def card_of(gw: Gateway, agent: str) -> RawResponse:
+async def card_of(gw: InProcessGateway, agent: str) -> RawResponse:
     headers = [("Host", f"127.0.0.1:{gw.port}"), ("Authorization", f"Bearer {ALICE}")]
     return await raw_request(gw.port, "GET", f"/a2a/v1/{agent}/.well-known/agent-card.json", headers)
 
@@ -115,7 +115,7 @@ async def refusals(metrics_port: int, target: str, reason: str) -> float:
 class Hostile:
     """The gateway under test and everything behind it."""
 
-    def __init__(self, gw: Gateway, metrics_port: int, agents: dict[str, LyingAgent], sink: Sink) -> None:
+    def __init__(self, gw: InProcessGateway, metrics_port: int, agents: dict[str, LyingAgent], sink: Sink) -> None:
         self.gw, self.metrics_port, self.agents, self.sink = gw, metrics_port, agents, sink
 
     async def refusals(self, target: str, reason: str) -> float:
@@ -131,9 +131,10 @@ def servers() -> Iterator[Servers]:
 
 @pytest.fixture(scope="module")
 def pusher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    port = free_port()
     log = tmp_path_factory.mktemp("pusher") / "pusher.log"
-    agent = Process([sys.executable, str(Path(__file__).parent / "push_agent.py"), "--port", str(port)], port, log=log)
+    agent = Process(
+        lambda port: [sys.executable, str(Path(__file__).parent / "push_agent.py"), "--port", str(port)], log=log
+    )
     yield agent.start()
     agent.stop()
 
@@ -152,15 +153,14 @@ def hostile(servers: Servers, pusher: Process, tmp_path_factory: pytest.TempPath
     ).encode()
     targets = [{"name": name, "backends": [{"url": agent.url + "/"}]} for name, agent in agents.items()]
     targets.append({"name": "pusher", "backends": [{"url": f"http://127.0.0.1:{pusher.port}/"}]})
-    metrics_port = free_port()
     config = {
         "a2a": {"agents": targets, "push_webhook_hosts": [ALLOWED_WEBHOOK_HOST]},
-        "server": {"metrics_listen": f"127.0.0.1:{metrics_port}"},
+        "server": {"metrics_listen": "127.0.0.1:0"},
     }
     tmp = tmp_path_factory.mktemp("hostile")
-    running = gateway(tmp, config, policies=POLICIES, env={"TEST_JWT_SECRET": SECRET}, name="hostile")
-    yield Hostile(running, metrics_port, agents, sink)
-    running.stop()
+    with gateway_in_thread(tmp, config, POLICIES, env={"TEST_JWT_SECRET": SECRET}, name="hostile") as running:
+        assert running.admin_port is not None
+        yield Hostile(running, running.admin_port, agents, sink)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Run by the tests with mcp 1.x (its own environment): mcp's own `websocket_client` against the gateway.
 
-    python tests/mcp1_websocket_client.py WS_URL TOOL ARGUMENTS_JSON DENIED_TOOL
+    python tests/inbound/mcp1_websocket_client.py WS_URL TOOL ARGUMENTS_JSON DENIED_TOOL
 
 Prints one JSON line: the server's name and protocol version, the tools
 listed, the text of the call, and the JSON-RPC error code of the denied call.

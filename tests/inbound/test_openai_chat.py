@@ -8,13 +8,13 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from tests.llm.conftest import AUTH_POLICY, PROVIDER_KEY, StubProvider, client, llm_config, openai_provider, token
-from tests.support import Gateway
+from tests.stub_providers import AUTH_POLICY, PROVIDER_KEY, StubProvider, client, llm_config, openai_provider, token
+from tests.support import InProcessGateway
 
 ECHO = {"name": "echo", "type": "echo"}
 
 
-def test_echo_provider_answers_with_the_last_user_message(serve: Callable[..., Gateway]) -> None:
+def test_echo_provider_answers_with_the_last_user_message(serve: Callable[..., InProcessGateway]) -> None:
     gw = serve(llm_config(ECHO))
 
     answer = client(gw).chat.completions.create(
@@ -31,7 +31,7 @@ def test_echo_provider_answers_with_the_last_user_message(serve: Callable[..., G
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (6, 4, 10)
 
 
-def test_echo_provider_streams_one_chunk_per_word_then_a_closing_chunk(serve: Callable[..., Gateway]) -> None:
+def test_echo_provider_streams_one_chunk_per_word_then_a_closing_chunk(serve: Callable[..., InProcessGateway]) -> None:
     gw = serve(llm_config(ECHO))
 
     chunks = list(
@@ -49,7 +49,7 @@ def test_echo_provider_streams_one_chunk_per_word_then_a_closing_chunk(serve: Ca
 
 
 def test_openai_provider_relays_the_upstream_completion(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     gw = serve(llm_config(openai_provider("a", upstream)))
@@ -69,7 +69,7 @@ def test_openai_provider_relays_the_upstream_completion(
 
 
 def test_openai_provider_stream_is_relayed_chunk_by_chunk(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     gw = serve(llm_config(openai_provider("a", upstream)))
@@ -90,7 +90,7 @@ def test_openai_provider_stream_is_relayed_chunk_by_chunk(
 
 
 def test_models_lists_aliases_and_every_provider_model(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a", "models=x,y")
     gw = serve(llm_config(openai_provider("a", upstream), ECHO, models={"default": ["a/x", "echo/echo"]}))
@@ -100,7 +100,7 @@ def test_models_lists_aliases_and_every_provider_model(
     assert listed == {"default": "agentgw", "a/x": "a", "a/y": "a", "echo/echo": "echo"}
 
 
-def test_unknown_model_is_404_with_an_openai_shaped_error(serve: Callable[..., Gateway]) -> None:
+def test_unknown_model_is_404_with_an_openai_shaped_error(serve: Callable[..., InProcessGateway]) -> None:
     gw = serve(llm_config(ECHO))
 
     with pytest.raises(openai.NotFoundError) as refused:
@@ -113,7 +113,7 @@ def test_unknown_model_is_404_with_an_openai_shaped_error(serve: Callable[..., G
 
 
 def test_provider_sees_its_configured_key_and_never_the_client_token(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     gw = serve(llm_config(openai_provider("a", upstream)), policies=AUTH_POLICY)
@@ -132,7 +132,7 @@ def test_provider_sees_its_configured_key_and_never_the_client_token(
 
 
 def test_chat_without_a_token_is_401_when_a_session_auth_policy_applies(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=a")
     gw = serve(llm_config(openai_provider("a", upstream)), policies=AUTH_POLICY)

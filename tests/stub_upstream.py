@@ -1,6 +1,6 @@
 """A stand-in LLM provider on loopback, speaking both the OpenAI and the Anthropic API.
 
-    python tests/llm/stub_upstream.py PORT [MODE...]
+    python tests/stub_upstream.py PORT [MODE...]
 
 Modes (also replaceable at run time with `POST /_modes {"modes": [...]}`):
   name=X      the label in every answer ("X says <last user message>"); default "stub"
@@ -247,16 +247,23 @@ def create_app(stub: Stub) -> Starlette:
     )
 
 
-def main() -> None:
-    port, *modes = sys.argv[1:]
-    uvicorn.run(
+def server(modes: list[str], port: int = 0) -> uvicorn.Server:
+    """The stub on loopback `port` (0: one the kernel picks), ready to serve."""
+    config = uvicorn.Config(
         create_app(Stub(modes)),
         host="127.0.0.1",
-        port=int(port),
+        port=port,
+        log_config=None,  # served inside a test process too, whose logging it leaves alone
         log_level="warning",
         http="httptools",
         timeout_graceful_shutdown=1,  # a stalled or delayed answer must not hold up the test's teardown
     )
+    return uvicorn.Server(config)
+
+
+def main() -> None:
+    port, *modes = sys.argv[1:]
+    server(modes, int(port)).run()
 
 
 if __name__ == "__main__":

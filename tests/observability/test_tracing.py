@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from agentgw.app import create_app
 from agentgw.config import load_settings
-from tests.support import ROOT, Process, free_port, gateway, initialize_body, mcp_headers, raw_request
+from tests.support import Process, gateway, initialize_body, mcp_headers, raw_request, recording_backend
 
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
@@ -25,9 +24,7 @@ CLIENT_SPAN_ID = "00f067aa0ba902b7"
 
 @pytest.fixture
 def recorder(tmp: Path) -> Iterator[Process]:
-    port = free_port()
-    args = [sys.executable, str(ROOT / "tests" / "recording_backend.py"), str(port)]
-    process = Process(args, port, log=tmp / "recorder.log").start()
+    process = recording_backend(tmp / "recorder.log").start()
     yield process
     process.stop()
 
@@ -90,10 +87,11 @@ async def test_a_request_without_trace_context_starts_a_trace(traced: tuple[int,
 
 
 async def test_agentgw_serve_traces_when_an_exporter_is_configured(tmp: Path) -> None:
+    # A process: `agentgw serve` sets up tracing from its environment.
     gw = gateway(tmp, {"mcp": {"enabled": False}}, env={"OTEL_TRACES_EXPORTER": "console"})
     try:
         assert (await raw_request(gw.port, "GET", "/healthz", [("Host", f"127.0.0.1:{gw.port}")])).status == 200
     finally:
         gw.stop()  # the batch of spans is exported on shutdown
-    output = gw.config_file.with_suffix(".log").read_text()
+    output = gw.log.read_text()
     assert '"name": "GET /healthz"' in output and '"kind": "SpanKind.SERVER"' in output

@@ -7,13 +7,13 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from tests.llm.conftest import StubProvider, client, llm_config, openai_provider
-from tests.support import Gateway
+from tests.stub_providers import StubProvider, client, llm_config, openai_provider
+from tests.support import InProcessGateway
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 def test_model_command_switches_the_model_and_is_stripped(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], stream: bool
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], stream: bool
 ) -> None:
     a, b = stub("name=a"), stub("name=b")
     gw = serve(llm_config(openai_provider("a", a), openai_provider("b", b), models={"default": ["a/x"]}))
@@ -39,7 +39,7 @@ def test_model_command_switches_the_model_and_is_stripped(
 
 
 def test_model_command_in_a_first_text_part_switches_the_model_and_is_stripped(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a"), stub("name=b")
     gw = serve(llm_config(openai_provider("a", a), openai_provider("b", b), models={"default": ["a/x"]}))
@@ -54,7 +54,7 @@ def test_model_command_in_a_first_text_part_switches_the_model_and_is_stripped(
 
 
 def test_model_command_in_a_later_user_message_is_plain_text(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a"), stub("name=b")
     gw = serve(llm_config(openai_provider("a", a), openai_provider("b", b)))
@@ -71,7 +71,7 @@ def test_model_command_in_a_later_user_message_is_plain_text(
 
 
 def test_model_command_naming_an_unknown_provider_is_404(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a")
     gw = serve(llm_config(openai_provider("a", a)))

@@ -9,7 +9,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.llm.conftest import (
+from tests.stub_providers import (
     PROVIDER_KEY,
     PROVIDER_KEY_ENV,
     StubProvider,
@@ -18,7 +18,7 @@ from tests.llm.conftest import (
     openai_provider,
     sse_data,
 )
-from tests.support import Gateway
+from tests.support import InProcessGateway
 
 CLIENT_KEY = "client-side-key-that-must-stay-here"
 
@@ -193,7 +193,7 @@ def anthropic_provider(stub: StubProvider, **options: Any) -> dict[str, Any]:
     }
 
 
-def post(gw: Gateway, body: dict[str, Any]) -> httpx2.Response:
+def post(gw: InProcessGateway, body: dict[str, Any]) -> httpx2.Response:
     headers = {"authorization": f"Bearer {CLIENT_KEY}"}
     with httpx2.Client(timeout=10) as http:
         return http.post(f"{gw.base}/v1/chat/completions", json=body, headers=headers)
@@ -215,7 +215,10 @@ def assert_messages_api_headers(request: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("sent", "received"), REQUEST_PAIRS)
 def test_chat_request_becomes_a_messages_api_request(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], sent: dict[str, Any], received: dict[str, Any]
+    serve: Callable[..., InProcessGateway],
+    stub: Callable[..., StubProvider],
+    sent: dict[str, Any],
+    received: dict[str, Any],
 ) -> None:
     upstream = stub("name=claude")
     gw = serve(llm_config(anthropic_provider(upstream)))
@@ -232,7 +235,7 @@ def test_chat_request_becomes_a_messages_api_request(
 
 @pytest.mark.parametrize(("message", "completion"), ANSWER_PAIRS)
 def test_messages_api_answer_becomes_a_chat_completion(
-    serve: Callable[..., Gateway],
+    serve: Callable[..., InProcessGateway],
     stub: Callable[..., StubProvider],
     message: dict[str, Any],
     completion: dict[str, Any],
@@ -249,7 +252,7 @@ def test_messages_api_answer_becomes_a_chat_completion(
 
 
 def test_messages_api_answer_reads_as_a_completion_in_the_openai_sdk(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=claude")
     upstream.script(message=MESSAGE)
@@ -266,7 +269,7 @@ def test_messages_api_answer_reads_as_a_completion_in_the_openai_sdk(
 
 
 def test_messages_api_stream_becomes_chat_completion_chunks(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=claude")
     upstream.script(events=EVENTS)
@@ -282,7 +285,7 @@ def test_messages_api_stream_becomes_chat_completion_chunks(
 
 
 def test_messages_api_stream_reads_as_chunks_in_the_openai_sdk(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=claude")
     upstream.script(events=EVENTS)
@@ -301,7 +304,7 @@ def test_messages_api_stream_reads_as_chunks_in_the_openai_sdk(
 
 
 def test_anthropic_stream_opening_with_an_error_event_falls_back(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     claude, b = stub("name=claude"), stub("name=b")
     claude.script(events=[["error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}]])
@@ -318,7 +321,7 @@ def test_anthropic_stream_opening_with_an_error_event_falls_back(
 
 
 def test_anthropic_error_event_mid_stream_ends_the_stream_with_an_error_event(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     upstream = stub("name=claude")
     overloaded = ["error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}]

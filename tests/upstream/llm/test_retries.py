@@ -10,8 +10,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.llm.conftest import StubProvider, client, llm_config, openai_provider
-from tests.support import Gateway
+from tests.stub_providers import StubProvider, client, llm_config, openai_provider
+from tests.support import InProcessGateway
 
 QUESTION = [{"role": "user", "content": "again please"}]
 
@@ -20,7 +20,7 @@ def retry(attempts: int, backoff: str = "200ms", deadline: str = "30s") -> dict[
     return {"retry": {"attempts": attempts, "backoff": backoff, "deadline": deadline}}
 
 
-def ask(gw: Gateway, model: str = "a/x", stream: bool = False) -> str:
+def ask(gw: InProcessGateway, model: str = "a/x", stream: bool = False) -> str:
     sdk = client(gw)
     if not stream:
         return sdk.chat.completions.create(model=model, messages=QUESTION).choices[0].message.content or ""
@@ -39,7 +39,7 @@ def gaps(requests: list[dict[str, Any]]) -> list[float]:
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_a_passing_failure_is_retried_after_a_backoff(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider], status: int, stream: bool
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], status: int, stream: bool
 ) -> None:
     a = stub("name=a", f"status={status}", "failfirst=1")
     gw = serve(llm_config(openai_provider("a", a), **retry(attempts=2, backoff="300ms")))
@@ -50,7 +50,9 @@ def test_a_passing_failure_is_retried_after_a_backoff(
     assert gaps(a.chat_requests())[0] >= 0.3 * 0.8  # the backoff, less its jitter
 
 
-def test_backoff_doubles_between_retries(serve: Callable[..., Gateway], stub: Callable[..., StubProvider]) -> None:
+def test_backoff_doubles_between_retries(
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
+) -> None:
     a = stub("name=a", "failfirst=3")
     gw = serve(llm_config(openai_provider("a", a), **retry(attempts=4, backoff="200ms")))
 
@@ -61,7 +63,9 @@ def test_backoff_doubles_between_retries(serve: Callable[..., Gateway], stub: Ca
     assert second > first and third > second
 
 
-def test_no_retry_starts_after_the_deadline(serve: Callable[..., Gateway], stub: Callable[..., StubProvider]) -> None:
+def test_no_retry_starts_after_the_deadline(
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
+) -> None:
     a = stub("name=a", "status=503")
     gw = serve(llm_config(openai_provider("a", a), **retry(attempts=10, backoff="200ms", deadline="1s")))
 
@@ -78,7 +82,7 @@ def test_no_retry_starts_after_the_deadline(serve: Callable[..., Gateway], stub:
 
 
 def test_a_provider_that_timed_out_is_not_tried_again(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a = stub("name=a", "delay=3")
     gw = serve(llm_config(openai_provider("a", a, timeout="500ms"), **retry(attempts=3, backoff="100ms")))
@@ -90,7 +94,9 @@ def test_a_provider_that_timed_out_is_not_tried_again(
     assert len(a.chat_requests()) == 1
 
 
-def test_a_refused_request_is_not_retried(serve: Callable[..., Gateway], stub: Callable[..., StubProvider]) -> None:
+def test_a_refused_request_is_not_retried(
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
+) -> None:
     a = stub("name=a", "status=400")
     gw = serve(llm_config(openai_provider("a", a), **retry(attempts=3, backoff="100ms")))
 
@@ -102,7 +108,7 @@ def test_a_refused_request_is_not_retried(serve: Callable[..., Gateway], stub: C
 
 
 def test_with_a_fallback_left_a_failure_moves_on_at_once(
-    serve: Callable[..., Gateway], stub: Callable[..., StubProvider]
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
 ) -> None:
     a, b = stub("name=a", "status=503"), stub("name=b", "status=503", "failfirst=1")
     config = llm_config(
