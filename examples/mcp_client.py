@@ -23,12 +23,13 @@ from mcp.types import TextContent
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 NO_TOKEN = "AGENTGW_TOKEN is not set: the gateway will answer 401 (export the dev token `make run` printed)"
 # By the tool's own name: on a virtual server (/mcp/v1/workspace) the listed name that ends with it.
+# These are called even when not listed, so that a refusal shows; the stdio server's only when listed.
 CALLS = [
     ("add", {"a": 20, "b": 22}),
     ("search_documents", {"query": "redis"}),
     ("whoami", {}),
-    ("echo", {"text": "through a stdio server"}),
 ]
+WHEN_LISTED = [("echo", {"text": "through a stdio server"})]
 
 
 async def main(url: str) -> None:
@@ -44,10 +45,9 @@ async def main(url: str) -> None:
             tools = await client.list_tools()
             listed = [tool.name for tool in tools.tools]
             print("tools:", ", ".join(listed))
-            for wanted, arguments in CALLS:
-                name = next((n for n in listed if n == wanted or n.endswith("__" + wanted)), None)
-                if name is None:
-                    continue
+            calls = [(_listed_as(listed, wanted) or wanted, arguments) for wanted, arguments in CALLS]
+            calls += [(name, arguments) for wanted, arguments in WHEN_LISTED if (name := _listed_as(listed, wanted))]
+            for name, arguments in calls:
                 try:
                     result = await client.call_tool(name, arguments)
                 except MCPError as exc:
@@ -55,6 +55,11 @@ async def main(url: str) -> None:
                     continue
                 first = result.content[0]
                 print(f"{name}{arguments} -> {first.text if isinstance(first, TextContent) else first}")
+
+
+def _listed_as(listed: list[str], wanted: str) -> str | None:
+    """The listed name of a tool: its own, or on a virtual server its own under a member's prefix."""
+    return next((name for name in listed if name == wanted or name.endswith("__" + wanted)), None)
 
 
 if __name__ == "__main__":
