@@ -152,22 +152,11 @@ class MemberAnswers(AnswerFilter):
         super().__init__(request_ids, refused)
         self._index = index
 
-    def events(self, decoder: sse.SseDecoder, chunk: bytes) -> bytes:
-        kept = []
-        for event in decoder.feed(chunk):
-            try:
-                message = event.json()
-            except (ValueError, RecursionError):
-                log.warning("a member's stream event that is not JSON was left out")
-                continue
-            if not self.allows(message):
-                continue
-            if isinstance(message, dict) and "method" in message and "id" in message:
-                message["id"] = member_id(self._index, message["id"])
-                kept.append(event.encode(jsonrpc.serialise(message).decode()))
-            else:
-                kept.append(event.encode())
-        return b"".join(kept)
+    def encoded(self, event: sse.Event, message: Any) -> bytes:
+        if isinstance(message, dict) and "method" in message and "id" in message:
+            message["id"] = member_id(self._index, message["id"])
+            return event.encode(jsonrpc.serialise(message).decode())
+        return event.encode()
 
 
 class VirtualCalls:

@@ -65,6 +65,10 @@ class AnswerFilter:
         if not all(self.allows(m) for m in messages):
             raise BadBackendAnswer("Backend answered a request the client did not send here")
 
+    def encoded(self, event: sse.Event, message: Any) -> bytes:
+        """An event as the client gets it (a subclass may change the message it carries)."""
+        return event.encode()
+
     def events(self, decoder: sse.SseDecoder, chunk: bytes) -> bytes:
         """The events a chunk completes, those answering another request left out, in the gateway's framing."""
         kept = []
@@ -75,7 +79,7 @@ class AnswerFilter:
                 log.warning("a backend stream event that is not JSON was relayed as it came")
                 message = None
             if self.allows(message):
-                kept.append(event.encode())
+                kept.append(self.encoded(event, message))
         if not kept and b":" in chunk:
             # A comment the backend sends to keep an idle stream open: the client's proxies need one too.
             return KEEP_ALIVE
