@@ -23,7 +23,8 @@ run: install
 	$(BIN)/python examples/run_dev.py
 
 test: install
-	$(BIN)/python -m pytest -q
+	@# Most of the suite waits on real processes and sockets: two workers halve its wall time.
+	$(BIN)/python -m pytest -q -n 2
 
 lint: install
 	$(BIN)/ruff check agentgw tests benchmarks examples

@@ -6,9 +6,11 @@ carry are loaded with the gateway's own loaders.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,15 +19,17 @@ import pytest
 import yaml
 
 from agentgw.app import CHAT_PREFIX, MCP_PREFIX, create_app
-from agentgw.errors import WELL_KNOWN_METADATA
 
 # AGENTGW_CONFIG and AGENTGW_POLICIES are read outside the override table, and
 # test_config_and_policies_env_are_read proves that they are; the trusted-proxy
 # variable is proven in tests/auth/test_jwt.py.
-from agentgw.cli import TRUSTED_PROXIES_ENV
+from agentgw.cli import TRUSTED_PROXIES_ENV, _parser
 from agentgw.config import ENV_OVERRIDES, Settings, config_path, load_settings, split_host_port
+from agentgw.errors import WELL_KNOWN_METADATA
 from agentgw.inbound.a2a import A2A_PREFIX
+from agentgw.policy.engine import PolicyEngine
 from agentgw.policy.loader import load_policies
+from tests import support
 from tests.support import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -33,6 +37,8 @@ K8S = DEPLOY / "k8s"
 GATEWAY_ENV = frozenset(ENV_OVERRIDES) | {"AGENTGW_CONFIG", "AGENTGW_POLICIES", TRUSTED_PROXIES_ENV}
 NAMESPACE = "ai-inference"
 HTTP_PORT, METRICS_PORT = 8080, 9090
+BRIDGE_PATH = "/mcp"  # where `agentgw bridge` serves (contract 13)
+STDIO_EXAMPLE = ["python", "examples/stdio_server.py"]
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -70,6 +76,68 @@ def container_port(container: dict[str, Any], port: int | str) -> int:
     if isinstance(port, int):
         return port
     return next(int(p["containerPort"]) for p in container["ports"] if p.get("name") == port)
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [m for m in manifests() if m["kind"] in ("Deployment", "StatefulSet")]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def workload_behind(service: dict[str, Any]) -> dict[str, Any]:
+    selector = service["spec"]["selector"]
+    (workload,) = [w for w in workloads() if selects(selector, w["spec"]["template"]["metadata"]["labels"])]
+    return workload
+
+
+def service_of_host(host: str) -> dict[str, Any]:
+    """The Service a pod reaches `host` through: the Service `host`, or for a StatefulSet pod's own
+    name (`pod.service`) the headless Service of that StatefulSet, which must have that pod."""
+    pod, _, name = host.rpartition(".")
+    service = find("Service", name)
+    if pod:
+        assert service["spec"].get("clusterIP") == "None", f"{name} must be headless to name its pods"
+        sets = [w for w in workloads() if w["kind"] == "StatefulSet" and w["spec"]["serviceName"] == name]
+        pods = {f"{s['metadata']['name']}-{n}" for s in sets for n in range(s["spec"]["replicas"])}
+        assert pod in pods, host
+    return service
+
+
+def k8s_argv(container: dict[str, Any]) -> list[str]:
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+def bridge_options(argv: list[str]) -> argparse.Namespace:
+    """An `agentgw bridge` command line as the CLI parses it: an option it lacks fails here, not in a pod."""
+    assert argv[0] == "agentgw"
+    options = _parser().parse_args(argv[1:])
+    assert options.command == "bridge"
+    return options
+
+
+def mcp_server_listen(argv: list[str]) -> tuple[str, int]:
+    """Where the MCP server that `argv` starts listens: `agentgw bridge` or the example HTTP server."""
+    if argv[0] == "agentgw":
+        return split_host_port(bridge_options(argv).listen)
+    assert argv[:2] == ["python", "examples/mcp_server.py"]
+    return argv[argv.index("--host") + 1], int(argv[argv.index("--port") + 1])
+
+
+def backend_urls(settings: Settings, target: str) -> list[str]:
+    (found,) = [t for t in settings.mcp.targets if t.name == target]
+    return [b.url for b in found.backends]
+
+
+def notes_tools(settings: Settings) -> list[str]:
+    """The tools of `notes` that the virtual server `workspace` exposes."""
+    workspace = settings.virtual_server("workspace")
+    assert workspace is not None
+    (notes,) = [m for m in workspace.members if m.target == "notes"]
+    assert notes.tools is not None
+    return notes.tools
 
 
 def plain_env(container: dict[str, Any]) -> dict[str, str]:
@@ -174,31 +242,68 @@ def test_pod_reaches_redis_and_targets_through_services_in_the_manifests(tmp_pat
     urls = [settings.session_store.url] + [b.url for t in settings.mcp.targets for b in t.backends]
     for url in urls:
         parts = urlsplit(url)
-        service = find("Service", str(parts.hostname))
+        service = service_of_host(str(parts.hostname))
         assert parts.port in [p["port"] for p in service["spec"]["ports"]], url
 
 
-def test_deployment_runs_three_hardened_replicas() -> None:
+def dockerfile() -> str:
+    return (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+
+
+def dockerfile_user() -> int:
+    user = re.search(r"^USER (\S+)$", dockerfile(), re.MULTILINE)
+    assert user is not None and user.group(1).isdigit(), "runAsNonRoot needs a numeric USER"
+    return int(user.group(1))
+
+
+def test_deployment_runs_three_replicas() -> None:
     deployment = find("Deployment", "agentgw")
     assert deployment["spec"]["replicas"] == 3
     assert selects(deployment["spec"]["selector"]["matchLabels"], pod_labels())
-    pod = deployment["spec"]["template"]["spec"]
-    container = gateway_container()
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    for kind in ("requests", "limits"):
-        assert set(container["resources"][kind]) == {"cpu", "memory"}
 
 
-def test_dockerfile_user_and_ports_match_the_pod() -> None:
-    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
-    user = re.search(r"^USER (\S+)$", dockerfile, re.MULTILINE)
-    assert user is not None and user.group(1).isdigit(), "runAsNonRoot needs a numeric USER"
-    pod = find("Deployment", "agentgw")["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsUser"] == int(user.group(1))
-    assert re.search(rf"^EXPOSE {HTTP_PORT} {METRICS_PORT}$", dockerfile, re.MULTILINE)
-    assert "examples/mcp_server.py" in dockerfile  # compose and example-mcp-server.yaml run it from the image
+def test_every_pod_of_the_image_is_hardened() -> None:
+    of_image = [w for w in workloads() if any(c["image"].startswith("agentgw:") for c in pod_spec(w)["containers"])]
+    assert {w["metadata"]["name"] for w in of_image} == {"agentgw", "docs-mcp", "notes-mcp"}
+    for workload in of_image:
+        name, pod = workload["metadata"]["name"], pod_spec(workload)
+        assert selects(workload["spec"]["selector"]["matchLabels"], workload["spec"]["template"]["metadata"]["labels"])
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == dockerfile_user(), name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            # The only writable place on the read-only root.
+            (tmp,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert "emptyDir" in volumes[tmp], name
+            for kind in ("requests", "limits"):
+                assert set(container["resources"][kind]) == {"cpu", "memory"}, name
+
+
+def test_dockerfile_exposes_the_gateway_ports() -> None:
+    assert re.search(rf"^EXPOSE {HTTP_PORT} {METRICS_PORT}$", dockerfile(), re.MULTILINE)
+
+
+def test_image_carries_every_example_that_compose_and_the_pods_run() -> None:
+    argvs = [k8s_argv(c) for w in workloads() for c in pod_spec(w)["containers"]]
+    argvs += [compose_argv(service) for service in compose_services().values()]
+    scripts = {arg for argv in argvs for arg in argv if arg.startswith("examples/")}
+    assert scripts == {"examples/mcp_server.py", "examples/stdio_server.py"}
+    workdir = re.findall(r"^WORKDIR (\S+)$", dockerfile(), re.MULTILINE)
+    assert workdir == ["/app"]  # relative script paths resolve from here
+    copied: dict[str, str] = {}
+    for line in re.findall(r"^COPY (.+)$", dockerfile(), re.MULTILINE):
+        *sources, destination = line.split()
+        copied |= dict.fromkeys(sources, destination)
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    kept = {line[1:] for line in ignore if line.startswith("!")}
+    for script in scripts:
+        assert (ROOT / script).is_file(), script
+        assert script in kept, f"{script} is left out of the build context"
+        assert copied[script].lstrip("./") in ("examples/", script), copied[script]
 
 
 def test_probes_use_health_paths_on_the_main_port() -> None:
@@ -306,6 +411,53 @@ def test_network_policy_admits_the_main_port_from_the_tier1_gateway() -> None:
             assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ai-gateway"}
 
 
+def test_network_policy_admits_each_mcp_server_from_gateway_pods_only(tmp_path: Path) -> None:
+    for url in {b.url for t in k8s_settings(tmp_path).mcp.targets for b in t.backends}:
+        parts = urlsplit(url)
+        service = service_of_host(str(parts.hostname))
+        workload = workload_behind(service)
+        (container,) = pod_spec(workload)["containers"]
+        (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == parts.port]
+        port = container_port(container, service_port["targetPort"])
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        rules = [
+            rule
+            for m in manifests()
+            if m["kind"] == "NetworkPolicy" and selects(m["spec"]["podSelector"].get("matchLabels", {}), labels)
+            for rule in m["spec"].get("ingress", [])
+        ]
+        assert rules, url
+        for rule in rules:
+            assert [p["port"] for p in rule["ports"]] == [port], url
+            assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"]), url
+            assert all(selects(peer["podSelector"]["matchLabels"], pod_labels()) for peer in rule["from"]), url
+
+
+def test_every_bridge_pod_is_one_backend_of_the_notes_target(tmp_path: Path) -> None:
+    """A gateway session is pinned to one URL and holds a child in one bridge pod: each pod needs a
+    URL of its own, which a StatefulSet's pods get through its headless Service."""
+    statefulset = find("StatefulSet", "notes-mcp")
+    name, replicas = statefulset["metadata"]["name"], statefulset["spec"]["replicas"]
+    assert replicas == 2
+    service = service_of_host(f"{name}-0.{statefulset['spec']['serviceName']}")
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert selects(statefulset["spec"]["selector"]["matchLabels"], labels)
+    assert selects(service["spec"]["selector"], labels)
+    (container,) = pod_spec(statefulset)["containers"]
+    options = bridge_options(k8s_argv(container))
+    assert options.server_command == STDIO_EXAMPLE
+    host, port = split_host_port(options.listen)
+    assert host == "0.0.0.0"
+    assert container_port(container, "mcp") == port
+    assert container_port(container, container["readinessProbe"]["tcpSocket"]["port"]) == port
+    assert [(p["port"], container_port(container, p["targetPort"])) for p in service["spec"]["ports"]] == [(port, port)]
+    service_name = service["metadata"]["name"]
+    expected = [f"http://{name}-{n}.{service_name}:{port}{BRIDGE_PATH}" for n in range(replicas)]
+    assert backend_urls(k8s_settings(tmp_path), "notes") == expected
+    # The bridge keeps a session's child at least as long as the gateway keeps the session.
+    assert options.idle_timeout >= load_policies([str(policies_dir(tmp_path))]).session.session_timeout
+
+
 def test_http_routes_send_every_protocol_prefix_to_the_main_port() -> None:
     routes = [m for m in manifests() if m["kind"] == "HTTPRoute"]
     assert routes and all(r["apiVersion"] == "gateway.networking.k8s.io/v1" for r in routes)
@@ -340,6 +492,10 @@ def compose_services() -> dict[str, dict[str, Any]]:
     (compose,) = documents(DEPLOY / "compose.yaml")
     services: dict[str, dict[str, Any]] = compose["services"]
     return services
+
+
+def compose_argv(service: dict[str, Any]) -> list[str]:
+    return [*service.get("entrypoint", []), *service.get("command", [])]
 
 
 def compose_gateways() -> dict[str, dict[str, Any]]:
@@ -391,8 +547,69 @@ def test_compose_config_validates_and_reaches_compose_services() -> None:
         assert split_host_port(settings.server.metrics_listen) == ("0.0.0.0", METRICS_PORT)
         for backend in (b for t in settings.mcp.targets for b in t.backends):
             parts = urlsplit(backend.url)
-            server = services[str(parts.hostname)]
-            args = server["command"]
-            assert server["entrypoint"][-1] == "examples/mcp_server.py"
-            assert args[args.index("--port") + 1] == str(parts.port)
-            assert args[args.index("--host") + 1] == "0.0.0.0"  # it binds loopback by default
+            assert parts.hostname in gateway["depends_on"], backend.url
+            argv = compose_argv(services[str(parts.hostname)])
+            # Both bind loopback unless told otherwise.
+            assert mcp_server_listen(argv) == ("0.0.0.0", parts.port), backend.url
+            if argv[0] == "agentgw":
+                assert parts.path == BRIDGE_PATH
+
+
+def test_compose_runs_the_stdio_example_behind_the_bridge_from_the_gateway_image() -> None:
+    services = compose_services()
+    (url,) = backend_urls(load_settings(DEPLOY / "agentgw.yaml", {}), "notes")
+    bridge = services[str(urlsplit(url).hostname)]
+    assert bridge_options(compose_argv(bridge)).server_command == STDIO_EXAMPLE
+    assert {bridge["image"]} == {g["image"] for g in compose_gateways().values()}
+    assert bridge["read_only"] is True and bridge["tmpfs"] == ["/tmp"]
+    assert "ports" not in bridge  # reached through the gateways only
+
+
+def test_workspace_joins_docs_and_the_notes_tools_the_policies_allow(tmp_path: Path) -> None:
+    # Each config with the policies its gateways mount: the ConfigMap's, the repository's.
+    deployed = (
+        (k8s_settings(tmp_path), policies_dir(tmp_path)),
+        (load_settings(DEPLOY / "agentgw.yaml", {}), ROOT / "policies"),
+    )
+    for settings, policies in deployed:
+        engine = PolicyEngine(load_policies([str(policies)]).tools)
+        workspace = settings.virtual_server("workspace")
+        assert workspace is not None
+        docs, notes = workspace.members
+        assert (docs.target, docs.prefix, docs.tools) == ("docs", None, None)
+        assert notes.target == "notes"
+        assert notes_tools(settings) == ["echo", "slow_progress"]
+        for tool in notes_tools(settings):
+            assert engine.decide("notes", "tool", tool, frozenset()).allowed, tool
+
+
+def runnable_here(argv: list[str]) -> list[str]:
+    """An `agentgw bridge` command line of the manifests as this machine runs it: this interpreter
+    for `agentgw` and for `python`, on loopback, on a port the kernel picks."""
+    listen = argv.index("--listen") + 1
+    server = argv.index("--") + 1
+    assert argv[0] == "agentgw" and argv[server] == "python"
+    local = [sys.executable, "-m", "agentgw", *argv[1:listen], "127.0.0.1:0", *argv[listen + 1 : server]]
+    return [*local, sys.executable, *argv[server + 1 :]]
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+async def test_the_bridge_as_deployed_serves_the_notes_tools(where: str, tmp_path: Path) -> None:
+    if where == "compose":
+        settings = load_settings(DEPLOY / "agentgw.yaml", {})
+        argv = compose_argv(compose_services()[str(urlsplit(backend_urls(settings, "notes")[0]).hostname)])
+    else:
+        settings = k8s_settings(tmp_path)
+        (container,) = pod_spec(find("StatefulSet", "notes-mcp"))["containers"]
+        argv = k8s_argv(container)
+    bridge = support.Process(runnable_here(argv), log=tmp_path / "bridge.log").start()
+    try:
+        session = await support.raw_session(bridge.port, BRIDGE_PATH)
+        headers = support.mcp_headers(bridge.port, ("Mcp-Session-Id", session), ("MCP-Protocol-Version", "2025-11-25"))
+        tools_list = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+        listed = await support.raw_request(bridge.port, "POST", BRIDGE_PATH, headers, tools_list)
+        assert set(notes_tools(settings)) <= {tool["name"] for tool in listed.message()["result"]["tools"]}
+        echoed = await support.raw_call(bridge.port, session, "echo", {"text": "via the bridge"}, BRIDGE_PATH)
+        assert support.tool_text(echoed) == "via the bridge"
+    finally:
+        bridge.stop()
