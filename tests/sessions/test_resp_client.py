@@ -24,10 +24,9 @@ import agentgw.sessions.redis as redis_store
 from agentgw.errors import StoreUnavailable
 from agentgw.sessions.redis import RedisSessionStore, _encode, _PipelinedConnection, _RespProtocol, _sha1
 from agentgw.sessions.store import SessionRecord, new_session_id
-from tests.support import Process, free_port, poll, redis_process
+from tests.support import Process, poll, started_redis
 
 # Tries at starting a redis-server of the test's own: the free port may be taken before it binds.
-START_ATTEMPTS = 5
 # The time a failure that must not wait for the store timeout is allowed to take.
 PROMPTLY = 3.0
 # Slack above STORE_TIMEOUT for a timeout on a loaded 2-core machine.
@@ -137,23 +136,9 @@ def record(target: str = "docs") -> SessionRecord:
     )
 
 
-def start_redis(*options: str) -> Process:
-    """A redis-server of the test's own, on a new port when the chosen one was taken before it bound."""
-    for _ in range(START_ATTEMPTS):
-        port = free_port()
-        server = Process([*redis_process(port).args, *options], port)
-        try:
-            server.start()
-        except RuntimeError:  # it exited before listening: the port was taken
-            continue
-        if server.process is not None and server.process.poll() is None:
-            return server
-    raise RuntimeError(f"no redis-server started in {START_ATTEMPTS} attempts")
-
-
 @pytest.fixture
-def own_redis() -> Iterator[Process]:
-    server = start_redis()
+def own_redis(tmp_path: Path) -> Iterator[Process]:
+    server = started_redis(tmp_path / "redis.log")
     yield server
     server.stop()
 
@@ -417,8 +402,8 @@ async def test_the_database_in_the_url_is_selected(redis_url: str, redis_py: aio
         await fifth.aclose()
 
 
-async def test_the_password_in_the_url_authenticates_and_a_wrong_one_is_refused() -> None:
-    server = start_redis("--requirepass", "s3cret é")
+async def test_the_password_in_the_url_authenticates_and_a_wrong_one_is_refused(tmp_path: Path) -> None:
+    server = started_redis(tmp_path / "redis.log", "--requirepass", "s3cret é")
     base = f"127.0.0.1:{server.port}/0"
     try:
         for url in (f"redis://:s3cret%20%C3%A9@{base}", f"redis://default:s3cret%20%C3%A9@{base}"):

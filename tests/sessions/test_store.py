@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from agentgw.errors import StoreUnavailable
 from agentgw.sessions.memory import MemorySessionStore
 from agentgw.sessions.redis import RedisSessionStore
 from agentgw.sessions.store import SessionRecord, SessionStore, StoredCatalogue, new_session_id
-from tests.support import free_port, poll
+from tests.support import poll
 
 
 def record(now: float, backend: str = "http://127.0.0.1:1/mcp", target: str = "docs") -> SessionRecord:
@@ -115,8 +116,8 @@ async def test_memory_store_forgets_expired_sessions_as_new_ones_arrive() -> Non
     assert len(store._records) == 1
 
 
-async def test_unreachable_redis_raises_store_unavailable_quickly() -> None:
-    store = RedisSessionStore(f"redis://127.0.0.1:{free_port()}/0", "x:")
+async def test_unreachable_redis_raises_store_unavailable_quickly(dead_port: int) -> None:
+    store = RedisSessionStore(f"redis://127.0.0.1:{dead_port}/0", "x:")
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         await store.touch("anything", time.time(), ttl=60)
@@ -126,14 +127,13 @@ async def test_unreachable_redis_raises_store_unavailable_quickly() -> None:
     await store.close()
 
 
-async def test_redis_url_password_and_database_are_honoured() -> None:
+async def test_redis_url_password_and_database_are_honoured(tmp_path: Path) -> None:
     import redis.asyncio as aioredis
 
-    from tests.support import Process, redis_server_binary
+    from tests.support import started_redis
 
-    port = free_port()
-    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "s3cret"]
-    server = Process(args, port).start()
+    server = started_redis(tmp_path / "redis.log", "--requirepass", "s3cret")
+    port = server.port
     try:
         store = RedisSessionStore(f"redis://:s3cret@127.0.0.1:{port}/3", "auth:")
         now = time.time()
