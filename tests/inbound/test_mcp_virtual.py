@@ -15,8 +15,10 @@ from tests.hostile_backend import HostileBackend, json_answer
 from tests.mcp_client import call_text, sdk_client
 from tests.support import (
     ROOT,
+    Gateway,
     InProcessGateway,
     Process,
+    gateway,
     in_process_gateway,
     initialize_body,
     mcp_backend,
@@ -123,7 +125,7 @@ async def test_the_session_answers_as_the_virtual_server(gw: InProcessGateway) -
     assert "docs: Searches a tiny document store." in result["instructions"]
 
 
-async def session(gw: InProcessGateway) -> tuple[str, list[tuple[str, str]]]:
+async def session(gw: InProcessGateway | Gateway) -> tuple[str, list[tuple[str, str]]]:
     port = gw.port
     answer = await raw_request(port, "POST", "/mcp/v1/workspace", mcp_headers(port), initialize_body())
     session_id = answer.header("mcp-session-id")
@@ -215,22 +217,23 @@ def free_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Pro
         replica.stop()
 
 
-async def test_two_gateways_sharing_redis_continue_one_virtual_session(
+async def test_two_gateway_processes_sharing_redis_continue_one_virtual_session(
     tmp: Path, backends: list[Process], recorder: HostileBackend, redis_url: str
 ) -> None:
     config = {**workspace(backends, recorder), "session_store": {"type": "redis", "url": redis_url}}
-    async with (
-        in_process_gateway(tmp, config, name="one") as one,
-        in_process_gateway(tmp, config, name="two") as two,
-    ):
-        _, headers = await session(one)
-        texts = []
-        for gateway in (one, two):
-            answer = await raw_request(gateway.port, "POST", "/mcp/v1/workspace", headers, tool_call("n_whoami", {}))
-            assert answer.status == 200, answer.body
-            texts.append(answer.message()["result"]["content"][0]["text"])
-        # The same backend session, reached through the second gateway: its call count goes on.
-        assert texts == ["replica-b 1", "replica-b 2"]
+    one = gateway(tmp, config, name="one")  # a process of its own; the other serves from this one
+    try:
+        async with in_process_gateway(tmp, config, name="two") as two:
+            _, headers = await session(one)
+            texts = []
+            for port in (one.port, two.port):
+                answer = await raw_request(port, "POST", "/mcp/v1/workspace", headers, tool_call("n_whoami", {}))
+                assert answer.status == 200, answer.body
+                texts.append(answer.message()["result"]["content"][0]["text"])
+            # The same backend session, reached through the second gateway: its call count goes on.
+            assert texts == ["replica-b 1", "replica-b 2"]
+    finally:
+        one.stop()
 
 
 # -- a stdio member: progress, prompts, resources, list_changed, both client modes ----------------
