@@ -126,8 +126,14 @@ class Process:
             raise ValueError("a process on port 0 needs a log to read its port from")
         offset = _size(self.log)
         with open(self.log, "ab") if self.log else contextlib.nullcontext(subprocess.DEVNULL) as output:
+            # A process group of its own: what it starts (uvicorn's workers) goes down with it.
             self.process = subprocess.Popen(
-                self.args, env={**os.environ, **(self.env or {})}, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT
+                self.args,
+                env={**os.environ, **(self.env or {})},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
             )
         if self.port == 0:
             assert self.log is not None
@@ -136,14 +142,17 @@ class Process:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # its children, should any outlive it
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
