@@ -1,11 +1,10 @@
 """MCP servers spoken to over stdio (contract 13): one child process, its environment and its logs.
 
 The MCP SDK's stdio client starts the child and frames its messages (one JSON-RPC
-message a line each way); its shutdown closes stdin, then SIGTERMs the child's
-process group, then SIGKILLs it, 2 s apart (the SDK's PROCESS_TERMINATION_TIMEOUT
-and FORCE_KILL_TIMEOUT: module constants it offers no way to set, so the contract's
-5 s between SIGTERM and SIGKILL is 2 s here). This module adds what a gateway needs around
-it: a child that sees none of the gateway's environment beyond the SDK's safe
+message a line each way); its shutdown closes stdin, waits 2 s, then SIGTERMs the
+child's process group and SIGKILLs it SIGKILL_AFTER seconds later (contract 13: 5 s;
+the SDK reads its FORCE_KILL_TIMEOUT when it kills, so it is set here). This module
+adds what a gateway needs around it: a child that sees none of the gateway's environment beyond the SDK's safe
 defaults, `LANG` and what it was configured with; its stderr in the gateway's
 log, one JSON line per line, naming the target; and messages handed over as the
 plain dicts the rest of the gateway reads, with stdout lines that are not
@@ -23,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import mcp.client.stdio
 import mcp_types
 from mcp.client._transport import ReadStream, WriteStream
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -45,6 +45,10 @@ _STDERR_CHUNK = 64 * 1024
 _STDERR_DRAIN_TIMEOUT = 1.0
 
 _serials = itertools.count(1)
+
+# Between SIGTERM and SIGKILL: time for a child to save what it must (contract 13).
+SIGKILL_AFTER = 5.0
+mcp.client.stdio.FORCE_KILL_TIMEOUT = SIGKILL_AFTER
 
 
 class ChildExited(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -107,3 +108,20 @@ async def test_an_unset_variable_in_env_is_refused_at_start(tmp: Path) -> None:
     with pytest.raises(ConfigError, match="STDIO_TEST_VALUE"):
         async with in_process_gateway(tmp, stdio_target(), env={}):
             pass
+
+
+async def test_a_child_deaf_to_sigterm_is_killed_five_seconds_after_it(
+    tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentgw.stdio")  # its stderr lines are INFO
+    stubborn = [sys.executable, str(ROOT / "tests" / "upstream" / "stubborn_stdio_server.py")]
+    config = {"mcp": {"targets": [{"name": "files", "backends": [{"command": stubborn}]}]}}
+    async with in_process_gateway(tmp, config) as gw:
+        session_id = await raw_session(gw.port)
+        pid = int(tool_text(await raw_call(gw.port, session_id, "pid", {})))
+        headers = mcp_headers(gw.port, ("Mcp-Session-Id", session_id), ("MCP-Protocol-Version", "2025-11-25"))
+        # DELETE is answered once the child is gone: stdin closed, 2 s, SIGTERM, 5 s, SIGKILL.
+        assert (await raw_request(gw.port, "DELETE", "/mcp/v1", headers, timeout=20)).status == 200
+        assert not alive(pid)
+    events = {r.fields.get("line") or r.fields.get("event"): r.created for r in caplog.records if hasattr(r, "fields")}
+    assert 4.5 <= events["stopped"] - events["SIGTERM received"] <= 6.5, events
