@@ -119,9 +119,11 @@ def create_app(
         gauges = [gauge("agentgw_backend_up", "1 while the backend passes health checks", ["target", "backend"], up)]
         try:
             sessions = 0
-            for name, pool in upstream.pools.items():
-                counts = await store.count_by_backend(name, [b.url for b in pool.backends], time.time())
-                sessions += sum(counts.values())
+            # A virtual server's session has no backend of its own (its members' are in its record).
+            backends = {name: [b.url for b in pool.backends] for name, pool in upstream.pools.items()}
+            backends |= {name: [""] for name in virtual.servers}
+            for name, urls in backends.items():
+                sessions += sum((await store.count_by_backend(name, urls, time.time())).values())
         except StoreUnavailable:
             return gauges  # the scrape still answers; the missing series says the store did not
         return [*gauges, gauge("agentgw_sessions_active", "Live MCP sessions in the session store", [], {(): sessions})]

@@ -314,6 +314,8 @@ async def test_an_operator_sees_and_revokes_a_virtual_session_ending_every_membe
         [shown] = listed.json()["sessions"]
         assert shown["id"] == session_id
         assert {m["target"] for m in shown["members"]} == {"docs", "notes", "rec"}
+        scraped = await raw_request(running.admin_port, "GET", "/metrics", admin)
+        assert "agentgw_sessions_active 1.0" in scraped.body.decode()
         revoked = await raw_request(running.admin_port, "DELETE", f"/admin/sessions/{session_id}", admin)
         assert revoked.status == 200, revoked.body
         assert recorder.methods()[-1] == "DELETE"
