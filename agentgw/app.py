@@ -175,6 +175,8 @@ def create_app(
         await upstream.start()
         audit.start()
         tasks = [asyncio.create_task(live.watch()), asyncio.create_task(refresh_catalogue())]
+        if virtual.servers:
+            tasks.append(asyncio.create_task(virtual.end_expired()))
         admin = None
         if settings.server.metrics_listen:
             operated = Operated(store, upstream, virtual, catalogue, audit, live.detection, metrics, scraped)

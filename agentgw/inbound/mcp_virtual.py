@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -66,6 +67,10 @@ PAGE_SIZE = 100
 _CURSOR_PREFIX = "agentgw:"
 # Pages of one member's list read at most, whatever cursors it keeps sending.
 MAX_MEMBER_PAGES = 20
+# How often a process looks for the virtual sessions it served that expired, and how many it keeps
+# watching (the least recently used beyond that are left to their members' own expiry).
+EXPIRY_CHECK_INTERVAL = 5.0
+MAX_WATCHED_SESSIONS = 100_000
 # What a member's server-to-client request id becomes: this, the member's index, ":", the id as JSON.
 _MEMBER_ID_PREFIX = "agentgw-m"
 _LISTED_KEY = {
@@ -165,6 +170,39 @@ class VirtualCalls:
     def __init__(self, calls: McpCalls, servers: list[VirtualServerConfig]) -> None:
         self.calls = calls
         self.servers = {s.name: VirtualServer(s, calls.upstream.pools) for s in servers}
+        # Sessions this process served, with their members and when they expire unless used again:
+        # a store lets a record lapse without a word, so whoever served it ends its members.
+        self._served: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
+
+    def served(self, record: SessionRecord) -> None:
+        """Note a session served here (opened, used, or its members changed)."""
+        self._served[record.id] = (record, time.time() + self.calls.sessions.ttl)
+        self._served.move_to_end(record.id)
+        while len(self._served) > MAX_WATCHED_SESSIONS:
+            self._served.popitem(last=False)
+
+    async def end_expired(self) -> None:
+        """Every EXPIRY_CHECK_INTERVAL, end the members of the sessions served here that the store
+        no longer holds (they expired, or another process ended them: a second DELETE is harmless)."""
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            try:
+                await self._end_lapsed(time.time())
+            except StoreUnavailable:
+                log.warning("virtual sessions' expiry not checked: the session store is unreachable")
+
+    async def _end_lapsed(self, now: float) -> None:
+        due = [(session_id, record) for session_id, (record, expires) in self._served.items() if expires <= now]
+        for session_id, record in due:
+            live = await self.calls.store.get(session_id)
+            if live is not None:  # used through another process meanwhile
+                self._served[session_id] = (live, live.last_seen + self.calls.sessions.ttl)
+                continue
+            self._served.pop(session_id, None)
+            server = self.servers.get(record.target)
+            if server is not None:
+                log.info("virtual session of %s on %s expired: its members end", record.subject, record.target)
+                await self.end_members(record, server)
 
     def steps(self, server: VirtualServer, post: VirtualPost) -> Steps[Any]:
         message = post.message
@@ -244,6 +282,7 @@ class VirtualCalls:
     async def _save(self, record: SessionRecord, members: list[MemberSession]) -> None:
         _store_members(record, members)
         await self.calls.store.replace_backend(record, self.calls.sessions.ttl)
+        self.served(record)
 
     def member_headers(self, member: MemberSession, forwarded: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": _ACCEPT, **(forwarded or {})}
@@ -297,7 +336,8 @@ class VirtualCalls:
         await self.calls.store.delete(record.id)
 
     async def end_members(self, record: SessionRecord, server: VirtualServer, timeout: float | None = None) -> None:
-        """Every member's backend session ends (DELETE, revocation); `timeout` caps each member's own."""
+        """Every member's backend session ends (DELETE, revocation, expiry); `timeout` caps each member's own."""
+        self._served.pop(record.id, None)
         ends = []
         for member, (_, pool) in zip(members_of(record), server.members, strict=False):
             if member.backend is not None and member.backend_session_id is not None:
@@ -348,6 +388,7 @@ class _VirtualSteps:
             return
         self._found = await self.virtual.calls.sessions.find(self.post.request, self.server.name)
         self.members = members_of(self._found)
+        self.virtual.served(self._found)
         call.session_id = self._found.id
 
     async def policy(self, call: Call) -> None:
@@ -481,6 +522,7 @@ class VirtualInitialize(_VirtualSteps):
             raise
         call.session_id = record.id
         self._found = record
+        self.virtual.served(record)
         result = _merged_initialize(self.server.name, self.post.message, results)
         response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": result}
         merged = Answer([response], None, 0)

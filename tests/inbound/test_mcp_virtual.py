@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from mcp import types
 
+from agentgw.inbound import mcp_virtual
 from tests.hostile_backend import HostileBackend, json_answer
 from tests.mcp_client import call_text, sdk_client
 from tests.support import (
@@ -25,6 +26,7 @@ from tests.support import (
     mcp_headers,
     poll,
     raw_request,
+    session_policy,
     start_all,
     tool_call,
 )
@@ -363,3 +365,20 @@ async def test_a_virtual_server_with_a_stateful_only_member_advertises_the_hands
     result = answer.message()["result"]
     assert "2026-07-28" not in result["supportedVersions"]  # the stdio bridge speaks the 2025 revisions only
     assert "tools" in result["capabilities"]
+
+
+async def test_an_expired_virtual_session_ends_every_member(
+    tmp: Path, backends: list[Process], recorder: HostileBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mcp_virtual, "EXPIRY_CHECK_INTERVAL", 0.2)
+    async with in_process_gateway(tmp, workspace(backends, recorder), session_policy("1s")) as running:
+        _, headers = await session(running)
+        assert "DELETE" not in recorder.methods()
+
+        async def ended() -> bool:
+            return "DELETE" in recorder.methods()
+
+        # Nobody uses the session: it lapses in the store, and its members are ended all the same.
+        assert await poll(ended, timeout=10)
+        after = await raw_request(running.port, "POST", "/mcp/v1/workspace", headers, tool_call("echo", {}))
+        assert after.status == 404
