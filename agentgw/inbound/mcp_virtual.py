@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from agentgw.errors import (
     GatewayError,
     InvalidParams,
     InvalidRequest,
+    SessionNotFound,
     StoreUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -73,6 +75,7 @@ EXPIRY_CHECK_INTERVAL = 5.0
 MAX_WATCHED_SESSIONS = 100_000
 # What a member's server-to-client request id becomes: this, the member's index, ":", the id as JSON.
 _MEMBER_ID_PREFIX = "agentgw-m"
+_MAX_MEMBER_ID = 1024
 _LISTED_KEY = {
     "tools/list": "tools",
     "prompts/list": "prompts",
@@ -83,6 +86,8 @@ _ACCEPT = "application/json, text/event-stream"
 # What a 2026-07-28 result the gateway makes says of caching it: not at all, and for this caller
 # only (its lists are trimmed by the caller's policies).
 UNCACHED = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
+# Notifications a virtual server passes on to every member; any other is refused.
+_BROADCAST_NOTIFICATIONS = frozenset({"notifications/cancelled", "notifications/roots/list_changed"})
 # Methods sent to every member at once; the gateway answers the client itself.
 _BROADCAST_REQUESTS = frozenset({"logging/setLevel"})
 
@@ -138,12 +143,14 @@ def member_id(index: int, request_id: Any) -> str:
 
 def unmember_id(value: Any) -> tuple[int, Any] | None:
     """The member and its own id behind an id the gateway gave a member's request; None for any other."""
-    if not isinstance(value, str) or not value.startswith(_MEMBER_ID_PREFIX):
+    if not isinstance(value, str) or not value.startswith(_MEMBER_ID_PREFIX) or len(value) > _MAX_MEMBER_ID:
         return None
     index, _, original = value[len(_MEMBER_ID_PREFIX) :].partition(":")
+    if not (index.isascii() and index.isdigit()):
+        return None
     try:
         return int(index), json.loads(original)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -173,6 +180,7 @@ class VirtualCalls:
         # Sessions this process served, with their members and when they expire unless used again:
         # a store lets a record lapse without a word, so whoever served it ends its members.
         self._served: OrderedDict[str, tuple[SessionRecord, float]] = OrderedDict()
+        self._reopening: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def served(self, record: SessionRecord) -> None:
         """Note a session served here (opened, used, or its members changed)."""
@@ -214,6 +222,11 @@ class VirtualCalls:
         if "method" not in message:
             return VirtualReply(self, server, post)
         if "id" not in message:
+            if method == "notifications/initialized":
+                return VirtualLocal(self, server, post, None)  # every member had its own at opening
+            if method not in _BROADCAST_NOTIFICATIONS:
+                # A call sent as a notification would reach members unchecked (contract 6).
+                raise InvalidRequest(f"Notification {method!r} is not taken by a virtual server")
             return VirtualBroadcast(self, server, post)
         if method in _LISTED_KEY:
             return VirtualList(self, server, post)
@@ -264,20 +277,50 @@ class VirtualCalls:
         response = await self.send_to_member_once(member, "POST", body, timeout)
         response.release()
 
-    async def reopen(self, record: SessionRecord, server: VirtualServer, index: int) -> MemberSession:
+    async def reopen(
+        self, record: SessionRecord, server: VirtualServer, index: int, failed: MemberSession
+    ) -> MemberSession:
         """Open a member again, alone, with the client's own initialize; the other members carry on.
-        A member that cannot be opened is 503 until a later request opens it."""
+        A member that cannot be opened is 503 until a later request opens it.
+
+        One reopening of a session at a time in this process, each from the record as stored: a
+        member another request reopened meanwhile is used as it is, and a session ended meanwhile
+        (DELETE, revocation) stays ended, the member's new backend session with it."""
+        lock = self._reopening.setdefault(record.id, asyncio.Lock())
+        async with lock:
+            stored = await self._stored(record)
+            if members_of(stored)[index] != failed and members_of(stored)[index].backend is not None:
+                return members_of(stored)[index]
+            assert stored.initialize is not None
+            try:
+                session, _ = await self.open_member(server, index, stored.initialize.encode())
+            except (UpstreamUnavailable, BackendRefused):
+                await self._save_member(
+                    stored, index, dataclasses.replace(failed, backend=None, backend_session_id=None)
+                )
+                raise UpstreamUnavailable(f"Member {failed.target!r} of {server.name!r} is unavailable") from None
+            try:
+                stored = await self._stored(record)
+            except SessionNotFound:
+                stand_in = dataclasses.replace(
+                    record, backend=session.backend or "", backend_session_id=session.backend_session_id
+                )
+                await self.calls.upstream.end_session(stand_in, server.members[index][1].target.timeout)
+                raise
+            await self._save_member(stored, index, session)
+            record.members = stored.members
+            return session
+
+    async def _stored(self, record: SessionRecord) -> SessionRecord:
+        stored = await self.calls.store.get(record.id)
+        if stored is None:
+            raise SessionNotFound("Session not found")
+        return stored
+
+    async def _save_member(self, record: SessionRecord, index: int, member: MemberSession) -> None:
         members = members_of(record)
-        assert record.initialize is not None
-        try:
-            session, _ = await self.open_member(server, index, record.initialize.encode())
-        except (UpstreamUnavailable, BackendRefused):
-            members[index] = dataclasses.replace(members[index], backend=None, backend_session_id=None)
-            await self._save(record, members)
-            raise UpstreamUnavailable(f"Member {members[index].target!r} of {server.name!r} is unavailable") from None
-        members[index] = session
+        members[index] = member
         await self._save(record, members)
-        return session
 
     async def _save(self, record: SessionRecord, members: list[MemberSession]) -> None:
         _store_members(record, members)
@@ -315,7 +358,7 @@ class VirtualCalls:
         member = member or members_of(record)[index]
         for attempt in range(2):
             if member.backend is None or attempt:
-                member = await self.reopen(record, server, index)
+                member = await self.reopen(record, server, index, member)
             assert member.backend is not None
             headers = self.member_headers(member, forwarded)
             try:
@@ -455,7 +498,7 @@ class _VirtualSteps:
             forwarded = self._modern(method) if self.stateless else {}
             try:
                 _, response = await self._send(index, jsonrpc.serialise(message), forwarded)
-            except UpstreamUnavailable as exc:
+            except (UpstreamUnavailable, BackendRefused) as exc:
                 log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, method, exc)
                 return None
             try:
@@ -674,8 +717,9 @@ class VirtualList(_VirtualSteps):
 def _offset(cursor: Any) -> int:
     if cursor is None:
         return 0
-    if isinstance(cursor, str) and cursor.startswith(_CURSOR_PREFIX) and cursor[len(_CURSOR_PREFIX) :].isdigit():
-        return int(cursor[len(_CURSOR_PREFIX) :])
+    offset = cursor[len(_CURSOR_PREFIX) :] if isinstance(cursor, str) and cursor.startswith(_CURSOR_PREFIX) else ""
+    if offset.isascii() and offset.isdigit() and len(offset) < 12:
+        return int(offset)
     raise InvalidParams("Invalid params: unknown cursor")
 
 
@@ -687,6 +731,9 @@ class VirtualRouted(_VirtualSteps):
         super().__init__(virtual, server, post)
         self.index = -1
         self.forwarded = post.message
+        # What the member's policies rule on: the forwarded message, or for a method no policy names
+        # (a subscription, a completion) the read or get it stands for.
+        self.checked_as: jsonrpc.Message = post.message
 
     async def policy(self, call: Call) -> None:
         message = self.post.message
@@ -694,7 +741,7 @@ class VirtualRouted(_VirtualSteps):
         if method in ("tools/call", "prompts/get"):
             await self._route_by_name(call, "tool" if method == "tools/call" else "prompt")
         elif method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
-            await self._route_by_uri(call)
+            await self._route_by_uri(call, message.get("params", {}).get("uri"))
         elif method == "completion/complete":
             await self._route_completion(call)
         else:
@@ -702,9 +749,9 @@ class VirtualRouted(_VirtualSteps):
         calls, pool = self.virtual.calls, self.server.members[self.index][1]
         listing = self._listing(self.index)
         if listing is None:
-            named = calls.guard.lookup(pool.target.name, [self.forwarded])
+            named = calls.guard.lookup(pool.target.name, [self.checked_as])
         else:
-            post = McpPost(self.post.request, pool, [self.forwarded], False, b"")
+            post = McpPost(self.post.request, pool, [self.checked_as], False, b"")
             named = await calls.looked_up(post, listing)
         if method == "tools/call" and named and named[0].entry is None and calls.guard.enabled:
             # The member never listed it: a name no member exposes (contract 12).
@@ -717,15 +764,18 @@ class VirtualRouted(_VirtualSteps):
         if routed is None:
             raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no {kind} {exposed!r}")
         self.index, name = routed
-        scopes = call.caller.scopes if call.caller is not None else frozenset()
-        decision = self.virtual.calls.live.engine.decide(self.server.name, kind, exposed, scopes, named_only=True)
-        if not decision.allowed:
-            raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no {kind} {exposed!r}")
+        self._decide_exposed(call, kind, exposed, name)
         self.forwarded = {**self.post.message, "params": {**self.post.message["params"], "name": name}}
+        self.checked_as = self.forwarded
 
-    async def _route_by_uri(self, call: Call) -> None:
-        uri = self.post.message.get("params", {}).get("uri")
+    def _decide_exposed(self, call: Call, kind: Literal["tool", "prompt", "resource"], exposed: str, name: str) -> None:
+        target = self.server.members[self.index][1].target.name
+        self.virtual.calls.guard.decide_exposed(call, self.server.name, kind, exposed, target, name)
+
+    async def _route_by_uri(self, call: Call, uri: Any) -> None:
         self.index = await self._owner_of(call, uri)
+        self._decide_exposed(call, "resource", uri, uri)
+        self.checked_as = {"jsonrpc": "2.0", "method": "resources/read", "params": {"uri": uri}}
 
     async def _route_completion(self, call: Call) -> None:
         ref = self.post.message.get("params", {}).get("ref")
@@ -734,10 +784,12 @@ class VirtualRouted(_VirtualSteps):
             if routed is None:
                 raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no prompt {ref['name']!r}")
             self.index, name = routed
+            self._decide_exposed(call, "prompt", ref["name"], name)
             params = {**self.post.message["params"], "ref": {**ref, "name": name}}
             self.forwarded = {**self.post.message, "params": params}
+            self.checked_as = {"jsonrpc": "2.0", "method": "prompts/get", "params": {"name": name}}
         elif isinstance(ref, dict) and ref.get("type") == "ref/resource":
-            self.index = await self._owner_of(call, ref.get("uri"))
+            await self._route_by_uri(call, ref.get("uri"))
         else:
             raise InvalidParams("Invalid params: completion/complete needs a prompt or resource ref")
 
@@ -779,9 +831,11 @@ def _matches(listed: Any, uri: str, template: bool) -> bool:
         return False
     if not template:
         return listed == uri
-    # A URI template's literal start: `file:///{path}` serves every URI under `file:///`.
+    # A URI template's literal start: `file:///{path}` serves every URI under `file:///`. One that
+    # names no more than a scheme would take every URI of it from the members listed after it.
     literal = listed.split("{", 1)[0]
-    return bool(literal) and uri.startswith(literal)
+    _, separator, rest = literal.partition("://")
+    return bool(separator and rest) and uri.startswith(literal)
 
 
 class VirtualBroadcast(_VirtualSteps):
@@ -829,9 +883,12 @@ class VirtualReply(_VirtualSteps):
 
 
 class VirtualLocal(_VirtualSteps):
-    """A request the gateway answers for the virtual server itself (`ping`)."""
+    """A message the gateway answers for the virtual server itself: `ping` with `result`, a
+    notification no member needs (`result` None) with 202."""
 
-    def __init__(self, virtual: VirtualCalls, server: VirtualServer, post: VirtualPost, result: dict[str, Any]) -> None:
+    def __init__(
+        self, virtual: VirtualCalls, server: VirtualServer, post: VirtualPost, result: dict[str, Any] | None
+    ) -> None:
         super().__init__(virtual, server, post)
         self.result = result
 
@@ -839,6 +896,10 @@ class VirtualLocal(_VirtualSteps):
         return None
 
     async def relay(self, call: Call, answer: None, receive: Receive, send: Send) -> None:
+        if self.result is None:
+            await send({"type": "http.response.start", "status": 202, "headers": self._headers()})
+            await send({"type": "http.response.body", "body": b""})
+            return
         response = {"jsonrpc": "2.0", "id": self.post.message.get("id"), "result": self.result}
         await send_answer(send, Answer([response], None, 0), self._headers())
 

@@ -116,6 +116,19 @@ class ToolGuard:
             raise BatchDenied("Batch refused: it holds a denied call", data={"denied": summary})
         raise _denial(*denied[0])
 
+    def decide_exposed(self, call: Call, server: str, kind: Kind, exposed: str, target: str, name: str) -> None:
+        """Raise PolicyDenied unless the ToolPolicies naming virtual server `server` allow the name it
+        exposes (contract 12); a tool's denial is audited under the member `target` and its own `name`."""
+        if not self.enabled:
+            return
+        scopes = call.caller.scopes if call.caller is not None else frozenset()
+        decision = self.live.engine.decide(server, kind, exposed, scopes, named_only=True)
+        if decision.allowed:
+            return
+        if kind == "tool":
+            self._record(call, target, NamedCall({}, kind, name, self.catalogue.entry(target, name)), decision)
+        raise _denial(decision, [])
+
     def _record(self, call: Call, target: str, named: NamedCall, decision: Decision) -> None:
         verdict = "allow" if decision.allowed else "deny"
         self.audit.record(

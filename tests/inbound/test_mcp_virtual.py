@@ -147,7 +147,8 @@ async def test_a_denial_by_either_name_never_reaches_the_member(gw: InProcessGat
     unknown = await raw_request(gw.port, "POST", "/mcp/v1/workspace", headers, tool_call("nobody__add", {}))
     assert by_member_name.message()["error"]["code"] == -32051
     assert by_member_name.message()["error"]["data"]["reason"] == "deny_list"
-    assert by_exposed_name.message()["error"]["code"] == -32602
+    assert by_exposed_name.message()["error"]["code"] == -32051  # denied by the virtual server's own policy
+    assert by_exposed_name.message()["error"]["data"]["policy"] == "workspace-tools"
     assert unknown.message()["error"]["code"] == -32602
     assert not [m for m in recorder.received if m.get("method") == "tools/call"]
 
