@@ -116,13 +116,11 @@ class VirtualServer:
     def __init__(self, config: VirtualServerConfig, pools: dict[str, BackendPool]) -> None:
         self.name = config.name
         self.members: list[tuple[VirtualMemberConfig, BackendPool]] = [(m, pools[m.target]) for m in config.members]
-        self._longest_prefix_first = sorted(
-            range(len(self.members)), key=lambda i: -len(self.members[i][0].name_prefix)
-        )
+        self.longest_prefix_first = sorted(range(len(self.members)), key=lambda i: -len(self.members[i][0].name_prefix))
 
     def route(self, kind: Literal["tool", "prompt"], exposed: str) -> tuple[int, str] | None:
         """The member an exposed name belongs to, and the member's own name for it."""
-        for index in self._longest_prefix_first:
+        for index in self.longest_prefix_first:
             member = self.members[index][0]
             prefix = member.name_prefix
             if exposed.startswith(prefix) and len(exposed) > len(prefix):
@@ -696,21 +694,26 @@ class VirtualList(_VirtualSteps):
         kind: Literal["tool", "prompt"] = "tool" if method == "tools/list" else "prompt"
         scopes = caller.scopes if caller is not None else frozenset()
         engine = self.virtual.calls.live.engine
-        exposed: dict[str, str] = {}
+        # A name two members expose is the one a call by that name reaches: the longest prefix's.
+        owner: dict[str, int] = {}
+        for index in self.server.longest_prefix_first:
+            member = self.server.members[index][0]
+            for item in lists[index] or []:
+                name = item.get("name")
+                if isinstance(name, str) and includes(member, kind, name):
+                    owner.setdefault(member.name_prefix + name, index)
         merged = []
-        for (member, _), items in zip(self.server.members, lists, strict=True):
+        for index, ((member, _), items) in enumerate(zip(self.server.members, lists, strict=True)):
             for item in items or []:
                 name = item.get("name")
                 if not isinstance(name, str) or not includes(member, kind, name):
                     continue
                 full = member.name_prefix + name
-                if full in exposed:
-                    log.warning("%s %r of %s left out: %s exposes it already", kind, full, member.target, exposed[full])
-                    continue
-                if not engine.decide(self.server.name, kind, full, scopes, named_only=True).allowed:
-                    continue
-                exposed[full] = member.target
-                merged.append({**item, "name": full})
+                if owner[full] != index:
+                    log.warning("%s %r of %s left out: another member exposes it", kind, full, member.target)
+                elif engine.decide(self.server.name, kind, full, scopes, named_only=True).allowed:
+                    merged.append({**item, "name": full})
+                    owner[full] = -1  # listed once, even if the member lists it twice
         return merged
 
 

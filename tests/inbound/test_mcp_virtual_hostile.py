@@ -168,3 +168,39 @@ async def answer_is_not_a_500(gw: InProcessGateway, headers: list[tuple[str, str
     answer = await raw_request(gw.port, "POST", PATH, headers, rpc({"jsonrpc": "2.0", **message}))
     assert answer.status in (200, 400), answer.body
     assert answer.message()["error"]["code"] in (-32600, -32602)
+
+
+async def test_a_name_two_members_expose_is_listed_as_the_member_a_call_reaches(tmp: Path) -> None:
+    a, b = await HostileBackend().start(), await HostileBackend().start()
+    a.answers["tools/list"] = lambda m: json_answer(
+        m, {"tools": [{"name": "x", "description": "A", "inputSchema": {}}]}
+    )
+    b.answers["tools/list"] = lambda m: json_answer(
+        m, {"tools": [{"name": "a_x", "description": "B", "inputSchema": {}}]}
+    )
+    for server, text in ((a, "from A"), (b, "from B")):
+        server.answers["tools/call"] = lambda m, text=text: json_answer(
+            m, {"content": [{"type": "text", "text": text}]}
+        )
+    config = {
+        "mcp": {
+            "targets": [{"name": "b", "backends": [{"url": b.url}]}, {"name": "a", "backends": [{"url": a.url}]}],
+            # b comes first, but a's prefix is the longer one: a call of `a_x` goes to a's `x`.
+            "virtual_servers": [
+                {"name": "workspace", "members": [{"target": "b", "prefix": ""}, {"target": "a", "prefix": "a_"}]}
+            ],
+        }
+    }
+    try:
+        async with in_process_gateway(tmp, config) as gw:
+            _, headers = await session(gw)
+            listed = await raw_request(
+                gw.port, "POST", PATH, headers, rpc({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            )
+            assert [(t["name"], t["description"]) for t in listed.message()["result"]["tools"]] == [("a_x", "A")]
+            call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "a_x", "arguments": {}}}
+            answered = await raw_request(gw.port, "POST", PATH, headers, rpc(call))
+            assert answered.message()["result"]["content"][0]["text"] == "from A"
+    finally:
+        await a.stop()
+        await b.stop()
