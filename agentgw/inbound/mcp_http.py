@@ -72,14 +72,16 @@ class McpHttpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = call_of(scope)
-        pool = None
+        served = None  # the target or virtual server, once known: what a backend's fault is counted on
         try:
             name = scope.get("path_params", {}).get("target", self._default_target)
             server = self.virtual.servers.get(name) if name is not None else None
             if server is not None:
+                served = server.name
                 await self._virtual(call, scope, server, receive, send)
                 return
             pool = self._pool(name)
+            served = pool.target.name
             request = read_headers(scope, self.live.policies.session.second_header, call.caller)
             call.target, call.session_id = pool.target.name, request.session_id
             if request.method == "POST":
@@ -91,19 +93,19 @@ class McpHttpEndpoint:
             else:
                 raise MethodNotAllowed("Method not allowed", headers={"allow": "GET, POST, DELETE"})
         except GatewayError as exc:
-            if pool is not None:
-                self._record_refusal(pool, exc)
+            if served is not None:
+                self._record_refusal(served, exc)
             await exc.send(scope, send, request_id=call.rpc_id)
         except Exception:
             log.exception("unexpected error in the MCP endpoint")
             await InternalError("Internal error").send(scope, send)
 
-    def _record_refusal(self, pool: BackendPool, error: GatewayError) -> None:
+    def _record_refusal(self, served: str, error: GatewayError) -> None:
         """What the backend did wrong is counted and logged; what the client did wrong is its answer alone."""
         if isinstance(error, BackendRefused):
-            self.refusals.record(pool.target.name, error.reason)
+            self.refusals.record(served, error.reason)
         elif isinstance(error, UpstreamTimeout):
-            self.refusals.record(pool.target.name, "timeout")
+            self.refusals.record(served, "timeout")
 
     def _pool(self, name: str | None) -> BackendPool:
         pool = self.pools.get(name) if name is not None else None
