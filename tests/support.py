@@ -259,17 +259,10 @@ def _serves_admin(config_file: Path) -> bool:
     return bool(yaml.safe_load(config_file.read_text())["server"]["metrics_listen"])
 
 
-@dataclass
-class Gateway:
-    """One `agentgw serve` process with its own config file."""
+class GatewayAddresses:
+    """Where a gateway listening on `port` is reached, in a process of its own or in this one."""
 
-    process: Process
-    config_file: Path
-    admin_port: int | None = None
-
-    @property
-    def port(self) -> int:
-        return self.process.port
+    port: int
 
     @property
     def base(self) -> str:
@@ -278,6 +271,19 @@ class Gateway:
     @property
     def mcp_url(self) -> str:
         return f"{self.base}/mcp/v1"
+
+
+@dataclass
+class Gateway(GatewayAddresses):
+    """One `agentgw serve` process with its own config file."""
+
+    process: Process
+    config_file: Path
+    admin_port: int | None = None
+
+    @property  # type: ignore[override]
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def log(self) -> Path:
@@ -518,20 +524,12 @@ async def poll(check: Any, timeout: float = 10.0, interval: float = 0.1) -> Any:
 
 
 @dataclass
-class InProcessGateway:
+class InProcessGateway(GatewayAddresses):
     """The gateway served from this process; the same addresses as a `Gateway`."""
 
     port: int
     config_file: Path
     admin_port: int | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def mcp_url(self) -> str:
-        return f"{self.base}/mcp/v1"
 
 
 def _gateway_server(config_file: Path, env: dict[str, str] | None) -> Any:

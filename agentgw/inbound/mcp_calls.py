@@ -161,17 +161,10 @@ class McpCalls:
     # -- upstream and relay -----------------------------------------------------------
 
     async def send_to_first(self, candidates: list[str], post: McpPost) -> tuple[str, UpstreamResponse]:
-        """POST to the first backend that can be reached. Skipping one is safe: nothing arrived there,
-        an initialize opened no session and the stateless revision keeps none. A timeout is the answer."""
+        """POST to the first backend that can be reached: an initialize opens no session on the ones
+        skipped, and the stateless revision keeps none."""
         headers = post.request.forwarded_headers()
-        for url in candidates:
-            try:
-                return url, await self.upstream.send("POST", url, headers, post.body, timeout=post.timeout)
-            except UpstreamTimeout:
-                raise
-            except UpstreamUnavailable:
-                continue
-        raise UpstreamUnavailable(f"No backend of target {post.target!r} is reachable")
+        return await self.upstream.send_to_first(candidates, headers, post.body, post.timeout, post.target)
 
     async def send_in_session(
         self, request: InboundRequest, pool: BackendPool, record: SessionRecord, body: bytes | None

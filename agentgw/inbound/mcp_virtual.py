@@ -455,14 +455,29 @@ class _VirtualSteps:
         if name is not None:
             headers[MCP_NAME] = name
         upstream = self.virtual.calls.upstream
-        for url in pool.rotation():
+        return await upstream.send_to_first(pool.rotation(), headers, body, pool.target.timeout, pool.target.name)
+
+    async def _member_result(
+        self, index: int, body: bytes, forwarded: dict[str, str], request_id: Any, what: str
+    ) -> dict[str, Any] | None:
+        """The checked result of one request to a member (contract 11); None, logged, when the member
+        is down or answered anything else: that member is left out of `what`, the others are not."""
+        target = self.server.members[index][1].target
+        try:
+            _, response = await self._send(index, body, forwarded)
             try:
-                return url, await upstream.send("POST", url, headers, body, timeout=pool.target.timeout)
-            except UpstreamTimeout:
-                raise
-            except UpstreamUnavailable:
-                continue
-        raise UpstreamUnavailable(f"No backend of member {pool.target.name!r} is reachable")
+                refuse_backend_auth(response)
+                if response.status != 200:
+                    raise UpstreamUnavailable(f"answered HTTP {response.status}")
+                answer = await read_answer(response, request_id, target.timeout)
+            finally:
+                response.release()
+        except (UpstreamUnavailable, BackendRefused) as exc:
+            log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, what, exc)
+            return None
+        if answer.result is None:
+            log.warning("member %s of %s left out of %s: it answered an error", target.name, self.server.name, what)
+        return answer.result
 
     def _meta(self) -> Any:
         """The client's `_meta`: on 2026-07-28 it carries the envelope every request needs."""
@@ -494,19 +509,7 @@ class _VirtualSteps:
             request_id = f"agentgw-list-{page}"
             message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
             forwarded = self._modern(method) if self.stateless else {}
-            try:
-                _, response = await self._send(index, jsonrpc.serialise(message), forwarded)
-            except (UpstreamUnavailable, BackendRefused) as exc:
-                log.warning("member %s of %s left out of %s: %s", target.name, self.server.name, method, exc)
-                return None
-            try:
-                refuse_backend_auth(response)
-                if response.status != 200:
-                    return None
-                answer = await read_answer(response, request_id, target.timeout)
-            finally:
-                response.release()
-            result = answer.result
+            result = await self._member_result(index, jsonrpc.serialise(message), forwarded, request_id, method)
             if result is None:
                 return None
             rewrite = self.virtual.calls.guard.answer_rewrite(
@@ -623,22 +626,10 @@ class VirtualDiscover(_VirtualSteps):
         return await asyncio.gather(*(self._discover(i) for i in range(len(self.server.members))))
 
     async def _discover(self, index: int) -> dict[str, Any] | None:
-        target = self.server.members[index][1].target
-        try:
-            _, response = await self._send(index, self.post.body, self.post.request.forwarded_headers())
-        except UpstreamUnavailable as exc:
-            log.warning("member %s of %s left out of server/discover: %s", target.name, self.server.name, exc)
-            return None
-        try:
-            refuse_backend_auth(response)
-            if response.status != 200:
-                return None
-            answer = await read_answer(response, self.post.message.get("id"), target.timeout)
-        finally:
-            response.release()
-        result = answer.result
+        forwarded = self.post.request.forwarded_headers()
+        result = await self._member_result(index, self.post.body, forwarded, self.post.message.get("id"), "discover")
         if result is not None:
-            self.virtual.calls.guard.scan_initialize(target.name, result)
+            self.virtual.calls.guard.scan_initialize(self.server.members[index][1].target.name, result)
         return result
 
     async def relay(self, call: Call, answer: list[dict[str, Any] | None], receive: Receive, send: Send) -> None:

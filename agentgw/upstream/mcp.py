@@ -120,6 +120,21 @@ class McpUpstream:
                 pool.mark_down(url)
             raise
 
+    async def send_to_first(
+        self, candidates: list[str], headers: dict[str, str], body: bytes, timeout: float, target: str
+    ) -> tuple[str, UpstreamResponse]:
+        """POST to the first of `candidates` that can be reached, and which it was. Skipping one is
+        safe only where nothing is kept per backend (an initialize, the stateless revision): nothing
+        arrived there. A timeout is the answer."""
+        for url in candidates:
+            try:
+                return url, await self.send("POST", url, headers, body, timeout=timeout)
+            except UpstreamTimeout:
+                raise
+            except UpstreamUnavailable:
+                continue
+        raise UpstreamUnavailable(f"No backend of target {target!r} is reachable")
+
     async def initialize(self, url: str, initialize: bytes, protocol_version: str, timeout: float) -> str | None:
         """Open a backend session as the client once did (failover: reinitialize); its session id."""
         headers = {"content-type": "application/json", "accept": ACCEPT}
