@@ -250,17 +250,17 @@ class VirtualCalls:
                 response = await self.calls.upstream.send("POST", url, headers, initialize, timeout=target.timeout)
             except UpstreamTimeout:
                 raise
-            except UpstreamUnavailable:
+            except UpstreamUnavailable as exc:
+                log.warning("member %s of %s not opened on %s: %s", target.name, server.name, url, exc)
                 continue
             try:
                 refuse_backend_auth(response)
-                if response.status != 200:
-                    continue
-                answer = await read_answer(response, request_id, target.timeout)
+                answer = await read_answer(response, request_id, target.timeout) if response.status == 200 else None
             finally:
                 response.release()
-            result = answer.result
+            result = answer.result if answer is not None else None
             if result is None:
+                log.warning("member %s of %s refused initialize on %s", target.name, server.name, url)
                 continue
             self.calls.guard.scan_initialize(target.name, result)
             version = result.get("protocolVersion")
@@ -915,7 +915,8 @@ async def relay_streams(
         pool = server.members[index][1]
         try:
             response = await virtual.send_to_member_once(member, "GET", None, pool.target.timeout)
-        except UpstreamUnavailable:
+        except UpstreamUnavailable as exc:
+            log.warning("member %s of %s sends no messages of its own: %s", member.target, server.name, exc)
             return
         try:
             if response.status != 200 or not sse.is_event_stream(response.header("content-type")):

@@ -214,7 +214,9 @@ async def _drain(stderr_task: asyncio.Task[None]) -> None:
     done, _ = await asyncio.wait({stderr_task}, timeout=_STDERR_DRAIN_TIMEOUT)
     if not done:
         stderr_task.cancel()
-        await asyncio.gather(stderr_task, return_exceptions=True)
+        [outcome] = await asyncio.gather(stderr_task, return_exceptions=True)
+        if isinstance(outcome, Exception):  # CancelledError is no Exception: cancelled as asked
+            log.error("reading a stdio server's stderr failed", exc_info=outcome)
     elif stderr_task.exception() is not None:
         log.error("reading a stdio server's stderr failed", exc_info=stderr_task.exception())
 
