@@ -40,7 +40,7 @@ from agentgw.inbound.mcp_request import (
     read_body,
     read_headers,
 )
-from agentgw.inbound.mcp_virtual import VirtualCalls, VirtualPost, VirtualServer, relay_streams
+from agentgw.inbound.mcp_virtual import RENAMED_METHODS, VirtualCalls, VirtualPost, VirtualServer, relay_streams
 from agentgw.mcp_headers import LAST_EVENT_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
@@ -156,14 +156,12 @@ class McpHttpEndpoint:
         if request.is_modern and request.method != "POST":
             raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
         if request.method == "POST":
-            message, body = await self._read_post(call, request, receive)
+            post = await self._read_post(call, request, receive)
             if request.is_modern:
-                check_routing_headers(request, message)
-                if message.get("method") == "initialize":
+                check_routing_headers(request, post.message)
+                if post.message.get("method") == "initialize":
                     raise InvalidRequest("MCP 2026-07-28 has no initialize")
-            await self.pipeline.run(
-                self.virtual.steps(server, VirtualPost(request, message, body)), call, receive, send
-            )
+            await self.pipeline.run(self.virtual.steps(server, post), call, receive, send)
         elif request.method == "GET":
             check_accept(request.headers, ("text/event-stream",))
             record = await self.calls.sessions.find(request, server.name)
@@ -175,7 +173,7 @@ class McpHttpEndpoint:
         else:
             raise MethodNotAllowed("Method not allowed", headers={"allow": "GET, POST, DELETE"})
 
-    async def _read_post(self, call: Call, request: InboundRequest, receive: Receive) -> tuple[jsonrpc.Message, bytes]:
+    async def _read_post(self, call: Call, request: InboundRequest, receive: Receive) -> VirtualPost:
         """A virtual server's POST: one message, read as strictly as any."""
         check_content_type(request.headers)
         check_accept(request.headers, ("application/json", "text/event-stream"))
@@ -186,7 +184,8 @@ class McpHttpEndpoint:
         [message] = check_messages(payload)
         call.rpc_method = message.get("method")
         request.answers = None
-        return message, jsonrpc.serialise(message)
+        renamed = message.get("method") in RENAMED_METHODS
+        return VirtualPost(request, message, None if renamed else jsonrpc.serialise(message))
 
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
         await self.calls.sessions.end(await self.calls.sessions.find(request, pool.target.name), pool)

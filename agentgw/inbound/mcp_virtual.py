@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -92,7 +93,7 @@ _BROADCAST_NOTIFICATIONS = frozenset({"notifications/cancelled", "notifications/
 _BROADCAST_REQUESTS = frozenset({"logging/setLevel"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemberSession:
     """One member's backend session in a virtual session; `backend` None: not open now."""
 
@@ -103,7 +104,13 @@ class MemberSession:
 
 
 def members_of(record: SessionRecord) -> list[MemberSession]:
-    return [MemberSession(**m) for m in json.loads(record.members or "[]")]
+    return list(_parsed_members(record.members or "[]"))
+
+
+# A session's members change only when one is opened again: most calls find the value parsed already.
+@functools.lru_cache(maxsize=4096)
+def _parsed_members(stored: str) -> tuple[MemberSession, ...]:
+    return tuple(MemberSession(**m) for m in json.loads(stored))
 
 
 def _store_members(record: SessionRecord, members: list[MemberSession]) -> None:
@@ -116,13 +123,14 @@ class VirtualServer:
     def __init__(self, config: VirtualServerConfig, pools: dict[str, BackendPool]) -> None:
         self.name = config.name
         self.members: list[tuple[VirtualMemberConfig, BackendPool]] = [(m, pools[m.target]) for m in config.members]
-        self.longest_prefix_first = sorted(range(len(self.members)), key=lambda i: -len(self.members[i][0].name_prefix))
+        self.longest_prefix_first = sorted(
+            ((index, member.name_prefix, member) for index, (member, _) in enumerate(self.members)),
+            key=lambda routed: -len(routed[1]),
+        )
 
     def route(self, kind: Literal["tool", "prompt"], exposed: str) -> tuple[int, str] | None:
         """The member an exposed name belongs to, and the member's own name for it."""
-        for index in self.longest_prefix_first:
-            member = self.members[index][0]
-            prefix = member.name_prefix
+        for index, prefix, member in self.longest_prefix_first:
             if exposed.startswith(prefix) and len(exposed) > len(prefix):
                 name = exposed[len(prefix) :]
                 if includes(member, kind, name):
@@ -391,13 +399,24 @@ class VirtualCalls:
         await asyncio.gather(*ends)
 
 
+# Forwarded under the member's own name: only the renamed message is serialised.
+RENAMED_METHODS = frozenset({"tools/call", "prompts/get"})
+
+
 @dataclass(slots=True)
 class VirtualPost:
-    """One POST to a virtual server as read: one message (virtual servers take no batches)."""
+    """One POST to a virtual server as read: one message (virtual servers take no batches), and the
+    gateway's own serialisation of it, made as it is read unless the message is forwarded renamed."""
 
     request: InboundRequest
     message: jsonrpc.Message
-    body: bytes
+    serialised: bytes | None
+
+    @property
+    def body(self) -> bytes:
+        if self.serialised is None:
+            self.serialised = jsonrpc.serialise(self.message)
+        return self.serialised
 
 
 class _VirtualSteps:
@@ -687,12 +706,11 @@ class VirtualList(_VirtualSteps):
         engine = self.virtual.calls.live.engine
         # A name two members expose is the one a call by that name reaches: the longest prefix's.
         owner: dict[str, int] = {}
-        for index in self.server.longest_prefix_first:
-            member = self.server.members[index][0]
+        for index, prefix, member in self.server.longest_prefix_first:
             for item in lists[index] or []:
                 name = item.get("name")
                 if isinstance(name, str) and includes(member, kind, name):
-                    owner.setdefault(member.name_prefix + name, index)
+                    owner.setdefault(prefix + name, index)
         merged = []
         for index, ((member, _), items) in enumerate(zip(self.server.members, lists, strict=True)):
             for item in items or []:
@@ -725,6 +743,7 @@ class VirtualRouted(_VirtualSteps):
         super().__init__(virtual, server, post)
         self.index = -1
         self.forwarded = post.message
+        self.forwarded_body: bytes | None = None  # None: the message is forwarded as the client sent it
         # What the member's policies rule on: the forwarded message, or for a method no policy names
         # (a subscription, a completion) the read or get it stands for.
         self.checked_as: jsonrpc.Message = post.message
@@ -756,11 +775,17 @@ class VirtualRouted(_VirtualSteps):
         exposed = self.post.message["params"]["name"]
         routed = self.server.route(kind, exposed)
         if routed is None:
+            _ = self.post.body  # a lone surrogate is a parse error before it is an unknown name
             raise InvalidParams(f"Invalid params: {self.server.name!r} exposes no {kind} {exposed!r}")
         self.index, name = routed
-        self._decide_exposed(call, kind, exposed, name)
-        self.forwarded = {**self.post.message, "params": {**self.post.message["params"], "name": name}}
+        self._forward_as({**self.post.message, "params": {**self.post.message["params"], "name": name}})
         self.checked_as = self.forwarded
+        self._decide_exposed(call, kind, exposed, name)
+
+    def _forward_as(self, renamed: jsonrpc.Message) -> None:
+        # What is checked is what is forwarded, refused (for a lone surrogate) before any decision.
+        self.forwarded_body = jsonrpc.serialise(renamed)
+        self.forwarded = renamed
 
     def _decide_exposed(self, call: Call, kind: Literal["tool", "prompt", "resource"], exposed: str, name: str) -> None:
         target = self.server.members[self.index][1].target.name
@@ -780,7 +805,7 @@ class VirtualRouted(_VirtualSteps):
             self.index, name = routed
             self._decide_exposed(call, "prompt", ref["name"], name)
             params = {**self.post.message["params"], "ref": {**ref, "name": name}}
-            self.forwarded = {**self.post.message, "params": params}
+            self._forward_as({**self.post.message, "params": params})
             self.checked_as = {"jsonrpc": "2.0", "method": "prompts/get", "params": {"name": name}}
         elif isinstance(ref, dict) and ref.get("type") == "ref/resource":
             await self._route_by_uri(call, ref.get("uri"))
@@ -802,7 +827,7 @@ class VirtualRouted(_VirtualSteps):
         raise InvalidParams(f"Invalid params: no member of {self.server.name!r} lists {uri!r}")
 
     async def upstream(self, call: Call) -> UpstreamResponse:
-        body = jsonrpc.serialise(self.forwarded) if self.forwarded is not self.post.message else self.post.body
+        body = self.forwarded_body if self.forwarded_body is not None else self.post.body
         name = jsonrpc.named_target(self.forwarded)
         backend, response = await self._send(self.index, body, self.post.request.forwarded_headers(), name)
         call.backend = backend

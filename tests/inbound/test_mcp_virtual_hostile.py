@@ -204,3 +204,19 @@ async def test_a_name_two_members_expose_is_listed_as_the_member_a_call_reaches(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_lone_surrogate_in_a_call_by_name_is_a_parse_error_that_reaches_no_member(tmp: Path) -> None:
+    member = await HostileBackend().start()
+    member.answers["tools/list"] = lambda m: json_answer(m, {"tools": [{"name": "echo", "inputSchema": {}}]})
+    try:
+        async with in_process_gateway(tmp, one_member(member.url)) as gw:
+            _, headers = await session(gw)
+            for params in ('{"name": "echo", "arguments": {"text": "\\ud800"}}', '{"name": "nobody\\udfff"}'):
+                body = f'{{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {params}}}'.encode()
+                answer = await raw_request(gw.port, "POST", PATH, headers, body)
+                assert answer.status == 400, answer.body
+                assert answer.message()["error"]["code"] == -32700
+            assert "tools/call" not in member.methods()
+    finally:
+        await member.stop()
