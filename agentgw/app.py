@@ -93,7 +93,7 @@ def create_app(
     idle = live.policies.session.session_timeout
     stdio = StdioBackends(settings.mcp.targets if settings.mcp.enabled else [], env, idle, settings.source)
     targets = stdio.targets
-    upstream = McpUpstream(targets, http)
+    upstream = McpUpstream(targets, http, env)
     metrics = Metrics(_configured_models(settings))
     refusals = Refusals(metrics)
     catalogue = ToolCatalogue(store, refusals)
@@ -104,7 +104,7 @@ def create_app(
     calls = McpCalls(store, upstream, sessions, StatelessHandles(store), guard, live, refusals)
     virtual = VirtualCalls(calls, settings.mcp.virtual_servers if settings.mcp.enabled else [])
     mcp = McpHttpEndpoint(settings, calls, virtual, pipeline, live, refusals)
-    a2a = A2AEndpoint(settings, store, pipeline, live, http, refusals) if settings.a2a.agents else None
+    a2a = A2AEndpoint(settings, store, pipeline, live, http, refusals, env) if settings.a2a.agents else None
     chat = None
     if settings.llm.providers:
         chat = ChatEndpoint(LlmRouter(settings.llm, http), store, pipeline, metrics, refusals, settings.server)

@@ -22,7 +22,7 @@ from typing import Any
 
 import uvicorn
 
-from agentgw.config import Settings, config_path, load_settings, split_host_port
+from agentgw.config import Settings, check_upstream_secrets, config_path, load_settings, split_host_port
 from agentgw.inbound.client_limits import ClientLimits, http_protocol
 from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import MULTIPROCESS_ENV
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return bridge(args)
         settings = load_settings(config_path(args.config, os.environ))
         if args.command == "serve":
+            check_upstream_secrets(settings, os.environ)
             policies = load_policies(settings.policies)
             return serve(settings, policies, args.config)
         if args.command == "policy":

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from agentgw.typed_yaml import ConfigError, Duration, build_document, coerce, compose_documents, line_of
+from agentgw.typed_yaml import ConfigError, Duration, build_document, coerce, compose_documents, line_of, yaml_key
 
 DEFAULT_CONFIG_FILE = "agentgw.yaml"
 
@@ -58,6 +59,45 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamAuthConfig:
+    """What the gateway presents to an MCP target's or A2A agent's backends (contract 14). Secrets
+    are named, never written here: each comes from an environment variable (`*Env`) or a file
+    (`*File`, re-read when it changes)."""
+
+    # Inline secrets are refused by name, the value never echoed.
+    REFUSED_KEYS: ClassVar[dict[str, str]] = {
+        "token": "inline secrets are refused: use tokenEnv or tokenFile",
+        "value": "inline secrets are refused: use valueEnv or valueFile",
+        "clientSecret": "inline secrets are refused: use clientSecretEnv or clientSecretFile",
+        "client_secret": "inline secrets are refused: use clientSecretEnv or clientSecretFile",
+        "secret": "inline secrets are refused: name an environment variable (*Env) or a file (*File)",
+        "password": "inline secrets are refused: name an environment variable (*Env) or a file (*File)",
+    }
+
+    type: Literal["bearer", "header", "oauth2_client_credentials", "token_exchange"]
+    token_env: str | None = field(default=None, metadata=yaml_key("tokenEnv"))
+    token_file: str | None = field(default=None, metadata=yaml_key("tokenFile"))
+    name: str | None = None  # the header, for type header
+    value_env: str | None = field(default=None, metadata=yaml_key("valueEnv"))
+    value_file: str | None = field(default=None, metadata=yaml_key("valueFile"))
+    token_url: str | None = field(default=None, metadata=yaml_key("tokenUrl"))
+    client_id: str | None = field(default=None, metadata=yaml_key("clientId"))
+    client_secret_env: str | None = field(default=None, metadata=yaml_key("clientSecretEnv"))
+    client_secret_file: str | None = field(default=None, metadata=yaml_key("clientSecretFile"))
+    scopes: list[str] = field(default_factory=list)
+    resource: str | None = None  # RFC 8707
+    audience: str | None = None  # RFC 8693, token_exchange only
+
+    def secret_sources(self) -> dict[str, tuple[str | None, str | None]]:
+        """Each secret this type needs, by its key stem: (environment variable, file)."""
+        if self.type == "bearer":
+            return {"token": (self.token_env, self.token_file)}
+        if self.type == "header":
+            return {"value": (self.value_env, self.value_file)}
+        return {"clientSecret": (self.client_secret_env, self.client_secret_file)}
+
+
+@dataclass(frozen=True)
 class McpTargetConfig:
     name: str
     backends: list[BackendConfig]
@@ -69,6 +109,7 @@ class McpTargetConfig:
     max_tools: int = 1000
     # Live child processes per `command` backend; beyond it initialize answers 503 (contract 13).
     max_processes: int = 32
+    auth: UpstreamAuthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +146,7 @@ class McpConfig:
 class A2AAgentConfig:
     name: str
     backends: list[BackendConfig]
+    auth: UpstreamAuthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +301,10 @@ def _validate(settings: Settings) -> None:
     _validate_upstreams(file, "mcp.targets", settings.mcp.targets, reserved={"ws"})
     _validate_virtual_servers(file, settings.mcp)
     _validate_upstreams(file, "a2a.agents", settings.a2a.agents, reserved=set())
+    for target in settings.mcp.targets:
+        _validate_upstream_auth(file, "mcp.targets", target)
+    for agent in settings.a2a.agents:
+        _validate_upstream_auth(file, "a2a.agents", agent)
     _validate_commands(settings)
 
 
@@ -344,6 +390,89 @@ def _validate_upstreams(
             if not backend.url.startswith(("http://", "https://")):
                 message = f"{key}.{upstream.name}.backends: {backend.url!r} is not an http(s) URL"
                 raise ConfigError(file, line_of(backend), message)
+
+
+_AUTH_NEEDS: dict[str, tuple[str, ...]] = {
+    "bearer": (),
+    "header": ("name",),
+    "oauth2_client_credentials": ("token_url", "client_id"),
+    "token_exchange": ("token_url", "client_id"),
+}
+_OAUTH_KEYS = ("token_url", "client_id", "client_secret_env", "client_secret_file", "scopes", "resource")
+# The keys each type reads: any other key set is a mistake, refused rather than silently unused.
+_AUTH_KEYS_OF_TYPE: dict[str, tuple[str, ...]] = {
+    "bearer": ("token_env", "token_file"),
+    "header": ("name", "value_env", "value_file"),
+    "oauth2_client_credentials": _OAUTH_KEYS,
+    "token_exchange": (*_OAUTH_KEYS, "audience"),
+}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers the gateway writes itself, or that frame the request: an `auth` header may not replace them.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "content-type",
+        "accept",
+        "te",
+        "upgrade",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+        "last-event-id",
+    }
+)
+
+
+def _validate_upstream_auth(file: str, section: str, upstream: McpTargetConfig | A2AAgentConfig) -> None:
+    """An `auth` block complete for its type, with nothing in it its type does not read."""
+    auth = upstream.auth
+    if auth is None:
+        return
+    key, line = f"{section}.{upstream.name}.auth", line_of(auth)
+    for field_ in dataclasses.fields(auth):
+        if field_.name not in ("type", *_AUTH_KEYS_OF_TYPE[auth.type]) and getattr(auth, field_.name) not in (None, []):
+            yaml_name = field_.metadata.get("yaml_key", field_.name)
+            raise ConfigError(file, line, f"{key}.{yaml_name}: not a key of type {auth.type}")
+    for needed in _AUTH_NEEDS[auth.type]:
+        if not getattr(auth, needed):
+            yaml_name = next(f.metadata.get("yaml_key", f.name) for f in dataclasses.fields(auth) if f.name == needed)
+            raise ConfigError(file, line, f"{key}.{yaml_name}: required for type {auth.type}")
+    if auth.name is not None and (not _HEADER_NAME.match(auth.name) or auth.name.lower() in _RESERVED_HEADERS):
+        raise ConfigError(file, line, f"{key}.name: {auth.name!r} is not a header the gateway may set")
+    if auth.token_url is not None:
+        parts = urllib.parse.urlsplit(auth.token_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise ConfigError(file, line, f"{key}.tokenUrl: not an http(s) URL with a host and no credentials")
+    for stem, (variable, secret_file) in auth.secret_sources().items():
+        if (variable is None) == (secret_file is None) or variable == "" or secret_file == "":
+            raise ConfigError(file, line, f"{key}.{stem}Env or {key}.{stem}File: exactly one is required")
+
+
+def check_upstream_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    """Each secret an `auth` block names is there now: a missing one stops `serve` at start (contract
+    14) rather than failing its first call. Commands that only read the config do not need them."""
+    upstreams = [("mcp.targets", t) for t in settings.mcp.targets] + [("a2a.agents", a) for a in settings.a2a.agents]
+    for section, upstream in upstreams:
+        if upstream.auth is None:
+            continue
+        key, line = f"{section}.{upstream.name}.auth", line_of(upstream.auth)
+        for stem, (variable, secret_file) in upstream.auth.secret_sources().items():
+            if variable is not None and not env.get(variable, "").strip():
+                raise ConfigError(settings.source, line, f"{key}.{stem}Env: environment variable {variable} is not set")
+            if secret_file is not None:
+                _check_secret_file(settings.source, line, f"{key}.{stem}File", secret_file)
+
+
+def _check_secret_file(source: str, line: int, key: str, secret_file: str) -> None:
+    try:
+        if not Path(secret_file).read_text(encoding="utf-8").strip():
+            raise ConfigError(source, line, f"{key}: {secret_file} is empty")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, line, f"{key}: cannot read {secret_file} ({exc.__class__.__name__})") from None
 
 
 def _validate_llm(settings: Settings) -> None:

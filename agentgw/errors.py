@@ -333,6 +333,14 @@ class BackendAuthRefused(BackendRefused):
     reason = "backend_auth"
 
 
+class UpstreamAuthFailed(BackendRefused):
+    """The token endpoint that gives the gateway its upstream credentials failed or refused
+    (contract 14): neither the client's fault nor its 401."""
+
+    reason = "upstream_auth"
+    openai_code = "upstream_auth"
+
+
 class BadAgentCard(BackendRefused):
     """An agent card that is not JSON, or not a card."""
 

@@ -136,6 +136,8 @@ def _build_dataclass(node: yaml.Node, cls: Any, file: str, where: str) -> Any:
         key = _scalar(key_node, str, file, where)
         path = f"{where}.{key}" if where else key
         field = fields.get(key)
+        if key in getattr(cls, "REFUSED_KEYS", {}):
+            raise ConfigError(file, key_node.start_mark.line + 1, f"{path}: {cls.REFUSED_KEYS[key]}")
         if field is None:
             raise ConfigError(file, key_node.start_mark.line + 1, f"unknown key '{path}'")
         if field.name in values:

@@ -541,7 +541,7 @@ def _gateway_server(config_file: Path, env: dict[str, str] | None) -> Any:
     from agentgw.config import load_settings
     from agentgw.policy.loader import load_policies
 
-    settings = load_settings(config_file, env={})
+    settings = load_settings(config_file, env=env or {})
     app = create_app(settings, load_policies(settings.policies), env=env or {})
     # Served as `agentgw serve` serves it (client limits, WebSocket frame bound, no access log), but
     # on a loop the test provides: uvloop is a choice for `uvicorn.run`, not for `serve()`.

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -52,16 +53,18 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def write_config(tmp: Path, policies: Path, metrics_port: int | None = None) -> Path:
+def write_config(
+    tmp: Path, policies: Path, metrics_port: int | None = None, auth: dict[str, Any] | None = None
+) -> Path:
+    """A config with one MCP target, `docs`, presenting `auth` upstream when given (contract 14)."""
     server = {"listen": "127.0.0.1:0", "metrics_listen": ""}
     if metrics_port is not None:
         server["metrics_listen"] = f"127.0.0.1:{metrics_port}"
-    config = {
-        "server": server,
-        "policies": [str(policies)],
-        # Never contacted: no command here serves. Port 9 is privileged, so no test process listens there.
-        "mcp": {"targets": [{"name": "docs", "backends": [{"url": "http://127.0.0.1:9/mcp"}]}]},
-    }
+    # Never contacted: no command here serves. Port 9 is privileged, so no test process listens there.
+    target: dict[str, Any] = {"name": "docs", "backends": [{"url": "http://127.0.0.1:9/mcp"}]}
+    if auth is not None:
+        target["auth"] = auth
+    config = {"server": server, "policies": [str(policies)], "mcp": {"targets": [target]}}
     path = tmp / "agentgw.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -250,6 +253,38 @@ def test_serve_with_an_unset_secret_env_exits_2_naming_the_variable(tmp: Path, p
     result = agentgw(*with_config(position, config, "serve"), cwd=tmp)
     assert result.returncode == 2
     assert "CLI_TEST_UNSET_JWT_SECRET" in one_line(result.stderr)
+
+
+# Planted as an inline secret: it must never come back on either stream.
+PLANTED_SECRET = "planted-inline-value-9d27b4"
+
+
+def test_serve_with_an_inline_client_secret_exits_2_without_echoing_it(tmp: Path) -> None:
+    auth = {
+        "type": "oauth2_client_credentials",
+        "tokenUrl": "https://idp.test/oauth2/token",
+        "clientId": "agentgw",
+        "clientSecretEnv": "CLI_TEST_CLIENT_SECRET",
+        "clientSecret": PLANTED_SECRET,
+    }
+    config = write_config(tmp, SHIPPED_POLICIES, auth=auth)
+    result = agentgw("serve", "--config", str(config), cwd=tmp, env={"CLI_TEST_CLIENT_SECRET": "s"})
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert f"{config}:" in line and "auth.clientSecret" in line
+    assert PLANTED_SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "env", [pytest.param({}, id="unset"), pytest.param({"CLI_TEST_UNSET_UPSTREAM_TOKEN": ""}, id="empty")]
+)
+def test_serve_with_an_unset_upstream_token_variable_exits_2_naming_it(tmp: Path, env: dict[str, str]) -> None:
+    auth = {"type": "bearer", "tokenEnv": "CLI_TEST_UNSET_UPSTREAM_TOKEN"}
+    config = write_config(tmp, SHIPPED_POLICIES, auth=auth)
+    result = agentgw("serve", "--config", str(config), cwd=tmp, env=env)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert f"{config}:" in line and "auth.tokenEnv" in line and "CLI_TEST_UNSET_UPSTREAM_TOKEN" in line
 
 
 @pytest.mark.parametrize("position", ["before", "after"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentgw.config import load_settings
+from agentgw.config import check_upstream_secrets, load_settings
 from agentgw.policy.loader import load_policies
 from agentgw.typed_yaml import ConfigError
 from tests.support import ROOT
@@ -190,3 +190,209 @@ def test_serve_with_a_bad_config_exits_2_naming_file_line_and_key(tmp: Path) -> 
 def test_bad_command_line_exits_2() -> None:
     result = subprocess.run([sys.executable, "-m", "agentgw", "serve", "--bogus"], capture_output=True, timeout=30)
     assert result.returncode == 2
+
+
+# -- auth: credentials the gateway presents upstream (contract 14) ----------------
+
+# The line of the `auth` block's first key in `with_auth`: checks made after the build name this line.
+AUTH_LINE = 6
+# Planted as an inline secret: it must never come back in an error.
+PLANTED = "planted-inline-value-5c1e9a"
+OAUTH = ["tokenUrl: https://idp.test/oauth2/token", "clientId: agentgw", "clientSecretEnv: DOCS_CLIENT_SECRET"]
+SECRETS_SET = {"DOCS_TOKEN": "t", "DOCS_CLIENT_SECRET": "s"}
+
+
+def with_auth(auth: list[str], section: str = "mcp") -> str:
+    """One MCP target (or A2A agent) whose `auth` block is `auth`, one key a line from AUTH_LINE on."""
+    upstreams = "targets" if section == "mcp" else "agents"
+    block = "".join(f"        {line}\n" for line in auth)
+    return (
+        f"{section}:\n  {upstreams}:\n    - name: docs\n      backends: [{{url: http://127.0.0.1:9/}}]\n"
+        f"      auth:\n{block}"
+    )
+
+
+def refusal(path: Path, env: dict[str, str]) -> str:
+    """The ConfigError loading `path` under `env` raises, as the operator reads it."""
+    with pytest.raises(ConfigError) as error:
+        check_upstream_secrets(load_settings(path, env=env), env)
+    return str(error.value)
+
+
+def test_a_bearer_token_from_a_variable_is_accepted(tmp: Path) -> None:
+    path = write(tmp, with_auth(["type: bearer", "tokenEnv: DOCS_TOKEN"]))
+    auth = load_settings(path, env={"DOCS_TOKEN": "t"}).mcp.targets[0].auth
+    assert auth is not None
+    assert (auth.type, auth.token_env, auth.token_file) == ("bearer", "DOCS_TOKEN", None)
+
+
+def test_a_header_value_from_a_file_is_accepted(tmp: Path) -> None:
+    secret = tmp / "docs-key"
+    secret.write_text("k\n")
+    path = write(tmp, with_auth(["type: header", "name: X-API-Key", f"valueFile: {secret}"]))
+    auth = load_settings(path, env={}).mcp.targets[0].auth
+    assert auth is not None
+    assert (auth.type, auth.name, auth.value_file, auth.value_env) == ("header", "X-API-Key", str(secret), None)
+
+
+def test_client_credentials_with_scopes_and_resource_are_accepted(tmp: Path) -> None:
+    scopes_and_resource = ['scopes: ["docs:read", "docs:write"]', "resource: https://docs.test/mcp"]
+    path = write(tmp, with_auth(["type: oauth2_client_credentials", *OAUTH, *scopes_and_resource]))
+    auth = load_settings(path, env={"DOCS_CLIENT_SECRET": "s"}).mcp.targets[0].auth
+    assert auth is not None
+    assert (auth.type, auth.token_url, auth.client_id, auth.client_secret_env) == (
+        "oauth2_client_credentials",
+        "https://idp.test/oauth2/token",
+        "agentgw",
+        "DOCS_CLIENT_SECRET",
+    )
+    assert (auth.scopes, auth.resource) == (["docs:read", "docs:write"], "https://docs.test/mcp")
+
+
+def test_token_exchange_with_an_audience_is_accepted(tmp: Path) -> None:
+    path = write(tmp, with_auth(["type: token_exchange", *OAUTH, "audience: docs-mcp"]))
+    auth = load_settings(path, env={"DOCS_CLIENT_SECRET": "s"}).mcp.targets[0].auth
+    assert auth is not None
+    assert (auth.type, auth.audience, auth.scopes, auth.resource) == ("token_exchange", "docs-mcp", [], None)
+
+
+def test_an_a2a_agent_takes_the_same_auth_block(tmp: Path) -> None:
+    path = write(tmp, with_auth(["type: bearer", "tokenEnv: DOCS_TOKEN"], section="a2a"))
+    auth = load_settings(path, env={"DOCS_TOKEN": "t"}).a2a.agents[0].auth
+    assert auth is not None
+    assert (auth.type, auth.token_env) == ("bearer", "DOCS_TOKEN")
+
+
+def test_an_upstream_without_an_auth_block_presents_nothing(tmp: Path) -> None:
+    settings = load_settings(write(tmp, FULL), env={})
+    assert settings.mcp.targets[0].auth is None and settings.a2a.agents[0].auth is None
+
+
+@pytest.mark.parametrize("section", ["mcp", "a2a"])
+@pytest.mark.parametrize(
+    ("auth", "key"),
+    [
+        pytest.param(["type: bearer", "tokenEnv: DOCS_TOKEN", f"token: {PLANTED}"], "auth.token", id="token"),
+        pytest.param(
+            ["type: header", "name: X-API-Key", "valueEnv: DOCS_TOKEN", f"value: {PLANTED}"], "auth.value", id="value"
+        ),
+        pytest.param(
+            ["type: oauth2_client_credentials", *OAUTH, f"clientSecret: {PLANTED}"],
+            "auth.clientSecret",
+            id="clientSecret",
+        ),
+    ],
+)
+def test_an_inline_secret_is_refused_by_its_key_without_its_value(
+    tmp: Path, section: str, auth: list[str], key: str
+) -> None:
+    # Otherwise complete, with its variables set: the inline key alone is refused, on its own line.
+    path = write(tmp, with_auth(auth, section))
+    message = refusal(path, SECRETS_SET)
+    assert message.startswith(f"{path}:{AUTH_LINE + len(auth) - 1}:")
+    assert key in message
+    assert PLANTED not in message
+
+
+@pytest.mark.parametrize("env", [pytest.param({}, id="unset"), pytest.param({"DOCS_TOKEN": ""}, id="empty")])
+def test_a_secret_variable_not_set_is_named_with_its_key(tmp: Path, env: dict[str, str]) -> None:
+    path = write(tmp, with_auth(["type: bearer", "tokenEnv: DOCS_TOKEN"]))
+    message = refusal(path, env)
+    assert message.startswith(f"{path}:{AUTH_LINE}:")
+    assert "auth.tokenEnv" in message and "DOCS_TOKEN" in message
+
+
+def test_a_client_secret_variable_not_set_is_named_with_its_key(tmp: Path) -> None:
+    path = write(tmp, with_auth(["type: token_exchange", *OAUTH]))
+    message = refusal(path, {})
+    assert message.startswith(f"{path}:{AUTH_LINE}:")
+    assert "auth.clientSecretEnv" in message and "DOCS_CLIENT_SECRET" in message
+
+
+@pytest.mark.parametrize("content", [pytest.param(None, id="missing"), "", "\n  \n"])
+def test_a_secret_file_missing_or_empty_is_named_with_its_key(tmp: Path, content: str | None) -> None:
+    secret = tmp / "docs-key"
+    if content is not None:
+        secret.write_text(content)
+    path = write(tmp, with_auth(["type: header", "name: X-API-Key", f"valueFile: {secret}"]))
+    message = refusal(path, {})
+    assert message.startswith(f"{path}:{AUTH_LINE}:")
+    assert "auth.valueFile" in message
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [pytest.param(["tokenEnv: DOCS_TOKEN", "tokenFile: {secret}"], id="both"), pytest.param([], id="neither")],
+)
+def test_a_secret_needs_exactly_one_source(tmp: Path, sources: list[str]) -> None:
+    secret = tmp / "docs-token"
+    secret.write_text("t\n")
+    lines = [source.format(secret=secret) for source in sources]
+    path = write(tmp, with_auth(["type: bearer", *lines]))
+    message = refusal(path, SECRETS_SET)
+    assert message.startswith(f"{path}:{AUTH_LINE}:")
+    assert "auth.tokenEnv" in message and "auth.tokenFile" in message
+
+
+@pytest.mark.parametrize(
+    ("auth", "key"),
+    [
+        pytest.param(
+            ["type: oauth2_client_credentials", *OAUTH[1:]], "auth.tokenUrl", id="client-credentials-without-token-url"
+        ),
+        pytest.param(
+            ["type: oauth2_client_credentials", OAUTH[0], OAUTH[2]],
+            "auth.clientId",
+            id="client-credentials-without-client-id",
+        ),
+        pytest.param(["type: token_exchange", *OAUTH[1:]], "auth.tokenUrl", id="token-exchange-without-token-url"),
+        pytest.param(
+            ["type: token_exchange", OAUTH[0], OAUTH[2]], "auth.clientId", id="token-exchange-without-client-id"
+        ),
+        pytest.param(["type: header", "valueEnv: DOCS_TOKEN"], "auth.name", id="header-without-name"),
+        pytest.param(["type: header", "name: X API Key", "valueEnv: DOCS_TOKEN"], "auth.name", id="header-name-space"),
+        pytest.param(
+            ["type: oauth2_client_credentials", "tokenUrl: ftp://idp.test/t", *OAUTH[1:]],
+            "auth.tokenUrl",
+            id="token-url-not-http",
+        ),
+        pytest.param(["type: magic", "tokenEnv: DOCS_TOKEN"], "auth.type", id="unknown-type"),
+        pytest.param(
+            ["type: bearer", "tokenEnv: DOCS_TOKEN", "clientSecretEnv: DOCS_CLIENT_SECRET"],
+            "auth.clientSecretEnv",
+            id="key-of-another-type",
+        ),
+        pytest.param(
+            ["type: oauth2_client_credentials", *OAUTH, "audience: docs"],
+            "auth.audience",
+            id="audience-without-exchange",
+        ),
+        pytest.param(["type: header", "name: Host", "valueEnv: DOCS_TOKEN"], "auth.name", id="header-host"),
+        pytest.param(
+            ["type: header", "name: Transfer-Encoding", "valueEnv: DOCS_TOKEN"], "auth.name", id="header-framing"
+        ),
+        pytest.param(
+            ["type: token_exchange", "tokenUrl: https://user:pw@idp.test/t", *OAUTH[1:]],
+            "auth.tokenUrl",
+            id="token-url-with-credentials",
+        ),
+        pytest.param(
+            ["type: token_exchange", "tokenUrl: 'http://'", *OAUTH[1:]], "auth.tokenUrl", id="token-url-without-host"
+        ),
+    ],
+)
+def test_an_incomplete_or_malformed_auth_block_is_named_with_file_and_line(
+    tmp: Path, auth: list[str], key: str
+) -> None:
+    path = write(tmp, with_auth(auth))
+    message = refusal(path, SECRETS_SET)
+    assert message.startswith(f"{path}:{AUTH_LINE}:")
+    assert key in message
+
+
+def test_commands_that_only_read_the_config_need_no_upstream_secret(tmp: Path) -> None:
+    path = write(tmp, with_auth(["type: bearer", "tokenEnv: DOCS_TOKEN"]))
+    settings = load_settings(path, env={})
+    assert settings.mcp.targets[0].auth is not None
+    with pytest.raises(ConfigError, match="DOCS_TOKEN"):
+        check_upstream_secrets(settings, {"DOCS_TOKEN": " \n"})

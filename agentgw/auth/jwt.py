@@ -187,7 +187,7 @@ class IssuerVerifier:
             raise InvalidToken(f"Invalid token: {_reason(exc)}") from None
         except (TypeError, ValueError):  # a key that does not fit the token's algorithm
             raise InvalidToken("Invalid token: rejected") from None
-        return _principal(claims)
+        return _principal(claims, token)
 
 
 class Authenticator:
@@ -235,7 +235,7 @@ def _numeric_date(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
+def _principal(claims: dict[str, Any], token: str) -> Principal:
     """Claim types as RFC 7519 requires them; pyjwt alone would accept `"exp": "9999999999"`."""
     for name in ("exp", "nbf", "iat"):
         if name in claims and not _numeric_date(claims[name]):
@@ -248,6 +248,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
         scopes=_scopes(claims),
         expires_at=float(claims["exp"]),
         claims=claims,
+        token=token,
     )
 
 

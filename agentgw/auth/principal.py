@@ -13,3 +13,5 @@ class Principal:
     scopes: frozenset[str]
     expires_at: float
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The verified bearer token itself: the subject token of a token exchange (contract 14), never shown.
+    token: str = field(default="", compare=False, hash=False, repr=False)

@@ -13,8 +13,10 @@ push-notification webhook may only name a public host (or an allow-listed one).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -51,6 +53,7 @@ from agentgw.sessions.store import KeyValues
 from agentgw.upstream.a2a import CARD_PATHS, AgentReplicas, Replica
 from agentgw.upstream.answers import MAX_ANSWER_BYTES
 from agentgw.upstream.answers import read_body as read_answer_body
+from agentgw.upstream.credentials import sent_with
 from agentgw.upstream.faults import BACKEND
 from agentgw.upstream.http import ConnectionPool, UpstreamResponse
 
@@ -101,6 +104,7 @@ class A2AEndpoint:
         live: LivePolicies,
         http: ConnectionPool,
         refusals: Refusals,
+        env: Mapping[str, str],
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -108,7 +112,7 @@ class A2AEndpoint:
         self.store = store
         self.live = live
         self.http = http
-        self.agents = {a.name: AgentReplicas(a, http, refusals) for a in settings.a2a.agents}
+        self.agents = {a.name: AgentReplicas(a, http, refusals, env) for a in settings.a2a.agents}
         self.webhook_hosts = frozenset(h.lower().rstrip(".") for h in settings.a2a.push_webhook_hosts)
         self._engine_source: object = None
         self._engine = AgentPolicyEngine([])
@@ -224,15 +228,22 @@ class A2AEndpoint:
         return agent.order()
 
     async def send_to_first(
-        self, agent: AgentReplicas, replicas: list[Replica], headers: dict[str, str], body: bytes
+        self,
+        agent: AgentReplicas,
+        replicas: list[Replica],
+        headers: dict[str, str],
+        body: bytes,
+        caller: Principal | None,
     ) -> tuple[Replica, UpstreamResponse]:
         """POST to the first replica that can be reached: a new task may start on any of them, but one
         the request names lives on its replica alone."""
+        presenting = agent.presenting(caller)
         for replica in replicas:
             try:
                 url = await agent.rpc_url(replica)
                 with BACKEND.mapped(f"Agent {agent.name!r}"):
-                    response = await self.http.request("POST", url, headers, body, CALL_TIMEOUT)
+                    post = functools.partial(self.http.request, "POST", url, body=body, timeout=CALL_TIMEOUT)
+                    response = await sent_with(presenting, headers, post)
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable:
@@ -346,7 +357,9 @@ class _AgentCall:
         """To the replica the named task or context lives on (a task of another subject does not
         exist), else to the next replica in turn."""
         replicas = await self.endpoint.replicas_for(self.agent, self.task_id, self.context_id, call.caller)
-        replica, response = await self.endpoint.send_to_first(self.agent, replicas, self.headers, self.body)
+        replica, response = await self.endpoint.send_to_first(
+            self.agent, replicas, self.headers, self.body, call.caller
+        )
         call.backend = replica.base_url
         return replica, response
 

@@ -122,7 +122,9 @@ def create_admin_app(gateway: Operated) -> Starlette:
         server = virtual_servers.get(record.target)
         # The backends free their sessions too; the operator does not wait long for them.
         if pool is not None:
-            await gateway.upstream.end_session(record, min(pool.target.timeout, BACKEND_DELETE_TIMEOUT))
+            # No caller here: a target that acts on a caller's behalf is not told, and expires the session itself.
+            presenting = pool.presenting(None)
+            await gateway.upstream.end_session(record, min(pool.target.timeout, BACKEND_DELETE_TIMEOUT), presenting)
         elif server is not None:
             await gateway.virtual.end_members(record, server, BACKEND_DELETE_TIMEOUT)
         log.warning("session of %s on target %s revoked by an operator", record.subject, record.target)

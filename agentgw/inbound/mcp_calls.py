@@ -33,6 +33,7 @@ from agentgw.policy.tool_guard import NamedCall, Rewrite, ToolGuard
 from agentgw.sessions.stateless import StatelessHandles
 from agentgw.sessions.store import SessionRecord, SessionRecords
 from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
+from agentgw.upstream.credentials import Presenting
 from agentgw.upstream.http import UpstreamResponse
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
@@ -145,13 +146,16 @@ class McpCalls:
         running = self._discoveries.get(target)
         if running is None:
             self._discovered_at[target] = time.monotonic()
-            running = self._discoveries[target] = asyncio.ensure_future(self._discover(post.pool, listing))
+            presenting = post.pool.presenting(post.request.principal)
+            running = self._discoveries[target] = asyncio.ensure_future(self._discover(post.pool, listing, presenting))
             running.add_done_callback(lambda _: self._discoveries.pop(target, None))
         await asyncio.shield(running)
 
-    async def _discover(self, pool: BackendPool, listing: Listing) -> None:
+    async def _discover(self, pool: BackendPool, listing: Listing, presenting: Presenting | None) -> None:
         target = pool.target
-        tools, complete = await self.upstream.list_tools(listing.url, listing.headers, listing.meta, target.timeout)
+        tools, complete = await self.upstream.list_tools(
+            listing.url, listing.headers, listing.meta, target.timeout, presenting
+        )
         await self.guard.observe(target.name, tools, target.max_tools, complete)
 
     def _may_discover(self, target: str) -> bool:
@@ -164,7 +168,8 @@ class McpCalls:
         """POST to the first backend that can be reached: an initialize opens no session on the ones
         skipped, and the stateless revision keeps none."""
         headers = post.request.forwarded_headers()
-        return await self.upstream.send_to_first(candidates, headers, post.body, post.timeout, post.target)
+        presenting = post.pool.presenting(post.request.principal)
+        return await self.upstream.send_to_first(candidates, headers, post.body, post.timeout, post.target, presenting)
 
     async def send_in_session(
         self, request: InboundRequest, pool: BackendPool, record: SessionRecord, body: bytes | None
@@ -172,22 +177,23 @@ class McpCalls:
         """Send to the session's backend; when it is gone, or no longer knows the session, fail over
         (`failover: reinitialize`) and send again, once. The session as it ends up, and the answer."""
         headers = request.forwarded_headers()
+        presenting = pool.presenting(request.principal)
         for _ in range(2):
             if record.backend_session_id is not None:
                 headers[MCP_SESSION_ID] = record.backend_session_id
             try:
                 response = await self.upstream.send(
-                    request.method, record.backend, headers, body, timeout=pool.target.timeout
+                    request.method, record.backend, headers, body, timeout=pool.target.timeout, presenting=presenting
                 )
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable:
-                record = await self.sessions.fail_over(pool, record)
+                record = await self.sessions.fail_over(pool, record, presenting)
                 continue
             if response.status == 404 and record.backend_session_id is not None:
                 # The backend no longer knows its session: it restarted or expired it.
                 response.release()
-                record = await self.sessions.fail_over(pool, record)
+                record = await self.sessions.fail_over(pool, record, presenting)
                 continue
             return record, response
         raise UpstreamUnavailable(f"No backend of target {pool.target.name!r} kept the session")
@@ -275,7 +281,8 @@ class InitializeCall:
                 calls.guard.scan_initialize(target.name, answer.result)
             await calls.sessions.create(record)
         except (StoreUnavailable, BackendRefused, UpstreamUnavailable):
-            await calls.upstream.end_session(record, target.timeout)
+            presenting = self.post.pool.presenting(self.post.request.principal)
+            await calls.upstream.end_session(record, target.timeout, presenting)
             raise
         return answer
 

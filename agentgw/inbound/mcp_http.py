@@ -165,9 +165,9 @@ class McpHttpEndpoint:
         elif request.method == "GET":
             check_accept(request.headers, ("text/event-stream",))
             record = await self.calls.sessions.find(request, server.name)
-            await relay_streams(self.virtual, server, record, receive, send)
+            await relay_streams(self.virtual, server, record, request.principal, receive, send)
         elif request.method == "DELETE":
-            await self.virtual.end(await self.calls.sessions.find(request, server.name), server)
+            await self.virtual.end(await self.calls.sessions.find(request, server.name), server, request.principal)
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
         else:
@@ -188,6 +188,8 @@ class McpHttpEndpoint:
         return VirtualPost(request, message, None if renamed else jsonrpc.serialise(message))
 
     async def _delete(self, request: InboundRequest, pool: BackendPool, send: Send) -> None:
-        await self.calls.sessions.end(await self.calls.sessions.find(request, pool.target.name), pool)
+        await self.calls.sessions.end(
+            await self.calls.sessions.find(request, pool.target.name), pool, request.principal
+        )
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})

@@ -16,6 +16,7 @@ from agentgw.inbound.mcp_request import DEFAULT_STATEFUL_VERSION, InboundRequest
 from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS
 from agentgw.policy.live import LivePolicies
 from agentgw.sessions.store import SessionRecord, SessionRecords, new_session_id
+from agentgw.upstream.credentials import Presenting
 from agentgw.upstream.mcp import BackendPool, McpUpstream
 
 
@@ -86,19 +87,19 @@ class McpSessions:
             return True
         return (principal.issuer, principal.subject) == (record.issuer, record.subject)
 
-    async def end(self, record: SessionRecord, pool: BackendPool) -> None:
+    async def end(self, record: SessionRecord, pool: BackendPool, caller: Principal | None) -> None:
         """DELETE: the backend frees its session, and the id answers 404 from now on."""
-        await self.upstream.end_session(record, pool.target.timeout)
+        await self.upstream.end_session(record, pool.target.timeout, pool.presenting(caller))
         await self.store.delete(record.id)
 
-    async def fail_over(self, pool: BackendPool, record: SessionRecord) -> SessionRecord:
+    async def fail_over(self, pool: BackendPool, record: SessionRecord, presenting: Presenting | None) -> SessionRecord:
         """Move the session to a healthy backend (`failover: reinitialize`), or end it so the client
         re-initializes (SessionNotFound, 404)."""
         if pool.target.failover == "reinitialize" and record.initialize is not None:
             for url in await pool.candidates(self.store, time.time()):
                 try:
                     backend_session_id = await self.upstream.initialize(
-                        url, record.initialize.encode(), record.protocol_version, pool.target.timeout
+                        url, record.initialize.encode(), record.protocol_version, pool.target.timeout, presenting
                     )
                 except UpstreamUnavailable:
                     continue

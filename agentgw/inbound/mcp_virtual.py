@@ -60,6 +60,7 @@ from agentgw.mcp_headers import (
 from agentgw.policy.rate_limits import Kind
 from agentgw.sessions.store import SessionRecord
 from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
+from agentgw.upstream.credentials import Presenting
 from agentgw.upstream.http import UpstreamResponse
 from agentgw.upstream.mcp import BackendPool
 
@@ -245,7 +246,7 @@ class VirtualCalls:
     # -- member sessions ----------------------------------------------------------------
 
     async def open_member(
-        self, server: VirtualServer, index: int, initialize: bytes
+        self, server: VirtualServer, index: int, initialize: bytes, caller: Principal | None
     ) -> tuple[MemberSession, dict[str, Any]]:
         """Open a member's backend session on the first backend of its target that answers; its
         session and the checked initialize result."""
@@ -253,9 +254,12 @@ class VirtualCalls:
         target = pool.target
         headers = {"content-type": "application/json", "accept": _ACCEPT}
         request_id = json.loads(initialize).get("id")
+        presenting = pool.presenting(caller)
         for url in await pool.candidates(self.calls.store, time.time()):
             try:
-                response = await self.calls.upstream.send("POST", url, headers, initialize, timeout=target.timeout)
+                response = await self.calls.upstream.send(
+                    "POST", url, headers, initialize, timeout=target.timeout, presenting=presenting
+                )
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable as exc:
@@ -274,17 +278,17 @@ class VirtualCalls:
             version = result.get("protocolVersion")
             version = version if version in HANDSHAKE_PROTOCOL_VERSIONS else HANDSHAKE_PROTOCOL_VERSIONS[-1]
             session = MemberSession(target.name, url, response.header(MCP_SESSION_ID), version)
-            await self._notify_initialized(session, target.timeout)
+            await self._notify_initialized(session, target.timeout, presenting)
             return session, result
         raise UpstreamUnavailable(f"No backend of member {target.name!r} is reachable")
 
-    async def _notify_initialized(self, member: MemberSession, timeout: float) -> None:
+    async def _notify_initialized(self, member: MemberSession, timeout: float, presenting: Presenting | None) -> None:
         body = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-        response = await self.send_to_member_once(member, "POST", body, timeout)
+        response = await self.send_to_member_once(member, "POST", body, timeout, presenting)
         response.release()
 
     async def reopen(
-        self, record: SessionRecord, server: VirtualServer, index: int, failed: MemberSession
+        self, record: SessionRecord, server: VirtualServer, index: int, failed: MemberSession, caller: Principal | None
     ) -> MemberSession:
         """Open a member again, alone, with the client's own initialize; the other members carry on.
         A member that cannot be opened is 503 until a later request opens it.
@@ -299,7 +303,7 @@ class VirtualCalls:
                 return members_of(stored)[index]
             assert stored.initialize is not None
             try:
-                session, _ = await self.open_member(server, index, stored.initialize.encode())
+                session, _ = await self.open_member(server, index, stored.initialize.encode(), caller)
             except (UpstreamUnavailable, BackendRefused):
                 await self._save_member(
                     stored, index, dataclasses.replace(failed, backend=None, backend_session_id=None)
@@ -311,7 +315,8 @@ class VirtualCalls:
                 stand_in = dataclasses.replace(
                     record, backend=session.backend or "", backend_session_id=session.backend_session_id
                 )
-                await self.calls.upstream.end_session(stand_in, server.members[index][1].target.timeout)
+                pool = server.members[index][1]
+                await self.calls.upstream.end_session(stand_in, pool.target.timeout, pool.presenting(caller))
                 raise
             await self._save_member(stored, index, session)
             record.members = stored.members
@@ -341,11 +346,13 @@ class VirtualCalls:
         return headers
 
     async def send_to_member_once(
-        self, member: MemberSession, method: str, body: bytes | None, timeout: float
+        self, member: MemberSession, method: str, body: bytes | None, timeout: float, presenting: Presenting | None
     ) -> UpstreamResponse:
         assert member.backend is not None
         headers = self.member_headers(member)
-        return await self.calls.upstream.send(method, member.backend, headers, body, timeout=timeout)
+        return await self.calls.upstream.send(
+            method, member.backend, headers, body, timeout=timeout, presenting=presenting
+        )
 
     async def send_to_member(
         self,
@@ -356,19 +363,23 @@ class VirtualCalls:
         forwarded: dict[str, str] | None = None,
         method: str = "POST",
         member: MemberSession | None = None,
+        caller: Principal | None = None,
     ) -> tuple[MemberSession, UpstreamResponse]:
         """Send to a member's backend session (`member`, when the caller read the record's members
         already); when the backend is gone or forgot the session, open the member again (alone) and
         send once more."""
-        timeout = server.members[index][1].target.timeout
+        pool = server.members[index][1]
+        presenting = pool.presenting(caller)
         member = member or members_of(record)[index]
         for attempt in range(2):
             if member.backend is None or attempt:
-                member = await self.reopen(record, server, index, member)
+                member = await self.reopen(record, server, index, member, caller)
             assert member.backend is not None
             headers = self.member_headers(member, forwarded)
             try:
-                response = await self.calls.upstream.send(method, member.backend, headers, body, timeout=timeout)
+                response = await self.calls.upstream.send(
+                    method, member.backend, headers, body, timeout=pool.target.timeout, presenting=presenting
+                )
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable:
@@ -379,13 +390,21 @@ class VirtualCalls:
             return member, response
         raise UpstreamUnavailable(f"Member {member.target!r} of {server.name!r} is unavailable")
 
-    async def end(self, record: SessionRecord, server: VirtualServer) -> None:
+    async def end(self, record: SessionRecord, server: VirtualServer, caller: Principal | None) -> None:
         """DELETE: every member's backend session ends, then the record."""
-        await self.end_members(record, server)
+        await self.end_members(record, server, caller=caller)
         await self.calls.store.delete(record.id)
 
-    async def end_members(self, record: SessionRecord, server: VirtualServer, timeout: float | None = None) -> None:
-        """Every member's backend session ends (DELETE, revocation, expiry); `timeout` caps each member's own."""
+    async def end_members(
+        self,
+        record: SessionRecord,
+        server: VirtualServer,
+        timeout: float | None = None,
+        caller: Principal | None = None,
+    ) -> None:
+        """Every member's backend session ends (DELETE, revocation, expiry); `timeout` caps each
+        member's own. Without a caller (revocation, expiry) a member that acts on a caller's behalf
+        is not told, and expires its session itself."""
         self._served.pop(record.id, None)
         ends = []
         for member, (_, pool) in zip(members_of(record), server.members, strict=False):
@@ -395,7 +414,7 @@ class VirtualCalls:
                 )
                 stand_in.protocol_version = member.protocol_version
                 limit = pool.target.timeout if timeout is None else min(timeout, pool.target.timeout)
-                ends.append(self.calls.upstream.end_session(stand_in, limit))
+                ends.append(self.calls.upstream.end_session(stand_in, limit, pool.presenting(caller)))
         await asyncio.gather(*ends)
 
 
@@ -437,6 +456,10 @@ class _VirtualSteps:
         return self._found
 
     @property
+    def caller(self) -> Principal | None:
+        return self.post.request.principal
+
+    @property
     def stateless(self) -> bool:
         """The 2026-07-28 revision: no session; each request goes to any healthy backend of a member."""
         return self.post.request.is_modern
@@ -466,7 +489,7 @@ class _VirtualSteps:
         of its target, `name` the member's own name for the request's Mcp-Name."""
         if not self.stateless:
             member, response = await self.virtual.send_to_member(
-                self.record, self.server, index, body, forwarded, member=self.members[index]
+                self.record, self.server, index, body, forwarded, member=self.members[index], caller=self.caller
             )
             return member.backend, response
         pool = self.server.members[index][1]
@@ -474,7 +497,9 @@ class _VirtualSteps:
         if name is not None:
             headers[MCP_NAME] = name
         upstream = self.virtual.calls.upstream
-        return await upstream.send_to_first(pool.rotation(), headers, body, pool.target.timeout, pool.target.name)
+        presenting = pool.presenting(self.caller)
+        target = pool.target
+        return await upstream.send_to_first(pool.rotation(), headers, body, target.timeout, target.name, presenting)
 
     async def _member_result(
         self, index: int, body: bytes, forwarded: dict[str, str], request_id: Any, what: str
@@ -552,7 +577,10 @@ class VirtualInitialize(_VirtualSteps):
             raise InvalidRequest("initialize must not carry a session id")
 
     async def upstream(self, call: Call) -> list[tuple[MemberSession, dict[str, Any]] | BaseException]:
-        opening = [self.virtual.open_member(self.server, i, self.post.body) for i in range(len(self.server.members))]
+        opening = [
+            self.virtual.open_member(self.server, i, self.post.body, self.caller)
+            for i in range(len(self.server.members))
+        ]
         return await asyncio.gather(*opening, return_exceptions=True)
 
     async def relay(
@@ -581,7 +609,7 @@ class VirtualInitialize(_VirtualSteps):
         try:
             await calls.sessions.create(record)
         except StoreUnavailable:
-            await self.virtual.end(record, self.server)
+            await self.virtual.end(record, self.server, self.caller)
             raise
         call.session_id = record.id
         self._found = record
@@ -924,7 +952,12 @@ class VirtualLocal(_VirtualSteps):
 
 
 async def relay_streams(
-    virtual: VirtualCalls, server: VirtualServer, record: SessionRecord, receive: Receive, send: Send
+    virtual: VirtualCalls,
+    server: VirtualServer,
+    record: SessionRecord,
+    caller: Principal | None,
+    receive: Receive,
+    send: Send,
 ) -> None:
     """The session's GET stream: every open member's own stream merged into one, each member's
     requests under ids naming it, a member's `*/list_changed` as the virtual server's."""
@@ -939,7 +972,8 @@ async def relay_streams(
             return
         pool = server.members[index][1]
         try:
-            response = await virtual.send_to_member_once(member, "GET", None, pool.target.timeout)
+            presenting = pool.presenting(caller)
+            response = await virtual.send_to_member_once(member, "GET", None, pool.target.timeout, presenting)
         except UpstreamUnavailable as exc:
             log.warning("member %s of %s sends no messages of its own: %s", member.target, server.name, exc)
             return

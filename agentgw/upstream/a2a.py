@@ -7,17 +7,21 @@ cannot redirect every caller's traffic.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from agentgw import jsonrpc
+from agentgw.auth.principal import Principal
 from agentgw.config import A2AAgentConfig
 from agentgw.errors import BadAgentCard, GatewayError, UpstreamUnavailable
 from agentgw.observability.refusals import Refusals
+from agentgw.upstream.credentials import Presenting, credentials_for, sent_with
 from agentgw.upstream.http import ConnectionPool, UpstreamBodyTooLarge, UpstreamConnectionError, UpstreamTimeoutError
 
 CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
@@ -55,13 +59,20 @@ class Replica:
 class AgentReplicas:
     """One agent's replicas; the card of each, fetched and cached with its ETag."""
 
-    def __init__(self, config: A2AAgentConfig, http: ConnectionPool, refusals: Refusals) -> None:
+    def __init__(
+        self, config: A2AAgentConfig, http: ConnectionPool, refusals: Refusals, env: Mapping[str, str]
+    ) -> None:
         self.name = config.name
+        self.credentials = credentials_for(config.auth, http, config.name, env)
         self.replicas = [Replica(b.url.rstrip("/")) for b in config.backends]
         self._by_url = {r.base_url: r for r in self.replicas}
         self._http = http
         self._refusals = refusals
         self._round_robin = itertools.count()
+
+    def presenting(self, caller: Principal | None) -> Presenting | None:
+        """What a request of `caller` presents to this agent (contract 14); None: nothing."""
+        return None if self.credentials is None else Presenting(self.credentials, caller)
 
     def replica(self, base_url: str) -> Replica | None:
         return self._by_url.get(base_url)
@@ -79,9 +90,14 @@ class AgentReplicas:
         headers = {"accept": "application/json"}
         if replica.etag and replica.card is not None:
             headers["if-none-match"] = replica.etag
+        # A card serves every caller: it is fetched with the agent's own credentials, none on a caller's behalf.
+        caller_free = self.credentials is not None and not self.credentials.for_each_caller
+        presenting = self.presenting(None) if caller_free else None
         for path in CARD_PATHS:
+            url = replica.base_url + path
             try:
-                response = await self._http.request("GET", replica.base_url + path, headers, None, CARD_TIMEOUT)
+                get = functools.partial(self._http.request, "GET", url, body=None, timeout=CARD_TIMEOUT)
+                response = await sent_with(presenting, headers, get)
                 try:
                     body = await response.read(CARD_TIMEOUT, limit=MAX_CARD_BYTES)
                 finally:

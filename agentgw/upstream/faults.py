@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from agentgw.errors import BadBackendAnswer, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from agentgw.errors import BadBackendAnswer, GatewayError, UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
 from agentgw.upstream.http import UpstreamBodyTooLarge, UpstreamConnectionError, UpstreamTimeoutError
 
 
@@ -38,3 +38,5 @@ class Faults(NamedTuple):
 
 # MCP backends and A2A agents.
 BACKEND = Faults(UpstreamUnavailable, UpstreamTimeout, BadBackendAnswer)
+# The token endpoints the gateway fetches upstream credentials from (contract 14).
+TOKEN_ENDPOINT = Faults(UpstreamAuthFailed, UpstreamAuthFailed, UpstreamAuthFailed)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agentgw import jsonrpc
+from agentgw.auth.principal import Principal
 from agentgw.config import McpTargetConfig
-from agentgw.errors import UpstreamTimeout, UpstreamUnavailable
+from agentgw.errors import UpstreamAuthFailed, UpstreamTimeout, UpstreamUnavailable
 from agentgw.mcp_headers import MCP_PROTOCOL_VERSION, MCP_SESSION_ID
 from agentgw.sessions.store import SessionRecord, SessionRecords
 from agentgw.upstream.answers import Answer, read_answer, read_body, refuse_backend_auth
+from agentgw.upstream.credentials import Credentials, Presenting, credentials_for, sent_with
 from agentgw.upstream.faults import BACKEND
 from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse, UpstreamTimeoutError
 
@@ -38,12 +40,17 @@ class Backend:
 class BackendPool:
     """The replicas of one MCP target and which of them may take new sessions."""
 
-    def __init__(self, target: McpTargetConfig) -> None:
+    def __init__(self, target: McpTargetConfig, credentials: Credentials | None = None) -> None:
         self.target = target
+        self.credentials = credentials
         self.backends = [Backend(b.url) for b in target.backends]
         self._by_url = {b.url: b for b in self.backends}
         self._index = {b.url: i for i, b in enumerate(self.backends)}
         self._round_robin = itertools.count()
+
+    def presenting(self, caller: Principal | None) -> Presenting | None:
+        """What a request of `caller` presents to this target's backends (contract 14); None: nothing."""
+        return None if self.credentials is None else Presenting(self.credentials, caller)
 
     def has_healthy(self) -> bool:
         return any(b.healthy for b in self.backends)
@@ -84,8 +91,8 @@ class BackendPool:
 class McpUpstream:
     """Pooled keep-alive HTTP connections to every MCP backend, and their health."""
 
-    def __init__(self, targets: Iterable[McpTargetConfig], http: ConnectionPool) -> None:
-        self.pools = {t.name: BackendPool(t) for t in targets}
+    def __init__(self, targets: Iterable[McpTargetConfig], http: ConnectionPool, env: Mapping[str, str]) -> None:
+        self.pools = {t.name: BackendPool(t, credentials_for(t.auth, http, t.name, env)) for t in targets}
         self._http = http
         self._health_tasks: list[asyncio.Task[None]] = []
         self._list_ids = itertools.count()
@@ -103,13 +110,29 @@ class McpUpstream:
                 log.error("a health check loop failed", exc_info=outcome)
 
     async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, timeout: float
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        *,
+        timeout: float,
+        presenting: Presenting | None = None,
     ) -> UpstreamResponse:
         """Send one request and wait for the response head; the caller releases the response.
 
         A backend that cannot be reached is marked down (UpstreamUnavailable);
-        one that does not answer within `timeout` raises UpstreamTimeout.
+        one that does not answer within `timeout` raises UpstreamTimeout. With
+        `presenting`, the target's credentials go along; a 401 to a fetched token
+        has it dropped and the request sent once more with a fresh one (contract 14).
         """
+        if presenting is None:  # most targets: no closure on the hot path
+            return await self._send(method, url, headers, body, timeout)
+        return await sent_with(presenting, headers, lambda sent: self._send(method, url, sent, body, timeout))
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> UpstreamResponse:
         try:
             with BACKEND.mapped("Backend"):
                 return await self._http.request(method, url, headers, body, timeout)
@@ -121,24 +144,32 @@ class McpUpstream:
             raise
 
     async def send_to_first(
-        self, candidates: list[str], headers: dict[str, str], body: bytes, timeout: float, target: str
+        self,
+        candidates: list[str],
+        headers: dict[str, str],
+        body: bytes,
+        timeout: float,
+        target: str,
+        presenting: Presenting | None = None,
     ) -> tuple[str, UpstreamResponse]:
         """POST to the first of `candidates` that can be reached, and which it was. Skipping one is
         safe only where nothing is kept per backend (an initialize, the stateless revision): nothing
         arrived there. A timeout is the answer."""
         for url in candidates:
             try:
-                return url, await self.send("POST", url, headers, body, timeout=timeout)
+                return url, await self.send("POST", url, headers, body, timeout=timeout, presenting=presenting)
             except UpstreamTimeout:
                 raise
             except UpstreamUnavailable:
                 continue
         raise UpstreamUnavailable(f"No backend of target {target!r} is reachable")
 
-    async def initialize(self, url: str, initialize: bytes, protocol_version: str, timeout: float) -> str | None:
+    async def initialize(
+        self, url: str, initialize: bytes, protocol_version: str, timeout: float, presenting: Presenting | None
+    ) -> str | None:
         """Open a backend session as the client once did (failover: reinitialize); its session id."""
         headers = {"content-type": "application/json", "accept": ACCEPT}
-        response = await self.send("POST", url, headers, initialize, timeout=timeout)
+        response = await self.send("POST", url, headers, initialize, timeout=timeout, presenting=presenting)
         try:
             await read_body(response, timeout)
         finally:
@@ -149,25 +180,28 @@ class McpUpstream:
         headers[MCP_PROTOCOL_VERSION] = protocol_version
         if backend_session_id is not None:
             headers[MCP_SESSION_ID] = backend_session_id
-        notified = await self.send("POST", url, headers, _INITIALIZED, timeout=timeout)
+        notified = await self.send("POST", url, headers, _INITIALIZED, timeout=timeout, presenting=presenting)
         try:
             await read_body(notified, timeout)
         finally:
             notified.release()
         return backend_session_id
 
-    async def end_session(self, record: SessionRecord, timeout: float) -> None:
-        """Tell the backend a session is over (DELETE), so it frees it; a backend that is gone has already."""
+    async def end_session(self, record: SessionRecord, timeout: float, presenting: Presenting | None) -> None:
+        """Tell the backend a session is over (DELETE), so it frees it; a backend that is gone has
+        already, and one the gateway cannot authenticate to will expire it itself."""
         if record.backend_session_id is None:
             return
         headers = {MCP_SESSION_ID: record.backend_session_id, MCP_PROTOCOL_VERSION: record.protocol_version}
         try:
-            response = await self.send("DELETE", record.backend, headers, None, timeout=timeout)
+            response = await self.send("DELETE", record.backend, headers, None, timeout=timeout, presenting=presenting)
             response.release()
-        except (UpstreamUnavailable, UpstreamTimeout):
+        except (UpstreamUnavailable, UpstreamTimeout, UpstreamAuthFailed):
             pass
 
-    async def list_tools(self, url: str, headers: dict[str, str], meta: Any, timeout: float) -> tuple[list[Any], bool]:
+    async def list_tools(
+        self, url: str, headers: dict[str, str], meta: Any, timeout: float, presenting: Presenting | None
+    ) -> tuple[list[Any], bool]:
         """A backend's tools, listed as a client would (all pages), and whether that is all of them.
 
         An answer that fails the checks of contract 11 raises BadBackendAnswer: nothing
@@ -183,7 +217,7 @@ class McpUpstream:
             request_id = f"{_LIST_ID_PREFIX}{next(self._list_ids)}"
             request = {"jsonrpc": "2.0", "id": request_id, "method": "tools/list", "params": params}
             try:
-                answer = await self._exchange(url, headers, jsonrpc.serialise(request), request_id, timeout)
+                answer = await self._exchange(url, headers, jsonrpc.serialise(request), request_id, timeout, presenting)
             except UpstreamUnavailable:
                 return tools, False
             result = answer.result if answer is not None else None
@@ -196,10 +230,16 @@ class McpUpstream:
         return tools, False
 
     async def _exchange(
-        self, url: str, headers: dict[str, str], body: bytes, request_id: Any, timeout: float
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        request_id: Any,
+        timeout: float,
+        presenting: Presenting | None,
     ) -> Answer | None:
         """One POST whose answer is read whole and checked; None when the backend answered with an error status."""
-        response = await self.send("POST", url, headers, body, timeout=timeout)
+        response = await self.send("POST", url, headers, body, timeout=timeout, presenting=presenting)
         try:
             refuse_backend_auth(response)
             if response.status != 200:
