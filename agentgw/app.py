@@ -64,11 +64,11 @@ MCP_PREFIX = "/mcp/v1"
 CHAT_PREFIX = "/v1/"
 
 
-def create_store(settings: Settings) -> SessionStore:
+def create_store(settings: Settings, env: Mapping[str, str]) -> SessionStore:
     config = settings.session_store
-    if config.type == "redis":
-        return RedisSessionStore(config.url, config.key_prefix)
-    return MemorySessionStore(config.max_sessions)
+    if config.type == "memory":
+        return MemorySessionStore(config.max_sessions)
+    return RedisSessionStore.for_config(config, env)
 
 
 def create_app(
@@ -83,7 +83,7 @@ def create_app(
     """
     env = os.environ if env is None else env
     policies = policies if policies is not None else load_policies(settings.policies)
-    store = create_store(settings)
+    store = create_store(settings, env)
     provider = configured_provider(tracer_provider)
     tracer = provider.get_tracer("agentgw") if provider is not None else None
     http = ConnectionPool(CONNECT_TIMEOUT) if tracer is None else TracedConnectionPool(CONNECT_TIMEOUT, tracer)

@@ -37,13 +37,30 @@ class ServerConfig:
     max_connections: int = 4096
 
 
+StoreType = Literal["memory", "redis", "redis-sentinel", "redis-cluster"]
+
+
 @dataclass(frozen=True)
 class SessionStoreConfig:
-    type: Literal["memory", "redis"] = "memory"
+    """Where sessions live (contracts 3 and 17): in memory, or in Redis: one server (`url`), a
+    Sentinel-watched master (`sentinels`, `service_name`) or a cluster (`nodes`, any reachable subset)."""
+
+    type: StoreType = "memory"
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "agentgw:"
     # The memory store drops its least recently used sessions beyond this many.
     max_sessions: int = 100_000
+    sentinels: list[str] = field(default_factory=list)  # HOST:PORT each
+    service_name: str = "mymaster"
+    nodes: list[str] = field(default_factory=list)  # HOST:PORT each
+    username: str | None = None  # every Redis type (ACL)
+    password_env: str | None = None
+    tls: bool = False
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """The sentinels or the cluster nodes, as (host, port)."""
+        listed = self.sentinels if self.type == "redis-sentinel" else self.nodes
+        return [split_host_port(address, "session_store") for address in listed]
 
 
 @dataclass(frozen=True)
@@ -216,8 +233,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str, Any]] = {
     "AGENTGW_METRICS_LISTEN": ("server", "metrics_listen", str),
     "AGENTGW_WORKERS": ("server", "workers", int),
     "AGENTGW_MAX_BODY_BYTES": ("server", "max_body_bytes", int),
-    "SESSION_STORE_TYPE": ("session_store", "type", Literal["memory", "redis"]),
+    "SESSION_STORE_TYPE": ("session_store", "type", StoreType),
     "REDIS_URL": ("session_store", "url", str),
+    "REDIS_SENTINELS": ("session_store", "sentinels", list[str]),
+    "REDIS_SERVICE_NAME": ("session_store", "service_name", str),
+    "REDIS_CLUSTER_NODES": ("session_store", "nodes", list[str]),
     "AGENTGW_KEY_PREFIX": ("session_store", "key_prefix", str),
     "MCP_ENABLED": ("mcp", "enabled", bool),
     "TOOL_VALIDATION_ENABLED": ("mcp", "tool_validation", bool),
@@ -264,7 +284,12 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         if var not in env:
             continue
         try:
-            sections.setdefault(section, {})[key] = coerce(env[var], tp)
+            value = (
+                [item.strip() for item in env[var].split(",") if item.strip()]
+                if tp == list[str]
+                else coerce(env[var], tp)
+            )
+            sections.setdefault(section, {})[key] = value
         except ValueError as exc:
             raise ConfigError("environment", 0, f"{var}: {exc}") from None
     if "REDIS_URL" in env and "SESSION_STORE_TYPE" not in env:
@@ -290,6 +315,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(file, 0, "server.workers: must be at least 1")
     if settings.server.workers > 1 and settings.session_store.type == "memory":
         raise ConfigError(file, 0, "server.workers: more than 1 worker needs session_store.type redis")
+    _validate_session_store(file, settings.session_store)
     if settings.server.max_body_bytes < 1024:
         raise ConfigError(file, 0, "server.max_body_bytes: must be at least 1024")
     if settings.server.max_connections < 1:
@@ -327,6 +353,18 @@ def _validate_commands(settings: Settings) -> None:
             raise ConfigError(
                 settings.source, line_of(target), f"mcp.targets.{target.name}.max_processes: must be at least 1"
             )
+
+
+def _validate_session_store(file: str, store: SessionStoreConfig) -> None:
+    line = line_of(store)
+    if store.type == "redis-sentinel" and not store.sentinels:
+        raise ConfigError(file, line, "session_store.sentinels: at least one sentinel is needed")
+    if store.type == "redis-cluster" and not store.nodes:
+        raise ConfigError(file, line, "session_store.nodes: at least one cluster node is needed")
+    store.addresses()
+    if "{" in store.key_prefix or "}" in store.key_prefix:
+        # A hash tag in the prefix would put every key in one cluster slot.
+        raise ConfigError(file, line, "session_store.key_prefix: braces are reserved for hash tags")
 
 
 _GLOB = re.compile(r"[*?\[]")

@@ -2,7 +2,7 @@
 
 `RedisSessionStore.touch`, the one store call of every MCP request, is one EVALSHA of the touch
 script. This sends that EVALSHA, with touch's keys and arguments, to a redis-server started here
-on 127.0.0.1, through `_PipelinedConnection` (ours: one pipelined connection, hiredis replies)
+on 127.0.0.1, through `OneServer` in sessions/resp.py (ours: one pipelined connection, hiredis replies)
 and through the store's own redis-py client (redis.asyncio.Redis on its BlockingConnectionPool of
 64, hiredis parser), one caller at a time and 64 callers at once. Each run stops at --count calls
 or --seconds, whichever comes first. Client CPU is this process's CPU time per call (redis-server
@@ -26,7 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agentgw.sessions.redis import _TOUCH, RedisSessionStore, _sha1  # noqa: E402
+from agentgw.sessions.redis import _TOUCH, RedisSessionStore, _shard  # noqa: E402
+from agentgw.sessions.resp import _sha1  # noqa: E402
 from agentgw.sessions.store import SessionRecord, new_session_id  # noqa: E402
 from tests.support import Process, free_port, redis_process  # noqa: E402
 
@@ -83,7 +84,7 @@ async def measure(call: Call, callers: int, count: int, seconds: float) -> Run:
 async def benchmark(count: int, seconds: float) -> None:
     server = start_redis()
     prefix = f"bench-{uuid.uuid4().hex}:"
-    store = RedisSessionStore(f"redis://127.0.0.1:{server.port}/0", prefix)
+    store = RedisSessionStore.for_url(f"redis://127.0.0.1:{server.port}/0", prefix)
     try:
         now = time.time()
         ids = [new_session_id() for _ in range(SESSIONS)]
@@ -95,8 +96,9 @@ async def benchmark(count: int, seconds: float) -> None:
             """What `RedisSessionStore.touch` sends for the i-th call: its key and script arguments."""
             session_id = ids[i % SESSIONS]
             at = time.time()
-            args = [repr(at), str(int(TTL * 1000)), f"{prefix}backend_sessions:", repr(at + TTL), session_id]
-            return f"{prefix}session:{session_id}", args
+            index_prefix = store._index_prefix(_shard(session_id))
+            args = [repr(at), str(int(TTL * 1000)), index_prefix, repr(at + TTL), session_id]
+            return store._key(session_id), args
 
         async def ours(i: int) -> Any:
             key, args = touch_arguments(i)

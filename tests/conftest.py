@@ -59,7 +59,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
         created: SessionStore = MemorySessionStore(max_sessions=1000)
     else:
-        created = RedisSessionStore(request.getfixturevalue("redis_url"), f"test-{uuid.uuid4().hex}:")
+        created = RedisSessionStore.for_url(request.getfixturevalue("redis_url"), f"test-{uuid.uuid4().hex}:")
     yield created
     await created.close()
 

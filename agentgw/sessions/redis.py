@@ -1,25 +1,43 @@
-"""Redis session store: every gateway process sharing the Redis sees every session."""
+"""Redis session store: every gateway process sharing the Redis sees every session.
+
+One server, a Sentinel-watched master or a cluster (contract 17). The hot path's one script call
+per request goes through the gateway's own client (`sessions/resp.py`); everything else through
+redis-py's client for the same topology. Every key one request touches shares a hash tag, so a
+cluster serves it from one slot: a session's record and its place in the per-backend index share
+the session's shard (one of SHARDS), a target's catalogue and its version share the target's name,
+and a caller's rate-limit counters share a digest of what they count.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import ssl
-from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+import zlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from agentgw.config import SessionStoreConfig
 from agentgw.errors import StoreUnavailable
+from agentgw.sessions.resp import (
+    STORE_TIMEOUT,
+    ClusterSlots,
+    HotPath,
+    Login,
+    OneServer,
+    SentinelMaster,
+    Server,
+    in_background,
+)
 from agentgw.sessions.store import SessionRecord, StoredCatalogue
 
 T = TypeVar("T")
@@ -78,9 +96,9 @@ return #ARGV - 1
 # Audit lines per script call: one call keeps Redis busy for about a millisecond.
 AUDIT_BATCH = 1000
 
-# Fail fast: a store that does not answer within this many seconds is down,
-# and the client gets 503 rather than a hang.
-STORE_TIMEOUT = 1.0
+# Sessions are spread over this many hash tags: a cluster spreads them over its nodes, and a count
+# of one backend's sessions reads this many index keys.
+SHARDS = 16
 # Connections per gateway process; a request beyond them waits (up to
 # STORE_TIMEOUT) instead of failing, as redis-py's default pool would.
 MAX_CONNECTIONS = 64
@@ -94,25 +112,68 @@ WATCH_RETRY_DELAY = 1.0
 
 
 class RedisSessionStore:
-    def __init__(self, url: str, key_prefix: str) -> None:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=STORE_TIMEOUT,
-            decode_responses=True,
-            socket_timeout=STORE_TIMEOUT,
-            socket_connect_timeout=STORE_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+    def __init__(self, redis: aioredis.Redis | RedisCluster, hot: HotPath, key_prefix: str) -> None:
+        self._redis = redis
+        self._hot = hot
         self._prefix = key_prefix
-        self._hot = _PipelinedConnection(url)
+
+    @classmethod
+    def for_url(cls, url: str, key_prefix: str) -> RedisSessionStore:
+        """`type: redis`: the one server of `url` (credentials and database in it)."""
+        pool = BlockingConnectionPool.from_url(url, **_POOL_OPTIONS)
+        return cls(aioredis.Redis(connection_pool=pool), one_server(url), key_prefix)
+
+    @classmethod
+    def for_config(cls, config: SessionStoreConfig, env: Mapping[str, str]) -> RedisSessionStore:
+        """Any Redis type of `session_store`, with its `username`, `password_env` and `tls`."""
+        password = env.get(config.password_env) if config.password_env else None
+        if config.password_env and not password:
+            log.warning("session_store.password_env names %s, which is not set", config.password_env)
+        if config.type == "redis":
+            url = _with_login(config.url, config.username, password, config.tls)
+            return cls.for_url(url, config.key_prefix)
+        login = Login(config.username, password)
+        credentials: dict[str, Any] = {"username": config.username, "password": password, "ssl": config.tls}
+        servers = [Server(host, port, tls=config.tls) for host, port in config.addresses()]
+        if config.type == "redis-sentinel":
+            return cls._sentinel(config, servers, login, credentials)
+        nodes = [ClusterNode(server.host, server.port) for server in servers]
+        cluster = RedisCluster(startup_nodes=nodes, **credentials, **_CLUSTER_OPTIONS)
+        return cls(cluster, ClusterSlots(servers, login), config.key_prefix)
+
+    @classmethod
+    def _sentinel(
+        cls, config: SessionStoreConfig, servers: list[Server], login: Login, credentials: dict[str, Any]
+    ) -> RedisSessionStore:
+        # Sentinels take the same credentials as the servers they watch (a common deployment);
+        # redis-py asks them for the master on each new connection.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [(server.host, server.port) for server in servers],
+            sentinel_kwargs={**credentials, "socket_timeout": STORE_TIMEOUT},
+            **credentials,
+            **_POOL_OPTIONS,
+        )
+        redis = sentinel.master_for(config.service_name)
+        hot = SentinelMaster(servers, config.service_name, login, login)
+
+        def promoted(_: Server) -> None:
+            # redis-py's connections to the old master go too: it finds the new one as it reconnects.
+            in_background(redis.connection_pool.disconnect())
+
+        hot.on_promotion.append(promoted)
+        return cls(redis, hot, config.key_prefix)
 
     def _key(self, session_id: str) -> str:
-        return f"{self._prefix}session:{session_id}"
+        return f"{self._prefix}session:{{{_shard(session_id)}}}:{session_id}"
 
-    def _backend_index(self, target: str, backend: str) -> str:
-        return f"{self._prefix}backend_sessions:{target}|{backend}"
+    def _index_prefix(self, shard: str) -> str:
+        return f"{self._prefix}backend_sessions:{{{shard}}}:"
+
+    def _backend_index(self, session_id: str, target: str, backend: str) -> str:
+        return f"{self._index_prefix(_shard(session_id))}{target}|{backend}"
+
+    def _backend_indexes(self, target: str, backend: str) -> list[str]:
+        return [f"{self._index_prefix(shard)}{target}|{backend}" for shard in _SHARD_TAGS]
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         await self._replace(record, ttl, record.created_at)
@@ -121,7 +182,7 @@ class RedisSessionStore:
         fields = await self._hot.eval_script(
             _TOUCH,
             [self._key(session_id)],
-            [repr(now), str(int(ttl * 1000)), f"{self._prefix}backend_sessions:", repr(now + ttl), session_id],
+            [repr(now), str(int(ttl * 1000)), self._index_prefix(_shard(session_id)), repr(now + ttl), session_id],
         )
         if not fields:
             return None
@@ -139,7 +200,7 @@ class RedisSessionStore:
                 pipe.delete(self._key(record.id))
                 pipe.hset(self._key(record.id), mapping=dict(record.to_fields()))  # type: ignore[arg-type]
                 pipe.pexpire(self._key(record.id), int(ttl * 1000))
-                pipe.zadd(self._backend_index(record.target, record.backend), {record.id: now + ttl})
+                pipe.zadd(self._backend_index(record.id, record.target, record.backend), {record.id: now + ttl})
                 return await pipe.execute()
 
         await _call(write)
@@ -155,20 +216,25 @@ class RedisSessionStore:
         if not fields:
             return None
         record = SessionRecord.from_fields(fields)
-        await _call(lambda: self._redis.zrem(self._backend_index(record.target, record.backend), session_id))
+        index = self._backend_index(session_id, record.target, record.backend)
+        await _call(lambda: self._redis.zrem(index, session_id))
         return record
 
     async def count_by_backend(self, target: str, backends: list[str], now: float) -> dict[str, int]:
         async def count() -> Any:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for backend in backends:
-                    key = self._backend_index(target, backend)
-                    pipe.zremrangebyscore(key, "-inf", now)
-                    pipe.zcard(key)
+                    for key in self._backend_indexes(target, backend):
+                        pipe.zremrangebyscore(key, "-inf", now)
+                        pipe.zcard(key)
                 return await pipe.execute()
 
         results = await _call(count)
-        return {backend: int(results[2 * i + 1]) for i, backend in enumerate(backends)}
+        per_backend = 2 * SHARDS
+        return {
+            backend: sum(int(n) for n in results[i * per_backend + 1 : (i + 1) * per_backend : 2])
+            for i, backend in enumerate(backends)
+        }
 
     async def get(self, session_id: str) -> SessionRecord | None:
         fields: Any = await _call(lambda: self._redis.hgetall(self._key(session_id)))
@@ -178,8 +244,9 @@ class RedisSessionStore:
         async def newest_ids() -> Any:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for backend in backends:
-                    # Scores are expiry times: the highest were used last.
-                    pipe.zrevrangebyscore(self._backend_index(target, backend), "+inf", now, start=0, num=limit)
+                    for key in self._backend_indexes(target, backend):
+                        # Scores are expiry times: the highest were used last.
+                        pipe.zrevrangebyscore(key, "+inf", now, start=0, num=limit)
                 return await pipe.execute()
 
         ids = [session_id for found in await _call(newest_ids) for session_id in found]
@@ -195,10 +262,10 @@ class RedisSessionStore:
         return records[:limit]
 
     def _tools_key(self, target: str) -> str:
-        return f"{self._prefix}tools:{target}"
+        return f"{self._prefix}tools:{{{target}}}"
 
     def _tools_version_key(self, target: str) -> str:
-        return f"{self._prefix}tools_version:{target}"
+        return f"{self._prefix}tools_version:{{{target}}}"
 
     def _tools_channel(self) -> str:
         return f"{self._prefix}tools_changed"
@@ -242,7 +309,7 @@ class RedisSessionStore:
         try:
             await pubsub.subscribe(self._tools_channel())
             # Writes made while nobody here listened went unannounced: compare every version once.
-            versions = await self._redis.mget([self._tools_version_key(t) for t in targets]) if targets else []
+            versions = await self._versions(targets)
             for target, version in zip(targets, versions, strict=True):
                 yield target, int(version or 0)
             pinged = False
@@ -263,6 +330,13 @@ class RedisSessionStore:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _versions(self, targets: list[str]) -> list[Any]:
+        """Each target's catalogue version: one GET each, as the keys may sit on several cluster nodes."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for target in targets:
+                pipe.get(self._tools_version_key(target))
+            return list(await pipe.execute())
 
     async def append_audit(self, entries: list[str]) -> None:
         # On the hot connection: redis-py's cost per command, times every audited call, was a tenth
@@ -318,159 +392,54 @@ class RedisSessionStore:
         await self._redis.aclose()
 
 
+_POOL_OPTIONS: dict[str, Any] = {
+    "max_connections": MAX_CONNECTIONS,
+    "timeout": STORE_TIMEOUT,
+    "decode_responses": True,
+    "socket_timeout": STORE_TIMEOUT,
+    "socket_connect_timeout": STORE_TIMEOUT,
+    "retry": Retry(NoBackoff(), 0),
+}
+_CLUSTER_OPTIONS: dict[str, Any] = {
+    "max_connections": MAX_CONNECTIONS,
+    "decode_responses": True,
+    "socket_timeout": STORE_TIMEOUT,
+    "socket_connect_timeout": STORE_TIMEOUT,
+    # Fail fast like the other types: the request gets its 503, the next one finds the new map.
+    "cluster_error_retry_attempts": 1,
+}
+_SHARD_TAGS = [f"s{shard:x}" for shard in range(SHARDS)]
+
+
+def _shard(session_id: str) -> str:
+    return _SHARD_TAGS[zlib.crc32(session_id.encode("utf-8", "surrogatepass")) % SHARDS]
+
+
+def one_server(url: str) -> OneServer:
+    """The hot path to the server of a `redis://`, `rediss://` or `unix://` URL."""
+    options = parse_url(url)
+    tls = options.get("connection_class") is SSLConnection
+    server = Server(options.get("host", "127.0.0.1"), options.get("port", 6379), options.get("path"), tls)
+    return OneServer(server, Login(options.get("username"), options.get("password"), int(options.get("db") or 0)))
+
+
+def _with_login(url: str, username: str | None, password: str | None, tls: bool) -> str:
+    """`url` with the configured credentials and scheme, where the config gives them."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    scheme = "rediss" if tls and parts.scheme == "redis" else parts.scheme
+    if username is None and password is None:
+        return urlunsplit(parts._replace(scheme=scheme))
+    user = quote(username or parts.username or "", safe="")
+    secret = quote(password or parts.password or "", safe="")
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{user}:{secret}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(scheme=scheme, netloc=netloc))
+
+
 async def _call(operation: Callable[[], Awaitable[T]]) -> T:
     try:
         return await operation()
     except (RedisError, OSError) as exc:
         raise StoreUnavailable("Session store unavailable") from exc
-
-
-class _PipelinedConnection:
-    """One connection for the per-request script call: pipelined, replies parsed by hiredis.
-
-    redis-py spends ~120 µs of CPU on each command, more than the rest of the
-    gateway's hot path together; this costs ~16 µs. Every other store operation
-    goes through redis-py. Any failure closes the connection and fails every
-    call waiting on it; the next call reconnects.
-    """
-
-    def __init__(self, url: str) -> None:
-        options = parse_url(url)
-        self._socket_path: str | None = options.get("path")  # unix:// URLs
-        self._host: str = options.get("host", "127.0.0.1")
-        self._port: int = options.get("port", 6379)
-        self._ssl = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
-        self._setup: list[list[str]] = []
-        if options.get("password") is not None:
-            self._setup.append(
-                ["AUTH", *([options["username"]] if options.get("username") else []), options["password"]]
-            )
-        if options.get("db"):
-            self._setup.append(["SELECT", str(options["db"])])
-        self._protocol: _RespProtocol | None = None
-        self._connecting: asyncio.Future[_RespProtocol] | None = None
-
-    async def eval_script(self, script: str, keys: list[str], args: list[str]) -> Any:
-        sha = _sha1(script)
-        reply = await self._call(["EVALSHA", sha, str(len(keys)), *keys, *args])
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self._call(["EVAL", script, str(len(keys)), *keys, *args])
-        if isinstance(reply, hiredis.ReplyError):
-            raise StoreUnavailable("Session store refused the request") from reply
-        return reply
-
-    async def _call(self, command: list[str]) -> Any:
-        protocol = self._protocol
-        if protocol is None or protocol.lost:
-            protocol = await self._connect()
-        return await protocol.call(command)
-
-    async def _connect(self) -> _RespProtocol:
-        """The one connection attempt every caller waits on: all of them fail within one
-        STORE_TIMEOUT when it fails, rather than each trying in turn."""
-        if self._connecting is None:
-            connecting = self._connecting = asyncio.ensure_future(self._open())
-            connecting.add_done_callback(self._opened)
-        return await asyncio.shield(self._connecting)
-
-    def _opened(self, connecting: asyncio.Future[_RespProtocol]) -> None:
-        self._connecting = None
-        if not connecting.cancelled() and connecting.exception() is None:
-            self._protocol = connecting.result()
-
-    async def _open(self) -> _RespProtocol:
-        loop = asyncio.get_running_loop()
-        protocol: _RespProtocol | None = None
-        try:
-            async with asyncio.timeout(STORE_TIMEOUT):
-                if self._socket_path is not None:
-                    _, protocol = await loop.create_unix_connection(_RespProtocol, self._socket_path)
-                else:
-                    _, protocol = await loop.create_connection(_RespProtocol, self._host, self._port, ssl=self._ssl)
-                for command in self._setup:
-                    if isinstance(await protocol.call(command), hiredis.ReplyError):
-                        raise StoreUnavailable("Session store refused the connection")
-        except BaseException as exc:
-            if protocol is not None:
-                protocol.close()
-            if isinstance(exc, (TimeoutError, OSError)):
-                raise StoreUnavailable("Session store unavailable") from exc
-            raise
-        return protocol
-
-    def close(self) -> None:
-        if self._protocol is not None:
-            self._protocol.close()
-
-
-class _RespProtocol(asyncio.Protocol):
-    """One Redis connection: commands written in order, replies matched in order."""
-
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._reader = hiredis.Reader()
-        self._pending: deque[asyncio.Future[Any]] = deque()
-        self.lost = False
-
-    async def call(self, command: list[str]) -> Any:
-        if self.lost or self._transport is None:
-            raise StoreUnavailable("Session store unavailable")
-        data = _encode(command)  # before the reply is awaited: a command that cannot be sent takes none
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
-        self._transport.write(data)
-        timer = asyncio.get_running_loop().call_later(STORE_TIMEOUT, self._timed_out, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-
-    def _timed_out(self, future: asyncio.Future[Any]) -> None:
-        if not future.done():
-            self.close()  # later replies would no longer line up with their callers
-
-    def close(self) -> None:
-        self.lost = True
-        if self._transport is not None:
-            self._transport.close()
-        self._fail_pending()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-        while self._pending and (reply := self._reader.gets()) is not False:
-            future = self._pending.popleft()
-            if not future.done():
-                future.set_result(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._fail_pending()
-
-    def _fail_pending(self) -> None:
-        while self._pending:
-            future = self._pending.popleft()
-            if not future.done():
-                future.set_exception(StoreUnavailable("Session store unavailable"))
-
-
-_SHA1: dict[str, str] = {}
-
-
-def _sha1(script: str) -> str:
-    sha = _SHA1.get(script)
-    if sha is None:
-        sha = _SHA1[script] = hashlib.sha1(script.encode()).hexdigest()
-    return sha
-
-
-def _encode(command: list[str]) -> bytes:
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        # A lone surrogate (a token's subject may hold one) becomes bytes no valid text encodes to:
-        # its own key, never another's.
-        data = arg.encode("utf-8", "surrogatepass")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)

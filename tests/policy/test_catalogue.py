@@ -343,7 +343,10 @@ async def test_lookups_never_add_to_the_catalogue(catalogue: ToolCatalogue, stor
 
 async def test_a_replica_hears_of_another_replicas_quarantine_and_approval(redis_url: str) -> None:
     prefix = f"replicas-{time.monotonic_ns()}:"
-    first_store, second_store = RedisSessionStore(redis_url, prefix), RedisSessionStore(redis_url, prefix)
+    first_store, second_store = (
+        RedisSessionStore.for_url(redis_url, prefix),
+        RedisSessionStore.for_url(redis_url, prefix),
+    )
     first, second = ToolCatalogue(first_store, Refusals(Metrics())), ToolCatalogue(second_store, Refusals(Metrics()))
     following = asyncio.create_task(second.follow([TARGET]))
     try:
@@ -408,7 +411,7 @@ async def test_an_idle_gateway_reads_no_catalogue(tmp: Path, backends: list[Proc
             for target in ("docs", "mail"):
                 async with sdk_client(f"{first.mcp_url}/{target}") as client:
                     assert (await client.list_tools()).tools
-            assert await admin.hlen("idle:tools:docs") > 0
+            assert await admin.hlen("idle:tools:{docs}") > 0
 
             async def both_subscribed() -> bool:
                 return bool((await admin.pubsub_numsub("idle:tools_changed"))[0][1] == 2)

@@ -54,7 +54,7 @@ def in_one_minute() -> None:
 
 
 async def test_no_policy_and_no_tier_cost_no_store_operation(tmp_path: Path) -> None:
-    unreachable = RedisSessionStore(NO_REDIS, "none:")
+    unreachable = RedisSessionStore.for_url(NO_REDIS, "none:")
     no_default = load(tmp_path, policy("[mcp]", "    gold: {requestsPerMinute: 1}", default=None))
     llm_only = load(tmp_path, policy("[llm]", "    basic: {requestsPerMinute: 1}"))
     tokens_only = load(tmp_path, policy("[mcp]", "    basic: {tokensPerMinute: 1}"))

@@ -1,4 +1,4 @@
-"""The hand-written RESP client behind the store's hot path (`_PipelinedConnection` in sessions/redis.py).
+"""The hand-written RESP client behind the store's hot path (sessions/resp.py).
 
 Encoding and reply parsing are checked against raw bytes fed to the protocol object; pipelining,
 error replies, the NOSCRIPT fallback and connection setup against a real redis-server; outages
@@ -20,9 +20,10 @@ import hiredis
 import pytest
 import redis.asyncio as aioredis
 
-import agentgw.sessions.redis as redis_store
+import agentgw.sessions.resp as redis_store
 from agentgw.errors import StoreUnavailable
-from agentgw.sessions.redis import RedisSessionStore, _encode, _PipelinedConnection, _RespProtocol, _sha1
+from agentgw.sessions.redis import RedisSessionStore, one_server
+from agentgw.sessions.resp import OneServer, _encode, _RespProtocol, _sha1
 from agentgw.sessions.store import SessionRecord, new_session_id
 from tests.support import Process, poll, started_redis
 
@@ -178,8 +179,8 @@ async def answer_nonsense(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 
 
 @pytest.fixture
-async def connection(redis_url: str) -> AsyncIterator[_PipelinedConnection]:
-    conn = _PipelinedConnection(redis_url)
+async def connection(redis_url: str) -> AsyncIterator[OneServer]:
+    conn = one_server(redis_url)
     yield conn
     conn.close()
 
@@ -208,13 +209,13 @@ def test_arguments_are_bulk_strings_counted_in_utf8_bytes() -> None:
     "value", ["", "clé", "日本語", "emoji 🎉", "a\r\nb", "\x00\x01\x7f\xff", "*1\r\n$3\r\nfoo\r\n", " "]
 )
 async def test_non_ascii_binary_ish_and_empty_values_round_trip_through_redis(
-    connection: _PipelinedConnection, value: str
+    connection: OneServer, value: str
 ) -> None:
     name = key(value)
-    assert await connection._call(["SET", name, value]) == b"OK"
-    assert await connection._call(["GET", name]) == value.encode()
-    assert await connection._call(["STRLEN", name]) == len(value.encode())
-    assert await connection._call(["DEL", name]) == 1
+    assert await connection.connection.call(["SET", name, value]) == b"OK"
+    assert await connection.connection.call(["GET", name]) == value.encode()
+    assert await connection.connection.call(["STRLEN", name]) == len(value.encode())
+    assert await connection.connection.call(["DEL", name]) == 1
 
 
 async def test_commands_are_written_whole_and_in_call_order() -> None:
@@ -292,43 +293,43 @@ async def test_an_unanswered_call_times_out_closing_the_connection_and_failing_e
 
 
 async def test_concurrent_calls_on_one_connection_get_their_own_answers_in_order(
-    connection: _PipelinedConnection,
+    connection: OneServer,
 ) -> None:
     counter = key("counter")
     commands = [["INCR", counter] if i % 2 else ["ECHO", f"value {i} é"] for i in range(600)]
     commands += [["CLIENT", "ID"]] * 20
-    replies = await asyncio.gather(*(connection._call(command) for command in commands))
+    replies = await asyncio.gather(*(connection.connection.call(command) for command in commands))
     assert replies[:600:2] == [f"value {i} é".encode() for i in range(0, 600, 2)]
     assert replies[1:600:2] == list(range(1, 301))  # Redis ran them in the order they were called
     assert len(set(replies[600:])) == 1  # all on one connection
-    await connection._call(["DEL", counter])
+    await connection.connection.call(["DEL", counter])
 
 
-async def test_concurrent_scripts_get_their_own_answers(connection: _PipelinedConnection) -> None:
+async def test_concurrent_scripts_get_their_own_answers(connection: OneServer) -> None:
     script = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) * 2}"
     replies = await asyncio.gather(*(connection.eval_script(script, [f"k{i}"], [f"ä{i}", str(i)]) for i in range(300)))
     assert replies == [[f"k{i}".encode(), f"ä{i}".encode(), 2 * i] for i in range(300)]
 
 
-async def test_error_replies_are_returned_and_the_connection_keeps_serving(connection: _PipelinedConnection) -> None:
+async def test_error_replies_are_returned_and_the_connection_keeps_serving(connection: OneServer) -> None:
     a_hash = key("hash")
-    await connection._call(["HSET", a_hash, "field", "value"])
-    before = await connection._call(["CLIENT", "ID"])
+    await connection.connection.call(["HSET", a_hash, "field", "value"])
+    before = await connection.connection.call(["CLIENT", "ID"])
     replies = await asyncio.gather(
-        connection._call(["ECHO", "before"]),
-        connection._call(["INCR", a_hash]),
-        connection._call(["NO-SUCH-COMMAND", "x"]),
-        connection._call(["ECHO", "after"]),
+        connection.connection.call(["ECHO", "before"]),
+        connection.connection.call(["INCR", a_hash]),
+        connection.connection.call(["NO-SUCH-COMMAND", "x"]),
+        connection.connection.call(["ECHO", "after"]),
     )
     assert replies[0] == b"before" and replies[3] == b"after"
     assert isinstance(replies[1], hiredis.ReplyError) and str(replies[1]).startswith("WRONGTYPE ")
     assert isinstance(replies[2], hiredis.ReplyError) and str(replies[2]).startswith("ERR ")
-    assert await connection._call(["CLIENT", "ID"]) == before
-    await connection._call(["DEL", a_hash])
+    assert await connection.connection.call(["CLIENT", "ID"]) == before
+    await connection.connection.call(["DEL", a_hash])
 
 
 async def test_a_script_error_raises_store_unavailable_and_later_calls_succeed(
-    connection: _PipelinedConnection,
+    connection: OneServer,
 ) -> None:
     results = await asyncio.gather(
         connection.eval_script("return 'before'", [], []),
@@ -344,7 +345,7 @@ async def test_a_script_error_raises_store_unavailable_and_later_calls_succeed(
 
 
 async def test_evalsha_after_script_flush_falls_back_to_eval_once(
-    connection: _PipelinedConnection, redis_py: aioredis.Redis
+    connection: OneServer, redis_py: aioredis.Redis
 ) -> None:
     script = f"return 'flushed {uuid.uuid4().hex}'"
     expected = script[8:-1].encode()
@@ -363,9 +364,7 @@ async def test_evalsha_after_script_flush_falls_back_to_eval_once(
     assert await calls() == (evalsha + 2, eval_ + 1)  # cached again: EVALSHA alone
 
 
-async def test_concurrent_calls_after_script_flush_all_succeed(
-    connection: _PipelinedConnection, redis_py: aioredis.Redis
-) -> None:
+async def test_concurrent_calls_after_script_flush_all_succeed(connection: OneServer, redis_py: aioredis.Redis) -> None:
     script = f"-- {uuid.uuid4().hex}\nreturn tonumber(ARGV[1]) + 1"
     assert await connection.eval_script(script, [], ["0"]) == 1
     await redis_py.script_flush()
@@ -374,7 +373,7 @@ async def test_concurrent_calls_after_script_flush_all_succeed(
 
 
 async def test_store_touch_works_after_script_flush(redis_url: str, redis_py: aioredis.Redis) -> None:
-    store = RedisSessionStore(redis_url, key())
+    store = RedisSessionStore.for_url(redis_url, key())
     try:
         created = record()
         await store.create(created, ttl=60)
@@ -387,10 +386,10 @@ async def test_store_touch_works_after_script_flush(redis_url: str, redis_py: ai
 
 
 async def test_the_database_in_the_url_is_selected(redis_url: str, redis_py: aioredis.Redis) -> None:
-    conn = _PipelinedConnection(redis_url.rsplit("/", 1)[0] + "/5")
+    conn = one_server(redis_url.rsplit("/", 1)[0] + "/5")
     name = key("db")
     try:
-        assert await conn._call(["SET", name, "in five"]) == b"OK"
+        assert await conn.connection.call(["SET", name, "in five"]) == b"OK"
     finally:
         conn.close()
     fifth = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/5")
@@ -407,14 +406,14 @@ async def test_the_password_in_the_url_authenticates_and_a_wrong_one_is_refused(
     base = f"127.0.0.1:{server.port}/0"
     try:
         for url in (f"redis://:s3cret%20%C3%A9@{base}", f"redis://default:s3cret%20%C3%A9@{base}"):
-            conn = _PipelinedConnection(url)
+            conn = one_server(url)
             assert await conn.eval_script("return 'in'", [], []) == b"in"
             conn.close()
-        conn = _PipelinedConnection(f"redis://:wrong@{base}")
+        conn = one_server(f"redis://:wrong@{base}")
         with pytest.raises(StoreUnavailable):
             await conn.eval_script("return 'in'", [], [])
         conn.close()
-        conn = _PipelinedConnection(f"redis://{base}")
+        conn = one_server(f"redis://{base}")
         with pytest.raises(StoreUnavailable) as refused:
             await conn.eval_script("return 'in'", [], [])
         assert str(refused.value.__cause__).startswith("NOAUTH")
@@ -431,9 +430,9 @@ async def test_redis_killed_mid_call_fails_the_call_at_once_and_the_next_call_re
 ) -> None:
     monkeypatch.setattr(redis_store, "STORE_TIMEOUT", 30.0)  # only the lost connection can end the call in time
     url = f"redis://127.0.0.1:{own_redis.port}/0"
-    conn, observer = _PipelinedConnection(url), aioredis.Redis.from_url(url)
+    conn, observer = one_server(url), aioredis.Redis.from_url(url)
     try:
-        blocked = asyncio.create_task(conn._call(["BLPOP", key("never"), "0"]))
+        blocked = asyncio.create_task(conn.connection.call(["BLPOP", key("never"), "0"]))
 
         async def waiting_in_redis() -> bool:
             return int((await observer.info("clients"))["blocked_clients"]) == 1
@@ -445,10 +444,10 @@ async def test_redis_killed_mid_call_fails_the_call_at_once_and_the_next_call_re
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(blocked, PROMPTLY)
         with pytest.raises(StoreUnavailable):
-            await asyncio.wait_for(conn._call(["PING"]), PROMPTLY)  # down: refused, not waited on
+            await asyncio.wait_for(conn.connection.call(["PING"]), PROMPTLY)  # down: refused, not waited on
         assert time.monotonic() - started < PROMPTLY
         own_redis.start()
-        assert await conn._call(["PING"]) == b"PONG"
+        assert await conn.connection.call(["PING"]) == b"PONG"
     finally:
         conn.close()
         await observer.aclose()
@@ -456,7 +455,7 @@ async def test_redis_killed_mid_call_fails_the_call_at_once_and_the_next_call_re
 
 async def test_store_touch_is_unavailable_while_redis_is_down_and_works_once_it_is_back(own_redis: Process) -> None:
     url, prefix = f"redis://127.0.0.1:{own_redis.port}/0", key()
-    store = RedisSessionStore(url, prefix)
+    store = RedisSessionStore.for_url(url, prefix)
     try:
         created = record()
         await store.create(created, ttl=60)
@@ -470,7 +469,7 @@ async def test_store_touch_is_unavailable_while_redis_is_down_and_works_once_it_
         own_redis.start()
         assert await store.touch(created.id, time.time(), 60) is None  # a fresh Redis: the record is gone
         # Written by a second store: the first one's redis-py pool still holds connections to the dead Redis.
-        writer = RedisSessionStore(url, prefix)
+        writer = RedisSessionStore.for_url(url, prefix)
         await writer.create(created, ttl=60)
         await writer.close()
         touched = await store.touch(created.id, time.time(), 60)
@@ -481,7 +480,7 @@ async def test_store_touch_is_unavailable_while_redis_is_down_and_works_once_it_
 
 async def test_a_server_that_never_answers_times_out_every_waiting_call() -> None:
     async with raw_server(never_answer) as port:
-        conn = _PipelinedConnection(f"redis://127.0.0.1:{port}/0")
+        conn = one_server(f"redis://127.0.0.1:{port}/0")
         started = time.monotonic()
         results = await asyncio.gather(
             *(conn.eval_script("return 1", [], []) for _ in range(5)), return_exceptions=True
@@ -494,7 +493,7 @@ async def test_a_server_that_never_answers_times_out_every_waiting_call() -> Non
 
 async def test_store_touch_against_a_server_that_never_answers_fails_in_bounded_time() -> None:
     async with raw_server(never_answer) as port:
-        store = RedisSessionStore(f"redis://127.0.0.1:{port}/0", "silent:")
+        store = RedisSessionStore.for_url(f"redis://127.0.0.1:{port}/0", "silent:")
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(store.touch("any", time.time(), 60), redis_store.STORE_TIMEOUT + 5)
@@ -508,7 +507,7 @@ async def test_callers_queued_behind_an_unanswered_connection_setup_fail_within_
     # Callers once queued behind that setup one by one, each then trying a connection of its
     # own: the k-th caller failed after k x STORE_TIMEOUT.
     async with raw_server(never_answer) as port:
-        conn = _PipelinedConnection(f"redis://:secret@127.0.0.1:{port}/0")
+        conn = one_server(f"redis://:secret@127.0.0.1:{port}/0")
         started = time.monotonic()
 
         async def failure_time() -> float:
@@ -527,7 +526,7 @@ async def test_a_server_that_hangs_up_or_talks_nonsense_fails_the_call_at_once(
 ) -> None:
     monkeypatch.setattr(redis_store, "STORE_TIMEOUT", 30.0)  # only the connection's end can end the call in time
     async with raw_server(handle) as port:
-        conn = _PipelinedConnection(f"redis://127.0.0.1:{port}/0")
+        conn = one_server(f"redis://127.0.0.1:{port}/0")
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(conn.eval_script("return 1", [], []), PROMPTLY)
         conn.close()
@@ -537,16 +536,18 @@ async def test_a_server_that_hangs_up_or_talks_nonsense_fails_the_call_at_once(
 
 
 async def test_a_lone_surrogate_is_sent_as_its_own_bytes_and_later_replies_stay_in_line(
-    connection: _PipelinedConnection,
+    connection: OneServer,
 ) -> None:
     # A lone surrogate was once an encoding error raised after the caller's reply was queued: the
     # orphan took the next reply, and every later caller got the reply meant for the one before.
-    assert await connection._call(["PING"]) == b"PONG"
-    assert await connection._call(["ECHO", "lone \ud800 surrogate"]) == "lone \ud800 surrogate".encode(
+    assert await connection.connection.call(["PING"]) == b"PONG"
+    assert await connection.connection.call(["ECHO", "lone \ud800 surrogate"]) == "lone \ud800 surrogate".encode(
         "utf-8", "surrogatepass"
     )
     replies = await asyncio.gather(
-        connection._call(["ECHO", "first"]), connection._call(["ECHO", "second"]), return_exceptions=True
+        connection.connection.call(["ECHO", "first"]),
+        connection.connection.call(["ECHO", "second"]),
+        return_exceptions=True,
     )
     assert replies == [b"first", b"second"]
 
@@ -556,7 +557,7 @@ async def test_a_rate_limit_key_with_a_lone_surrogate_counts_apart_and_hands_no_
 ) -> None:
     # The previous one seen through the store: a token subject is any JSON string, lone
     # surrogates included, and rate-limit keys end with it (policy/rate_limits.py `_key`).
-    store = RedisSessionStore(redis_url, key())
+    store = RedisSessionStore.for_url(redis_url, key())
     try:
         sessions = [record(), record()]
         for created in sessions:
@@ -582,9 +583,9 @@ async def test_a_unix_socket_url_is_where_the_hot_path_connects() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "redis.sock"
         server = await asyncio.start_unix_server(answer_unix, str(path))
-        conn = _PipelinedConnection(f"unix://{path}?db=0")
+        conn = one_server(f"unix://{path}?db=0")
         try:
-            reply: Any = await asyncio.wait_for(conn._call(["PING"]), PROMPTLY)
+            reply: Any = await asyncio.wait_for(conn.connection.call(["PING"]), PROMPTLY)
         except StoreUnavailable as exc:
             reply = exc
         finally:

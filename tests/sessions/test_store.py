@@ -117,7 +117,7 @@ async def test_memory_store_forgets_expired_sessions_as_new_ones_arrive() -> Non
 
 
 async def test_unreachable_redis_raises_store_unavailable_quickly(dead_port: int) -> None:
-    store = RedisSessionStore(f"redis://127.0.0.1:{dead_port}/0", "x:")
+    store = RedisSessionStore.for_url(f"redis://127.0.0.1:{dead_port}/0", "x:")
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         await store.touch("anything", time.time(), ttl=60)
@@ -135,7 +135,7 @@ async def test_redis_url_password_and_database_are_honoured(tmp_path: Path) -> N
     server = started_redis(tmp_path / "redis.log", "--requirepass", "s3cret")
     port = server.port
     try:
-        store = RedisSessionStore(f"redis://:s3cret@127.0.0.1:{port}/3", "auth:")
+        store = RedisSessionStore.for_url(f"redis://:s3cret@127.0.0.1:{port}/3", "auth:")
         now = time.time()
         created = record(now)
         await store.create(created, ttl=60)
@@ -143,10 +143,10 @@ async def test_redis_url_password_and_database_are_honoured(tmp_path: Path) -> N
         await store.close()
         # The record landed in database 3, where both of the store's connections looked.
         check = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3")
-        assert await check.exists(f"auth:session:{created.id}") == 1
+        assert await check.exists(store._key(created.id)) == 1
         await check.aclose()
 
-        wrong = RedisSessionStore(f"redis://:wrong@127.0.0.1:{port}/3", "auth:")
+        wrong = RedisSessionStore.for_url(f"redis://:wrong@127.0.0.1:{port}/3", "auth:")
         with pytest.raises(StoreUnavailable):
             await wrong.touch(created.id, now, ttl=60)
         await wrong.close()
@@ -176,7 +176,7 @@ async def test_redis_announces_catalogue_writes_and_catches_up_after_losing_the_
     import redis.asyncio as aioredis
 
     prefix = f"changes-{time.monotonic_ns()}:"
-    watcher, writer = RedisSessionStore(redis_url, prefix), RedisSessionStore(redis_url, prefix)
+    watcher, writer = RedisSessionStore.for_url(redis_url, prefix), RedisSessionStore.for_url(redis_url, prefix)
     admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
     changes = watcher.catalogue_changes(["docs", "mail"])
 
