@@ -279,11 +279,14 @@ class BatchDenied(GatewayError):
 
 
 class StoreUnavailable(GatewayError):
-    """The session store does not answer; the client may retry."""
+    """The session store does not answer; the client may retry, soon: a failover takes seconds."""
 
     http_status = 503
     jsonrpc_code = SERVER_UNAVAILABLE
     openai_code = "service_unavailable"
+
+    def __init__(self, message: str, *, data: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, data=data, headers={"retry-after": "1", **(headers or {})})
 
 
 class UpstreamUnavailable(GatewayError):

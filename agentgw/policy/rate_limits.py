@@ -15,6 +15,7 @@ never spend its chat budget. Tokens are counted for chat only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -108,8 +109,11 @@ async def _spend(store: Counters, key: str, tokens: int) -> None:
 
 
 def _key(kind: Kind, what: str, window: int, subject: str) -> str:
-    # The subject last: whatever it holds, no two counters share a key.
-    return f"ratelimit:{kind}:{what}:{window}:{subject}"
+    # The counters one request adds to share a hash tag, so a Redis Cluster keeps them in one slot
+    # (a digest: a subject may hold braces). The subject last: whatever it holds, no two counters
+    # share a key.
+    tag = hashlib.sha256(f"{kind}:{window}:{subject}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"ratelimit:{{{tag}}}:{kind}:{what}:{window}:{subject}"
 
 
 def _limited(what: str, limit: int, retry_after: int) -> RateLimited:

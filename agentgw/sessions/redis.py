@@ -138,7 +138,7 @@ class RedisSessionStore:
         if config.type == "redis-sentinel":
             return cls._sentinel(config, servers, login, credentials)
         nodes = [ClusterNode(server.host, server.port) for server in servers]
-        cluster = RedisCluster(startup_nodes=nodes, **credentials, **_CLUSTER_OPTIONS)
+        cluster = RedisCluster(startup_nodes=nodes, **credentials, **_CONNECTION_OPTIONS)
         return cls(cluster, ClusterSlots(servers, login), config.key_prefix)
 
     @classmethod
@@ -151,7 +151,7 @@ class RedisSessionStore:
             [(server.host, server.port) for server in servers],
             sentinel_kwargs={**credentials, "socket_timeout": STORE_TIMEOUT},
             **credentials,
-            **_POOL_OPTIONS,
+            **_CONNECTION_OPTIONS,
         )
         redis = sentinel.master_for(config.service_name)
         hot = SentinelMaster(servers, config.service_name, login, login)
@@ -392,22 +392,17 @@ class RedisSessionStore:
         await self._redis.aclose()
 
 
-_POOL_OPTIONS: dict[str, Any] = {
+# Fail fast: a request gets its 503 within STORE_TIMEOUT, and the next one finds the server (or
+# the master, or the slot map) anew.
+_CONNECTION_OPTIONS: dict[str, Any] = {
     "max_connections": MAX_CONNECTIONS,
-    "timeout": STORE_TIMEOUT,
     "decode_responses": True,
     "socket_timeout": STORE_TIMEOUT,
     "socket_connect_timeout": STORE_TIMEOUT,
     "retry": Retry(NoBackoff(), 0),
 }
-_CLUSTER_OPTIONS: dict[str, Any] = {
-    "max_connections": MAX_CONNECTIONS,
-    "decode_responses": True,
-    "socket_timeout": STORE_TIMEOUT,
-    "socket_connect_timeout": STORE_TIMEOUT,
-    # Fail fast like the other types: the request gets its 503, the next one finds the new map.
-    "cluster_error_retry_attempts": 1,
-}
+# One server: a request beyond MAX_CONNECTIONS waits (up to STORE_TIMEOUT) instead of failing.
+_POOL_OPTIONS: dict[str, Any] = {**_CONNECTION_OPTIONS, "timeout": STORE_TIMEOUT}
 _SHARD_TAGS = [f"s{shard:x}" for shard in range(SHARDS)]
 
 

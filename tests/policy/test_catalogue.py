@@ -343,10 +343,13 @@ async def test_lookups_never_add_to_the_catalogue(catalogue: ToolCatalogue, stor
 
 async def test_a_replica_hears_of_another_replicas_quarantine_and_approval(redis_url: str) -> None:
     prefix = f"replicas-{time.monotonic_ns()}:"
-    first_store, second_store = (
-        RedisSessionStore.for_url(redis_url, prefix),
-        RedisSessionStore.for_url(redis_url, prefix),
+    await replicas_share_quarantine_and_approval(
+        RedisSessionStore.for_url(redis_url, prefix), RedisSessionStore.for_url(redis_url, prefix)
     )
+
+
+async def replicas_share_quarantine_and_approval(first_store: SessionStore, second_store: SessionStore) -> None:
+    """What one replica's catalogue quarantines and approves, another's hears of; both stores closed after."""
     first, second = ToolCatalogue(first_store, Refusals(Metrics())), ToolCatalogue(second_store, Refusals(Metrics()))
     following = asyncio.create_task(second.follow([TARGET]))
     try:
