@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test chaos lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("agentgw needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -24,7 +24,8 @@ run: install
 
 test: install
 	@# Most of the suite waits on real processes and sockets: two workers halve its wall time.
-	$(BIN)/python -m pytest -q -n 2
+	@# loadgroup: a module that starts a Redis topology keeps its tests on one worker.
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check agentgw tests benchmarks examples
