@@ -26,8 +26,9 @@ from agentgw.config import Settings, check_upstream_secrets, config_path, load_s
 from agentgw.inbound.client_limits import ClientLimits, http_protocol
 from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import MULTIPROCESS_ENV
+from agentgw.policy.guardrails import TRAFFIC
 from agentgw.policy.loader import load_policies, policy_files
-from agentgw.policy.model import PolicySet
+from agentgw.policy.model import PolicySet, Traffic
 from agentgw.typed_yaml import ConfigError, Duration, parse_duration
 
 USAGE_ERROR = 2
@@ -95,12 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     check = policy.add_parser("check", help="validate policy files; exit 1 listing every problem", parents=[common])
     check.add_argument("paths", nargs="+")
     explain = policy.add_parser(
-        "explain", help="print allow/deny for a tool call and the rule that decided", parents=[common]
+        "explain",
+        help="print allow/deny for a tool call and the rule that decided, or the guardrails of a target",
+        parents=[common],
     )
     explain.add_argument("--policies", action="append", help="policy file or folder (default: the config's)")
     explain.add_argument("--scopes", default="", help='the caller\'s scopes, space-separated: "a b"')
-    explain.add_argument("--tool", required=True)
-    explain.add_argument("--target", default=None, help="MCP target (default: the config's first)")
+    subject = explain.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--tool")
+    subject.add_argument(
+        "--guardrails", action="store_true", help="the GuardrailPolicies that apply to the target, combined"
+    )
+    explain.add_argument(
+        "--target", default=None, help="MCP target, virtual server, agent or provider (default: the config's first)"
+    )
+    explain.add_argument("--traffic", choices=TRAFFIC, help="with --guardrails: only this traffic (default: all)")
 
     token = commands.add_parser("token", help="mint an HS256 dev token", parents=[common])
     token.add_argument("--secret-env", required=True, help="environment variable holding the secret")
@@ -270,6 +280,8 @@ def policy_explain(settings: Settings, args: argparse.Namespace) -> int:
 
     policies = load_policies(args.policies or settings.policies)
     target = args.target or (settings.mcp.targets[0].name if settings.mcp.targets else "default")
+    if args.guardrails:
+        return guardrails_explain(policies, target, [args.traffic] if args.traffic else list(TRAFFIC))
     decision = PolicyEngine(policies.tools).decide(target, "tool", args.tool, frozenset(args.scopes.split()))
     verdict = "allow" if decision.allowed else f"deny ({decision.reason})"
     print(f"{verdict}: tool {args.tool!r} on target {target!r}")
@@ -279,6 +291,24 @@ def policy_explain(settings: Settings, args: argparse.Namespace) -> int:
     if decision.required_scopes:
         print(f"scopes that would allow it: {' '.join(decision.required_scopes)}")
     return 0 if decision.allowed else 1
+
+
+def guardrails_explain(policies: PolicySet, target: str, traffic_kinds: list[Traffic]) -> int:
+    """Per kind of traffic: the GuardrailPolicies that apply to the target and what they add up to."""
+    from agentgw.policy.guardrails import Guardrails
+
+    guardrails = Guardrails(policies.guardrails)
+    for traffic in traffic_kinds:
+        guard = guardrails.guard(traffic, target)
+        if guard is None:
+            print(f"{traffic} from target {target!r}: no GuardrailPolicy applies, relayed unscanned")
+            continue
+        print(f"{traffic} from target {target!r}: {', '.join(guard.policies)}")
+        for detector, action in guard.actions.items():
+            print(f"  {detector}: {action}")
+        print(f"  sampling: {guard.sampling}")
+        print(f"  elicitation: {guard.elicitation}, sensitiveFields: {guard.sensitive_fields}")
+    return 0
 
 
 def token(args: argparse.Namespace) -> int:

@@ -329,3 +329,76 @@ def test_a_config_that_fails_validation_exits_2_naming_file_and_line(tmp: Path) 
     result = agentgw("tools", "list", "docs", "--config", str(config), cwd=tmp)
     assert result.returncode == 2
     assert f"{config}:4:" in one_line(result.stderr)
+
+
+# -- GuardrailPolicy (contract 15) ----------------------------------------------
+
+GUARDRAIL_POLICY = """\
+apiVersion: agentgw.dev/v1alpha1
+kind: GuardrailPolicy
+metadata: {name: docs-guardrails}
+spec:
+  targetRefs: [docs]
+  secrets: redact
+  patterns:
+    - {name: employee-id, regex: "EMP-[0-9]{6}", action: block}
+  sampling: deny
+---
+apiVersion: agentgw.dev/v1alpha1
+kind: GuardrailPolicy
+metadata: {name: strict-llm}
+spec:
+  appliesTo: [llm]
+  secrets: block
+"""
+
+
+def test_policy_check_names_a_guardrail_pattern_that_does_not_compile(tmp: Path) -> None:
+    path = tmp / "guardrails.yaml"
+    path.write_text(GUARDRAIL_POLICY.replace("EMP-[0-9]{6}", "EMP-[0-9"))
+    result = agentgw("policy", "check", str(path), cwd=tmp)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith(f"{path}:8:") and "employee-id" in line
+
+
+def test_policy_check_passes_a_valid_guardrail_policy(tmp: Path) -> None:
+    path = tmp / "guardrails.yaml"
+    path.write_text(GUARDRAIL_POLICY)
+    result = agentgw("policy", "check", str(path), cwd=tmp)
+    assert result.returncode == 0, result.stderr
+
+
+def explain_guardrails(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    path = tmp / "guardrails.yaml"
+    path.write_text(GUARDRAIL_POLICY)
+    return agentgw("policy", "explain", "--policies", str(path), "--guardrails", *args, cwd=tmp)
+
+
+def test_explain_guardrails_lists_the_policies_and_the_effective_actions(tmp: Path) -> None:
+    result = explain_guardrails(tmp, "--target", "docs", "--traffic", "llm")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "docs-guardrails" in lines[0] and "strict-llm" in lines[0]
+    assert "  jwt: block" in lines and "  employee-id: block" in lines and "  sampling: deny" in lines
+    assert any("sensitiveFields: block" in line for line in lines)
+
+
+def test_explain_guardrails_covers_every_traffic_kind_by_default(tmp: Path) -> None:
+    result = explain_guardrails(tmp, "--target", "docs")
+    assert result.returncode == 0, result.stderr
+    headings = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert [heading.split()[0] for heading in headings] == ["mcp", "a2a", "llm"]
+    assert "  jwt: redact" in result.stdout
+
+
+def test_explain_guardrails_says_when_none_applies(tmp: Path) -> None:
+    result = explain_guardrails(tmp, "--target", "search", "--traffic", "mcp")
+    assert result.returncode == 0, result.stderr
+    assert "no GuardrailPolicy applies" in result.stdout
+
+
+def test_explain_takes_a_tool_or_guardrails_not_both(tmp: Path) -> None:
+    result = agentgw("policy", "explain", "--tool", "add", "--guardrails", cwd=tmp)
+    assert result.returncode == 2
+    one_line(result.stderr)

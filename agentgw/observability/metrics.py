@@ -61,12 +61,19 @@ class Metrics:
             ["target", "reason"],
             registry=owner,
         )
+        self._guardrail_actions = Counter(
+            "agentgw_guardrail_actions",
+            "Secrets and patterns found in what servers send, by detector and action taken",
+            ["detector", "action"],
+            registry=owner,
+        )
         if multiprocess:
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self._models = {provider: set(models) for provider, models in (configured_models or {}).items()}
         # labels() looks children up under a lock; the hot path keeps its own cache.
         self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self._tool_children: dict[tuple[str, str, str], Counter] = {}
+        self._guardrail_children: dict[tuple[str, str], Counter] = {}
 
     def request(self, route: str, status: int, seconds: float | None) -> None:
         """`seconds` is None for what is not a request's latency (a WebSocket connection's lifetime)."""
@@ -89,6 +96,15 @@ class Metrics:
     def backend_refusal(self, target: str, reason: str) -> None:
         """`target` comes from the config and `reason` from a fixed set, so the series stay bounded."""
         self._backend_refusals.labels(target, reason).inc()
+
+    def guardrail_action(self, detector: str, action: str) -> None:
+        """`detector` is a built-in detector's or a policy pattern's name and `action` is redact,
+        block or warn: both come from the policies, so the series stay bounded."""
+        key = (detector, action)
+        child = self._guardrail_children.get(key)
+        if child is None:
+            child = self._guardrail_children[key] = self._guardrail_actions.labels(*key)
+        child.inc()
 
     def llm_tokens(self, provider: str, model: str, prompt: int, completion: int) -> None:
         label = self._model_label(provider, model)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agentgw.auth.jwt import Authenticator
 from agentgw.policy.engine import PolicyEngine
+from agentgw.policy.guardrails import Guardrails
 from agentgw.policy.loader import load_policies, policy_files
 from agentgw.policy.model import PoisoningDetection, PolicySet
 from agentgw.typed_yaml import ConfigError
@@ -24,7 +25,7 @@ RELOAD_INTERVAL = 0.5
 
 
 class LivePolicies:
-    """What every request reads: the PolicySet, its compiled engine and its authenticator."""
+    """What every request reads: the PolicySet, its compiled engine and guardrails, its authenticator."""
 
     def __init__(self, paths: list[str], policies: PolicySet, env: Mapping[str, str], http: ConnectionPool) -> None:
         self.paths = paths
@@ -32,6 +33,7 @@ class LivePolicies:
         self._http = http
         self.policies = policies
         self.engine = PolicyEngine(policies.tools)
+        self.guardrails = Guardrails(policies.guardrails)
         self.authenticator = self._authenticator(policies)
         self._detection: dict[str, PoisoningDetection] = {}
         self._seen = self._snapshot()
@@ -62,6 +64,7 @@ class LivePolicies:
         """Load the files again; swap only if every file is valid."""
         try:
             policies = load_policies(self.paths)
+            guardrails = Guardrails(policies.guardrails)
             authenticator = self._authenticator(policies)
         except ConfigError as exc:
             log.error("policy change refused, previous policies stay in force: %s", exc)
@@ -71,6 +74,7 @@ class LivePolicies:
             return False
         self.policies = policies
         self.engine = PolicyEngine(policies.tools)
+        self.guardrails = guardrails
         self.authenticator = authenticator
         self._detection = {}
         log.info("policies reloaded from %d files", len(policies.sources))

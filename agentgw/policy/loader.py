@@ -7,16 +7,18 @@ from typing import Any
 
 import yaml
 
+from agentgw.policy.guardrails import RESERVED_DETECTOR_NAMES
 from agentgw.policy.model import (
     API_VERSIONS,
     AgentPolicy,
+    GuardrailPolicy,
     PolicySet,
     RateLimitPolicy,
     SessionAuthPolicy,
     SessionPolicy,
     ToolPolicy,
 )
-from agentgw.typed_yaml import ConfigError, build_document, compose_documents
+from agentgw.typed_yaml import ConfigError, build_document, compose_documents, line_of
 
 _KINDS: dict[str, Any] = {
     "SessionPolicy": SessionPolicy,
@@ -24,6 +26,7 @@ _KINDS: dict[str, Any] = {
     "ToolPolicy": ToolPolicy,
     "AgentPolicy": AgentPolicy,
     "RateLimitPolicy": RateLimitPolicy,
+    "GuardrailPolicy": GuardrailPolicy,
 }
 
 
@@ -71,6 +74,7 @@ def load_policies(paths: list[str]) -> PolicySet:
         tools=[policy for _, policy in loaded["ToolPolicy"]],
         agents=[policy for _, policy in loaded["AgentPolicy"]],
         rate_limits=[policy for _, policy in loaded["RateLimitPolicy"]],
+        guardrails=[policy for _, policy in loaded["GuardrailPolicy"]],
         sources=[str(f) for f in files],
     )
 
@@ -85,8 +89,24 @@ def _load_file(path: Path) -> list[tuple[str, str, Any]]:
     for document in compose_documents(text, file):
         kind = _kind_of(document, file)
         where = f"{file}:{document.start_mark.line + 1}"
-        policies.append((where, kind, build_document(document, _KINDS[kind], file)))
+        policy = build_document(document, _KINDS[kind], file)
+        if isinstance(policy, GuardrailPolicy):
+            _check_pattern_names(policy, file)
+        policies.append((where, kind, policy))
     return policies
+
+
+def _check_pattern_names(policy: GuardrailPolicy, file: str) -> None:
+    """A pattern's name is its detector name in markers and metrics: it must say which one matched."""
+    seen: dict[str, int] = {}
+    for index, pattern in enumerate(policy.spec.patterns):
+        where = f"spec.patterns[{index}].name"
+        if pattern.name in RESERVED_DETECTOR_NAMES:
+            raise ConfigError(file, line_of(pattern), f"{where}: {pattern.name!r} is a built-in detector's name")
+        if pattern.name in seen:
+            message = f"{where}: {pattern.name!r} is already the name of spec.patterns[{seen[pattern.name]}]"
+            raise ConfigError(file, line_of(pattern), message)
+        seen[pattern.name] = index
 
 
 def _kind_of(document: yaml.Node, file: str) -> str:

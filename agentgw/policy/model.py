@@ -194,6 +194,88 @@ class RateLimitPolicySpec:
             raise ValueError(f"defaultTier {self.default_tier!r} is not one of the tiers")
 
 
+# -- GuardrailPolicy ------------------------------------------------------------
+
+GuardrailAction = Literal["redact", "block", "warn", "off"]
+Traffic = Literal["mcp", "a2a", "llm"]
+# A pattern's name is the `detector` label of agentgw_guardrail_actions_total.
+_PATTERN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# An escape pair, or the two ways a regex can refer to one of its own groups by name or number.
+_REGEX_TOKEN = re.compile(r"\\.|\(\?P=|\(\?\(", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class GuardrailPattern:
+    """A policy author's own detector: matches are treated like the built-in secrets.
+
+    The regex (Python syntax) is joined with every other detector into one regex, so it must
+    stand on its own there: no named groups, no backreferences, flags only scoped (`(?i:...)`).
+    """
+
+    name: str
+    regex: str
+    action: GuardrailAction = "redact"
+
+    def __post_init__(self) -> None:
+        if not _PATTERN_NAME.fullmatch(self.name):
+            raise ValueError(f"name {self.name!r}: 1 to 64 letters, digits, '_', '.' or '-' (it is a metric label)")
+        problem = _regex_problem(self.regex)
+        if problem:
+            raise ValueError(f"pattern {self.name!r}: {problem}")
+
+
+def _regex_problem(regex: str) -> str | None:
+    try:
+        compiled = re.compile(regex)
+    except re.error as exc:
+        return f"regex does not compile: {exc}"
+    if compiled.groupindex:
+        return "named groups are not supported: use (...) or (?:...)"
+    for token in _REGEX_TOKEN.findall(regex):
+        if token in ("(?P=", "(?(") or token[1] in "123456789":
+            return "backreferences are not supported"
+    try:  # the form agentgw/policy/guardrails.py embeds it in
+        re.compile(f"(?<=(?=(?:{regex}))[\\s\\S])")
+    except re.error as exc:
+        return f"regex cannot be combined with the other detectors ({exc}): scope its flags, as in (?i:...)"
+    if compiled.match(""):
+        return "regex matches the empty string"
+    return None
+
+
+@dataclass(frozen=True)
+class ElicitationGuard:
+    # deny: no elicitation/create reaches the client.
+    action: Literal["allow", "deny"] = "allow"
+    # block: an elicitation asking for a secret, or sending the user to a non-https URL, is refused.
+    sensitive_fields: Literal["block", "allow"] = field(default="block", metadata=yaml_key("sensitiveFields"))
+
+
+@dataclass(frozen=True)
+class GuardrailPolicySpec:
+    """What servers send toward clients, checked (contract 15).
+
+    Defaults are the safe ones once a policy exists: the built-in secret detectors redact,
+    sensitive elicitation fields are blocked; sampling stays allowed unless denied.
+    """
+
+    # MCP targets, virtual servers, A2A agents or LLM providers; omitted: all of them.
+    target_refs: list[str] | None = field(default=None, metadata=yaml_key("targetRefs"))
+    # Which traffic; omitted: all three.
+    applies_to: list[Traffic] | None = field(default=None, metadata=yaml_key("appliesTo"))
+    secrets: GuardrailAction = "redact"
+    patterns: list[GuardrailPattern] = field(default_factory=list)
+    sampling: Literal["allow", "deny"] = "allow"
+    elicitation: ElicitationGuard = field(default_factory=ElicitationGuard)
+
+    def __post_init__(self) -> None:
+        # An empty list would switch the policy off without saying so.
+        if self.target_refs == []:
+            raise ValueError("targetRefs: name at least one target, or omit it for all")
+        if self.applies_to == []:
+            raise ValueError("appliesTo: give at least one of mcp, a2a, llm, or omit it for all")
+
+
 # -- the resources -------------------------------------------------------------
 
 
@@ -238,6 +320,14 @@ class RateLimitPolicy:
 
 
 @dataclass(frozen=True)
+class GuardrailPolicy:
+    api_version: str = field(metadata=yaml_key("apiVersion"))
+    kind: str
+    metadata: Metadata
+    spec: GuardrailPolicySpec = field(default_factory=GuardrailPolicySpec)
+
+
+@dataclass(frozen=True)
 class PolicySet:
     """Every policy in force; replaced whole when the files change."""
 
@@ -246,6 +336,7 @@ class PolicySet:
     tools: list[ToolPolicy] = field(default_factory=list)
     agents: list[AgentPolicy] = field(default_factory=list)
     rate_limits: list[RateLimitPolicy] = field(default_factory=list)
+    guardrails: list[GuardrailPolicy] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
     def scopes(self) -> list[str]:
