@@ -32,6 +32,7 @@ from agentgw.inbound.mcp_websocket import WS_SUFFIX, McpWebSocketEndpoint
 from agentgw.inbound.openai_chat import ChatEndpoint
 from agentgw.inbound.origin_guard import OriginGuard
 from agentgw.observability.audit import AuditLog
+from agentgw.observability.guardrail_actions import GuardrailActions
 from agentgw.observability.logs import configure_logging
 from agentgw.observability.metrics import Metrics, gauge
 from agentgw.observability.refusals import Refusals
@@ -98,16 +99,20 @@ def create_app(
     refusals = Refusals(metrics)
     catalogue = ToolCatalogue(store, refusals)
     audit = AuditLog(store)
+    guardrail_actions = GuardrailActions(metrics, audit)
     guard = ToolGuard(live, catalogue, audit, metrics, refusals, enabled=settings.mcp.tool_validation)
     pipeline = CallPipeline(live, store)
     sessions = McpSessions(store, upstream, live)
     calls = McpCalls(store, upstream, sessions, StatelessHandles(store), guard, live, refusals)
     virtual = VirtualCalls(calls, settings.mcp.virtual_servers if settings.mcp.enabled else [])
     mcp = McpHttpEndpoint(settings, calls, virtual, pipeline, live, refusals)
-    a2a = A2AEndpoint(settings, store, pipeline, live, http, refusals, env) if settings.a2a.agents else None
+    a2a = None
+    if settings.a2a.agents:
+        a2a = A2AEndpoint(settings, store, pipeline, live, http, refusals, env, guardrail_actions)
     chat = None
     if settings.llm.providers:
-        chat = ChatEndpoint(LlmRouter(settings.llm, http), store, pipeline, metrics, refusals, settings.server)
+        router = LlmRouter(settings.llm, http)
+        chat = ChatEndpoint(router, store, pipeline, metrics, refusals, settings.server, live, guardrail_actions)
     target_names = [t.name for t in targets]
 
     async def live_metrics() -> list[Metric]:

@@ -19,6 +19,7 @@ SERVER_UNAVAILABLE = -32000
 UNAUTHORIZED = -32001
 POLICY_DENIED = -32051
 BAD_BACKEND_ANSWER = -32052
+GUARDRAIL = -32053
 # No JSON-RPC code is standard for this; 429's digits in the server-error range.
 RATE_LIMITED = -32029
 
@@ -334,6 +335,22 @@ class BackendAuthRefused(BackendRefused):
     """The backend refused the gateway's own credentials (401/403): the client cannot fix that."""
 
     reason = "backend_auth"
+
+
+class GuardrailBlocked(GatewayError):
+    """What a server sent holds what a GuardrailPolicy blocks (contract 15): answered in place of
+    the result; on `/v1`, the provider's fault (502)."""
+
+    http_status = 502
+    jsonrpc_code = GUARDRAIL
+    openai_code = "guardrail"
+
+    def __init__(self, message: str, detector: str) -> None:
+        super().__init__(message, data={"reason": "guardrail", "detector": detector})
+
+    def error_object(self) -> dict[str, Any]:
+        """The JSON-RPC `error` that takes the place of a result or answers a server's request."""
+        return {"code": self.jsonrpc_code, "message": self.message, "data": self.data}
 
 
 class UpstreamAuthFailed(BackendRefused):

@@ -44,6 +44,7 @@ from agentgw.inbound.a2a_pins import Pins, answer_to, id_text, owned, pin_key
 from agentgw.inbound.a2a_webhooks import MESSAGE_METHODS, webhook_allowed, webhook_urls
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import relay, response_headers
+from agentgw.observability.guardrail_actions import GuardrailActions
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.agents import AgentPolicyEngine, v1_method
 from agentgw.policy.engine import Decision
@@ -105,8 +106,10 @@ class A2AEndpoint:
         http: ConnectionPool,
         refusals: Refusals,
         env: Mapping[str, str],
+        guardrail_actions: GuardrailActions,
     ) -> None:
         self.settings = settings
+        self.guardrail_actions = guardrail_actions
         self.pipeline = pipeline
         self.refusals = refusals
         self.store = store

@@ -25,9 +25,11 @@ from agentgw.config import ServerConfig
 from agentgw.errors import GatewayError, InternalError, InvalidRequest, NotFound
 from agentgw.inbound.mcp_request import check_content_type, read_body
 from agentgw.inbound.relay import wait_for_disconnect
+from agentgw.observability.guardrail_actions import GuardrailActions
 from agentgw.observability.metrics import Metrics
 from agentgw.observability.refusals import Refusals
 from agentgw.policy import rate_limits
+from agentgw.policy.live import LivePolicies
 from agentgw.policy.rate_limits import Kind, TokenAccount
 from agentgw.sessions.store import Counters
 from agentgw.upstream.llm.chat_fields import InvalidChatRequest
@@ -60,7 +62,11 @@ class ChatEndpoint:
         metrics: Metrics,
         refusals: Refusals,
         server: ServerConfig,
+        live: LivePolicies,
+        guardrail_actions: GuardrailActions,
     ) -> None:
+        self.live = live
+        self.guardrail_actions = guardrail_actions
         self.router = router
         self.store = store
         self.pipeline = pipeline
