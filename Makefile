@@ -27,6 +27,10 @@ test: install
 	@# loadgroup: a module that starts a Redis topology keeps its tests on one worker.
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
+chaos: install
+	@# Gateway replicas and Redis topologies failing under load (chaos/README.md); -s prints the figures.
+	$(BIN)/python -m pytest -q -s chaos
+
 lint: install
 	$(BIN)/ruff check agentgw tests benchmarks examples
 	$(BIN)/mypy --strict agentgw
@@ -36,6 +40,7 @@ bench: install
 	$(BIN)/granian --version >/dev/null 2>&1 || $(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/mcp_tools_call.py --server both
 	$(BIN)/python benchmarks/virtual_servers.py
+	$(BIN)/python benchmarks/store_topologies.py
 	$(BIN)/python benchmarks/chat_completions.py --server both
 
 clean:
