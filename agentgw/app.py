@@ -103,7 +103,8 @@ def create_app(
     guard = ToolGuard(live, catalogue, audit, metrics, refusals, enabled=settings.mcp.tool_validation)
     pipeline = CallPipeline(live, store)
     sessions = McpSessions(store, upstream, live)
-    calls = McpCalls(store, upstream, sessions, StatelessHandles(store), guard, live, refusals)
+    handles = StatelessHandles(store)
+    calls = McpCalls(store, upstream, sessions, handles, guard, live, refusals, guardrail_actions)
     virtual = VirtualCalls(calls, settings.mcp.virtual_servers if settings.mcp.enabled else [])
     mcp = McpHttpEndpoint(settings, calls, virtual, pipeline, live, refusals)
     a2a = None

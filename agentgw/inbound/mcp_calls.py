@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +22,15 @@ from starlette.types import Receive, Send
 
 from agentgw import jsonrpc
 from agentgw.auth.principal import Principal
+from agentgw.background import in_background
 from agentgw.call import Call, Steps
 from agentgw.errors import BackendRefused, InvalidRequest, StoreUnavailable, UpstreamTimeout, UpstreamUnavailable
+from agentgw.inbound.mcp_guardrails import AnswerBackend, MessageScreen
 from agentgw.inbound.mcp_request import InboundRequest
 from agentgw.inbound.mcp_sessions import McpSessions
 from agentgw.inbound.relay import AnswerFilter, client_headers, relay, relay_checked, send_answer
 from agentgw.mcp_headers import MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, MODERN_PROTOCOL_VERSIONS
+from agentgw.observability.guardrail_actions import GuardrailActions, Where
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.rate_limits import Kind
@@ -35,7 +40,9 @@ from agentgw.sessions.store import SessionRecord, SessionRecords
 from agentgw.upstream.answers import Answer, read_answer, refuse_backend_auth
 from agentgw.upstream.credentials import Presenting
 from agentgw.upstream.http import UpstreamResponse
-from agentgw.upstream.mcp import BackendPool, McpUpstream
+from agentgw.upstream.mcp import ACCEPT, BackendPool, McpUpstream
+
+log = logging.getLogger("agentgw.inbound.mcp")
 
 # Answers the gateway reads whole and checks before the client sees them (contract 11).
 CHECKED_METHODS = frozenset(
@@ -94,10 +101,12 @@ class McpCalls:
         guard: ToolGuard,
         live: LivePolicies,
         refusals: Refusals,
+        guardrail_actions: GuardrailActions,
     ) -> None:
         self.store = store
         self.upstream = upstream
         self.sessions = sessions
+        self.guardrail_actions = guardrail_actions
         self.handles = handles
         self.guard = guard
         self.live = live
@@ -224,6 +233,38 @@ class McpCalls:
         else:
             await relay_checked(response, headers, send, post.timeout, checked.request_id, checked.rewrite)
 
+    def screen(
+        self, target: str, caller: Principal | None, session_id: str | None, answer_backend: AnswerBackend, *also: str
+    ) -> MessageScreen | None:
+        """What a backend of `target` (a member of virtual server `also`) sends, held to the
+        GuardrailPolicy in force; None when none applies, and the answer streams as it comes."""
+        guard = self.live.guardrails.guard("mcp", target, *also)
+        if guard is None:
+            return None
+        where = Where(target, caller.subject if caller is not None else None, session_id, "answer")
+        return MessageScreen(guard, self.guardrail_actions, where, answer_backend)
+
+    def guard_session_answers(
+        self, answers: AnswerFilter | None, pool: BackendPool, record: SessionRecord, caller: Principal | None
+    ) -> None:
+        """A stateful session's answer or stream: screened, and the backend's requests in it noted
+        as awaiting the client's answer (contract 15)."""
+        if answers is None:
+            return
+        answers.expecting = functools.partial(self.store.expect_answers, record.id)
+        answers.screen = self.screen(pool.target.name, caller, record.id, self._answer_in_session(pool, record, caller))
+
+    def _answer_in_session(self, pool: BackendPool, record: SessionRecord, caller: Principal | None) -> AnswerBackend:
+        headers = {"content-type": "application/json", "accept": ACCEPT, MCP_PROTOCOL_VERSION: record.protocol_version}
+        if record.backend_session_id is not None:
+            headers[MCP_SESSION_ID] = record.backend_session_id
+        url, presenting, timeout = record.backend, pool.presenting(caller), pool.target.timeout
+
+        def answer(body: bytes) -> None:
+            in_background(self.upstream.post_answer(url, headers, body, timeout, presenting))
+
+        return answer
+
     def session_headers(self, session_id: str) -> list[tuple[str, str]]:
         """Mcp-Session-Id, and the SessionPolicy's second header, both naming the gateway's session."""
         second = self.live.policies.session.second_header
@@ -302,7 +343,8 @@ class SessionCall:
         return self.record
 
     async def session(self, call: Call) -> None:
-        self.record = await self.calls.sessions.find(self.post.request, self.post.target)
+        answers = [json.dumps(m["id"]) for m in self.post.messages if "method" not in m and "id" in m]
+        self.record = await self.calls.sessions.find(self.post.request, self.post.target, answers)
         call.session_id = self.record.id
 
     async def policy(self, call: Call) -> None:
@@ -320,7 +362,9 @@ class SessionCall:
 
     async def relay(self, call: Call, answer: UpstreamResponse, receive: Receive, send: Send) -> None:
         try:
-            headers = self.calls.session_headers(self._record().id)
+            record = self._record()
+            headers = self.calls.session_headers(record.id)
+            self.calls.guard_session_answers(self.post.request.answers, self.post.pool, record, call.caller)
             checked = self.calls.checked(self.post, call.caller)
             await self.calls.relay(answer, headers, receive, send, self.post, checked)
         finally:
@@ -376,7 +420,15 @@ class StatelessCall:
                     handle = await self.calls.handles.mint(pool.target.name, pool.index_of(url), call.caller)
                 handle_header = [(self.calls.live.policies.session.second_header, handle)]
             call.session_id, call.backend = handle, url
+            answers = self.post.request.answers
+            if answers is not None:
+                answers.screen = self.calls.screen(pool.target.name, call.caller, None, no_session_to_answer_in)
             checked = self.calls.checked(self.post, call.caller)
             await self.calls.relay(response, handle_header, receive, send, self.post, checked)
         finally:
             response.release()
+
+
+def no_session_to_answer_in(body: bytes) -> None:
+    # The stateless revision keeps no session a refused request could be answered in.
+    log.warning("a backend's request refused by a guardrail in a stateless exchange was dropped")

@@ -142,6 +142,7 @@ class McpHttpEndpoint:
         request.answers = None if LAST_EVENT_ID in request.headers else self.calls.answers(pool, [])
         record, response = await self.calls.send_in_session(request, pool, record, None)
         call.backend = record.backend
+        self.calls.guard_session_answers(request.answers, pool, record, call.caller)
         post = McpPost(request, pool, [], False, b"")
         try:
             await self.calls.relay(response, self.calls.session_headers(record.id), receive, send, post, None)

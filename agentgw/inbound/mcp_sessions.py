@@ -11,7 +11,7 @@ import time
 
 from agentgw import jsonrpc
 from agentgw.auth.principal import Principal
-from agentgw.errors import SessionForbidden, SessionNotFound, SessionRequired, UpstreamUnavailable
+from agentgw.errors import InvalidRequest, SessionForbidden, SessionNotFound, SessionRequired, UpstreamUnavailable
 from agentgw.inbound.mcp_request import DEFAULT_STATEFUL_VERSION, InboundRequest
 from agentgw.mcp_headers import HANDSHAKE_PROTOCOL_VERSIONS
 from agentgw.policy.live import LivePolicies
@@ -61,17 +61,25 @@ class McpSessions:
     async def create(self, record: SessionRecord) -> None:
         await self.store.create(record, self.ttl)
 
-    async def find(self, request: InboundRequest, target: str) -> SessionRecord:
-        """The caller's session, its lifetime slid: one store round trip."""
+    async def find(self, request: InboundRequest, target: str, answers: list[str] | None = None) -> SessionRecord:
+        """The caller's session, its lifetime slid: one store round trip. `answers`: the ids (JSON)
+        of the backend's requests the client answers in this request; each must be one the gateway
+        relayed in this session and not answered yet (contract 15), taken in the same round trip."""
         if request.session_id is None:
             raise SessionRequired("Bad Request: missing session id")
-        record = await self.store.touch(request.session_id, time.time(), self.ttl)
+        unasked: list[str] = []
+        if answers:
+            record, unasked = await self.store.touch_answering(request.session_id, time.time(), self.ttl, answers)
+        else:
+            record = await self.store.touch(request.session_id, time.time(), self.ttl)
         # Another target's session is as unknown here as no session: targets never shadow each other.
         if record is None or record.target != target:
             raise SessionNotFound("Session not found")
         if not self._owned_by_caller(request.principal, record):
             # Refused, and the session stays as it was for its owner.
             raise SessionForbidden("Forbidden: the session belongs to another subject")
+        if unasked:
+            raise InvalidRequest("Invalid request: an answer to a request the client was not sent, or answered already")
         return record
 
     def _owned_by_caller(self, principal: Principal | None, record: SessionRecord) -> bool:

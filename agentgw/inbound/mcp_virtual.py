@@ -34,6 +34,7 @@ from starlette.types import Receive, Send
 
 from agentgw import jsonrpc, sse
 from agentgw.auth.principal import Principal
+from agentgw.background import in_background
 from agentgw.call import Call, Steps
 from agentgw.config import VirtualMemberConfig, VirtualServerConfig
 from agentgw.errors import (
@@ -46,7 +47,7 @@ from agentgw.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from agentgw.inbound.mcp_calls import Listing, McpCalls, McpPost
+from agentgw.inbound.mcp_calls import Listing, McpCalls, McpPost, no_session_to_answer_in
 from agentgw.inbound.mcp_request import InboundRequest
 from agentgw.inbound.relay import AnswerFilter, relay, send_answer
 from agentgw.mcp_headers import (
@@ -171,11 +172,14 @@ class MemberAnswers(AnswerFilter):
         super().__init__(request_ids, refused)
         self._index = index
 
-    def encoded(self, event: sse.Event, message: Any) -> bytes:
+    def client_id(self, request_id: Any) -> Any:
+        return member_id(self._index, request_id)
+
+    def encoded(self, event: sse.Event, message: Any, changed: bool) -> bytes:
         if isinstance(message, dict) and "method" in message and "id" in message:
-            message["id"] = member_id(self._index, message["id"])
-            return event.encode(jsonrpc.serialise(message).decode())
-        return event.encode()
+            message = {**message, "id": member_id(self._index, message["id"])}
+            changed = True
+        return super().encoded(event, message, changed)
 
 
 class VirtualCalls:
@@ -390,6 +394,28 @@ class VirtualCalls:
             return member, response
         raise UpstreamUnavailable(f"Member {member.target!r} of {server.name!r} is unavailable")
 
+    def guard_member_answers(
+        self, answers: MemberAnswers, record: SessionRecord, server: VirtualServer, index: int, caller: Principal | None
+    ) -> None:
+        """A member's answer or stream in a virtual session: screened by the policies of the member's
+        target and of the virtual server, its requests noted as awaiting the client's answer."""
+        answers.expecting = functools.partial(self.calls.store.expect_answers, record.id)
+        target = server.members[index][1].target.name
+
+        def answer(body: bytes) -> None:
+            in_background(self._answer_member(record, server, index, body, caller))
+
+        answers.screen = self.calls.screen(target, caller, record.id, answer, server.name)
+
+    async def _answer_member(
+        self, record: SessionRecord, server: VirtualServer, index: int, body: bytes, caller: Principal | None
+    ) -> None:
+        try:
+            _, response = await self.send_to_member(record, server, index, body, caller=caller)
+            response.release()
+        except UpstreamUnavailable as exc:
+            log.warning("a refused request's answer did not reach member %d of %s: %s", index, server.name, exc)
+
     async def end(self, record: SessionRecord, server: VirtualServer, caller: Principal | None) -> None:
         """DELETE: every member's backend session ends, then the record."""
         await self.end_members(record, server, caller=caller)
@@ -469,7 +495,10 @@ class _VirtualSteps:
             modern = MODERN_PROTOCOL_VERSIONS[-1]
             self.members = [MemberSession(m.target, None, None, modern) for m, _ in self.server.members]
             return
-        self._found = await self.virtual.calls.sessions.find(self.post.request, self.server.name)
+        message = self.post.message
+        # The client's answer to a member's request: one the gateway relayed, answered once (contract 15).
+        answers = [json.dumps(message["id"])] if "method" not in message and "id" in message else None
+        self._found = await self.virtual.calls.sessions.find(self.post.request, self.server.name, answers)
         self.members = members_of(self._found)
         self.virtual.served(self._found)
         call.session_id = self._found.id
@@ -867,6 +896,12 @@ class VirtualRouted(_VirtualSteps):
         try:
             refuse_backend_auth(answer)
             answers = MemberAnswers(self.index, [self.post.message.get("id")], calls.foreign_answer(pool))
+            if self.stateless:
+                answers.screen = calls.screen(
+                    pool.target.name, call.caller, None, no_session_to_answer_in, self.server.name
+                )
+            else:
+                self.virtual.guard_member_answers(answers, self.record, self.server, self.index, call.caller)
             headers = [] if self.stateless else calls.session_headers(self.record.id)
             await relay(answer, headers, receive, send, pool.target.timeout, answers=answers)
         finally:
@@ -981,9 +1016,12 @@ async def relay_streams(
             if response.status != 200 or not sse.is_event_stream(response.header("content-type")):
                 return
             answers = MemberAnswers(index, [], virtual.calls.foreign_answer(pool))
+            virtual.guard_member_answers(answers, record, server, index, caller)
             decoder = sse.SseDecoder()
             async for chunk in response.chunks(None):
                 data = answers.events(decoder, chunk)
+                if answers.asked:
+                    await answers.record_asked()
                 if data:
                     async with lock:
                         await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -15,8 +15,9 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
-from agentgw import sse
-from agentgw.errors import BadBackendAnswer
+from agentgw import jsonrpc, sse
+from agentgw.errors import BadBackendAnswer, StoreUnavailable
+from agentgw.inbound.mcp_guardrails import MessageScreen
 from agentgw.policy.tool_guard import Rewrite
 from agentgw.upstream.answers import MAX_ANSWER_BYTES, Answer, read_answer, read_body
 from agentgw.upstream.http import UpstreamConnectionError, UpstreamResponse
@@ -38,13 +39,21 @@ class AnswerFilter:
     stream of a `tools/call` would hand the client a list nobody checked. Such a response
     is dropped from an event stream, and refuses a JSON answer (502). Requests and
     notifications pass: they answer nothing.
+
+    With a `screen`, each message is also held to the GuardrailPolicy in force (contract 15).
+    The backend's own requests relayed in a session are noted in `asked` (their ids, as JSON,
+    as the client sees them) and recorded by `expecting` before the client gets them: the
+    client may answer each once, and nothing else (contract 15).
     """
 
-    __slots__ = ("_ids", "_refused")
+    __slots__ = ("_ids", "_refused", "asked", "expecting", "screen")
 
     def __init__(self, request_ids: list[Any], refused: Callable[[], None]) -> None:
         self._ids = frozenset((type(i), i) for i in request_ids)
         self._refused = refused
+        self.screen: MessageScreen | None = None
+        self.asked: list[str] = []
+        self.expecting: Callable[[list[str]], Awaitable[None]] | None = None
 
     def allows(self, message: Any) -> bool:
         if not isinstance(message, dict) or "method" in message:
@@ -55,19 +64,32 @@ class AnswerFilter:
         self._refused()
         return False
 
-    def check_json(self, body: bytes) -> None:
+    def checked_json(self, body: bytes) -> bytes:
+        """A JSON answer as the client gets it: refused when it answers another request, screened."""
         try:
             value = json.loads(body)
         except (ValueError, RecursionError):
             log.warning("a backend answer that is not JSON was relayed as it came (no client routes it)")
-            return
+            return body
         messages = value if isinstance(value, list) else [value]
         if not all(self.allows(m) for m in messages):
             raise BadBackendAnswer("Backend answered a request the client did not send here")
+        if self.screen is None:
+            return body
+        screened = [m if not isinstance(m, dict) else self.screen.screened(m) for m in messages]
+        if all(s is m for s, m in zip(screened, messages, strict=True)):
+            return body
+        kept = [m for m in screened if m is not None]
+        return jsonrpc.serialise(kept if isinstance(value, list) else (kept[0] if kept else {}))
 
-    def encoded(self, event: sse.Event, message: Any) -> bytes:
-        """An event as the client gets it (a subclass may change the message it carries)."""
-        return event.encode()
+    def client_id(self, request_id: Any) -> Any:
+        """The id the client sees a backend's request under (a subclass may map it)."""
+        return request_id
+
+    def encoded(self, event: sse.Event, message: Any, changed: bool) -> bytes:
+        """An event as the client gets it: as it came, or carrying `message` when that changed
+        (a subclass may change the message too)."""
+        return event.encode(jsonrpc.serialise(message).decode()) if changed else event.encode()
 
     def events(self, decoder: sse.SseDecoder, chunk: bytes) -> bytes:
         """The events a chunk completes, those answering another request left out, in the gateway's framing."""
@@ -78,12 +100,31 @@ class AnswerFilter:
             except (ValueError, RecursionError):
                 log.warning("a backend stream event that is not JSON was relayed as it came")
                 message = None
-            if self.allows(message):
-                kept.append(self.encoded(event, message))
+            if not self.allows(message):
+                continue
+            screened = message
+            if self.screen is not None and isinstance(message, dict):
+                screened = self.screen.screened(message)
+                if screened is None:
+                    continue
+            if isinstance(screened, dict) and "method" in screened and "id" in screened:
+                self.asked.append(json.dumps(self.client_id(screened["id"])))
+            kept.append(self.encoded(event, screened, screened is not message))
         if not kept and b":" in chunk:
             # A comment the backend sends to keep an idle stream open: the client's proxies need one too.
             return KEEP_ALIVE
         return b"".join(kept)
+
+    async def record_asked(self) -> None:
+        """The backend's requests just noted, recorded as awaiting the client's answer; with no
+        session to record them in, they are forgotten (and answers to them refused)."""
+        asked, self.asked = self.asked, []
+        if self.expecting is None:
+            return
+        try:
+            await self.expecting(asked)
+        except StoreUnavailable:
+            log.warning("a backend's request was relayed, but the store did not note it: its answer will be refused")
 
 
 Tap = Callable[[bytes], Awaitable[None]]
@@ -121,7 +162,7 @@ async def relay(
     if not is_event_stream(response):
         body = await read_body(response, timeout, MAX_ANSWER_BYTES)
         if answers is not None and 200 <= response.status < 300:
-            answers.check_json(body)
+            body = answers.checked_json(body)
         await _send_whole(send, response.status, headers, body)
         return
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -183,6 +224,8 @@ async def _relay_events(response: UpstreamResponse, send: Send, tap: Tap | None,
                 await tap(chunk)
             if answers is not None and decoder is not None:
                 chunk = answers.events(decoder, chunk)
+                if answers.asked:
+                    await answers.record_asked()
                 if not chunk:
                     continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

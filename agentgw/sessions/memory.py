@@ -9,6 +9,8 @@ from collections.abc import AsyncGenerator, Collection, Sequence
 from agentgw.sessions.store import SessionRecord, StoredCatalogue
 
 AUDIT_LENGTH = 10_000
+# Server-to-client requests awaiting the client's answer, per session; beyond it, answers are refused.
+MAX_ASKED = 1000
 
 
 class MemorySessionStore:
@@ -21,6 +23,7 @@ class MemorySessionStore:
         self._tool_versions: dict[str, int] = {}
         self._audit: deque[str] = deque(maxlen=AUDIT_LENGTH)
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._asked: dict[str, set[str]] = {}
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         self._drop_expired(record.created_at)
@@ -42,8 +45,26 @@ class MemorySessionStore:
         self._records.move_to_end(session_id)
         return record
 
+    async def touch_answering(
+        self, session_id: str, now: float, ttl: float, answer_ids: list[str]
+    ) -> tuple[SessionRecord | None, list[str]]:
+        record = await self.touch(session_id, now, ttl)
+        asked = self._asked.get(session_id, set())
+        unasked = [answer for answer in answer_ids if answer not in asked]
+        asked.difference_update(answer_ids)
+        return record, unasked
+
+    async def expect_answers(self, session_id: str, request_ids: list[str]) -> None:
+        if session_id in self._records:
+            asked = self._asked.setdefault(session_id, set())
+            if len(asked) + len(request_ids) <= MAX_ASKED:
+                asked.update(request_ids)
+
     async def replace_backend(self, record: SessionRecord, ttl: float) -> None:
+        asked = self._asked.get(record.id)
         self._forget(record.id)
+        if asked is not None:
+            self._asked[record.id] = asked
         self._records[record.id] = (record, record.last_seen + ttl)
         self._per_backend[(record.target, record.backend)] += 1
 
@@ -131,6 +152,7 @@ class MemorySessionStore:
         self._per_backend.clear()
 
     def _forget(self, session_id: str) -> SessionRecord | None:
+        self._asked.pop(session_id, None)
         entry = self._records.pop(session_id, None)
         if entry is None:
             return None

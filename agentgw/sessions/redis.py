@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from agentgw.background import in_background
 from agentgw.config import SessionStoreConfig
 from agentgw.errors import StoreUnavailable
 from agentgw.sessions.resp import (
@@ -36,7 +37,6 @@ from agentgw.sessions.resp import (
     OneServer,
     SentinelMaster,
     Server,
-    in_background,
 )
 from agentgw.sessions.store import SessionRecord, StoredCatalogue
 
@@ -46,7 +46,7 @@ log = logging.getLogger("agentgw.sessions")
 
 # Reads the record, slides its lifetime and its place in the per-backend
 # index in one round trip: the hot path's only store call.
-_TOUCH = """
+_SLIDE = """
 local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return fields end
 redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
@@ -56,8 +56,31 @@ for i = 1, #fields, 2 do
   if fields[i] == 'target' then target = fields[i + 1] elseif fields[i] == 'backend' then backend = fields[i + 1] end
 end
 redis.call('ZADD', ARGV[3] .. target .. '|' .. backend, ARGV[4], ARGV[5])
-return fields
 """
+_TOUCH = _SLIDE + "return fields\n"
+
+# `_TOUCH`, and the client's answers to server-to-client requests taken from the session's set of
+# requests awaiting one (KEYS[2], the same slot): the ids it did not hold come back beside the record.
+_TOUCH_ANSWERING = (
+    _SLIDE
+    + """local unasked = {}
+for i = 6, #ARGV do
+  if redis.call('SREM', KEYS[2], ARGV[i]) == 0 then unasked[#unasked + 1] = ARGV[i] end
+end
+return {fields, unasked}
+"""
+)
+
+# Requests the client was sent, each to be answered once; only for a live session, and bounded.
+_EXPECT_ANSWERS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('SCARD', KEYS[2]) + #ARGV - 1 > tonumber(ARGV[1]) then return 0 end
+for i = 2, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+return 1
+"""
+# Server-to-client requests awaiting the client's answer, per session; beyond it, answers are refused.
+MAX_ASKED = 1000
 
 # A catalogue write, its version bump and its announcement as one step, so a process that
 # hears of version N and reads the catalogue finds at least what N wrote.
@@ -190,6 +213,27 @@ class RedisSessionStore:
         record = SessionRecord.from_fields(dict(zip(decoded[::2], decoded[1::2], strict=True)))
         record.last_seen = now  # the script read the record before it slid it
         return record
+
+    async def touch_answering(
+        self, session_id: str, now: float, ttl: float, answer_ids: list[str]
+    ) -> tuple[SessionRecord | None, list[str]]:
+        keys = [self._key(session_id), self._asked_key(session_id)]
+        args = [repr(now), str(int(ttl * 1000)), self._index_prefix(_shard(session_id)), repr(now + ttl), session_id]
+        reply = await self._hot.eval_script(_TOUCH_ANSWERING, keys, [*args, *answer_ids])
+        if not reply or not reply[0]:
+            return None, list(answer_ids)
+        fields, unasked = reply
+        decoded = [field.decode() for field in fields]
+        record = SessionRecord.from_fields(dict(zip(decoded[::2], decoded[1::2], strict=True)))
+        record.last_seen = now
+        return record, [answer.decode() for answer in unasked]
+
+    async def expect_answers(self, session_id: str, request_ids: list[str]) -> None:
+        keys = [self._key(session_id), self._asked_key(session_id)]
+        await _call(lambda: self._redis.eval(_EXPECT_ANSWERS, 2, *keys, str(MAX_ASKED), *request_ids))
+
+    def _asked_key(self, session_id: str) -> str:
+        return f"{self._prefix}asked:{{{_shard(session_id)}}}:{session_id}"
 
     async def replace_backend(self, record: SessionRecord, ttl: float) -> None:
         await self._replace(record, ttl, record.last_seen)

@@ -24,13 +24,14 @@ import hashlib
 import logging
 import ssl
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import hiredis
 from redis.crc import key_slot
 
+from agentgw.background import in_background
 from agentgw.errors import StoreUnavailable
 
 log = logging.getLogger("agentgw.sessions")
@@ -366,16 +367,6 @@ class ClusterSlots:
                 task.cancel()
         for connection in self._nodes.values():
             connection.close()
-
-
-_BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-def in_background(work: Coroutine[Any, Any, Any]) -> None:
-    """Work no request waits for, kept until it ends (the loop holds tasks only weakly)."""
-    task = asyncio.ensure_future(work)
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
 
 
 def _hash_tag(key: bytes) -> bytes:

@@ -97,6 +97,17 @@ class SessionRecords(Protocol):
         """The live record, its lifetime slid to `now + ttl`; one round trip."""
         ...
 
+    async def touch_answering(
+        self, session_id: str, now: float, ttl: float, answer_ids: list[str]
+    ) -> tuple[SessionRecord | None, list[str]]:
+        """`touch`, and the client's answers to server-to-client requests taken, in the same round
+        trip: the ids (JSON) among `answer_ids` the client was never asked, or has answered already."""
+        ...
+
+    async def expect_answers(self, session_id: str, request_ids: list[str]) -> None:
+        """The client was sent these server-to-client requests (ids as JSON): each may be answered once."""
+        ...
+
     async def replace_backend(self, record: SessionRecord, ttl: float) -> None:
         """Store a record whose backend changed (failover: reinitialize)."""
         ...

@@ -164,6 +164,17 @@ class McpUpstream:
                 continue
         raise UpstreamUnavailable(f"No backend of target {target!r} is reachable")
 
+    async def post_answer(
+        self, url: str, headers: dict[str, str], body: bytes, timeout: float, presenting: Presenting | None
+    ) -> None:
+        """The gateway's own answer to a backend's request (one it refused to relay); a backend that
+        is gone or slow does not need it any more."""
+        try:
+            response = await self.send("POST", url, headers, body, timeout=timeout, presenting=presenting)
+            response.release()
+        except (UpstreamUnavailable, UpstreamTimeout, UpstreamAuthFailed) as exc:
+            log.warning("a refused request's answer did not reach backend %s: %s", url, exc.message)
+
     async def initialize(
         self, url: str, initialize: bytes, protocol_version: str, timeout: float, presenting: Presenting | None
     ) -> str | None:
