@@ -18,7 +18,6 @@ push-notification webhook may only name a public host (or an allow-listed one).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -35,7 +34,6 @@ from agentgw.errors import (
     BackendAuthRefused,
     BadBackendAnswer,
     GatewayError,
-    GuardrailBlocked,
     InsufficientScope,
     InternalError,
     InvalidRequest,
@@ -47,15 +45,15 @@ from agentgw.errors import (
     base_url,
 )
 from agentgw.inbound.a2a_card import rewrite_card
+from agentgw.inbound.a2a_guardrails import AgentScreen, relay_screened_events
 from agentgw.inbound.a2a_pins import Pins, answer_to, id_text, owned, pin_key
 from agentgw.inbound.a2a_webhooks import MESSAGE_METHODS, webhook_allowed, webhook_urls
 from agentgw.inbound.mcp_request import check_content_type, read_body
-from agentgw.inbound.relay import KEEP_ALIVE, relay, response_headers, wait_for_disconnect
-from agentgw.observability.guardrail_actions import GuardrailActions, Where
+from agentgw.inbound.relay import relay, response_headers
+from agentgw.observability.guardrail_actions import GuardrailActions
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.agents import AgentPolicyEngine, v1_method
 from agentgw.policy.engine import Decision
-from agentgw.policy.guardrails import Guard
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.rate_limits import Kind
 from agentgw.sessions.store import KeyValues
@@ -64,7 +62,7 @@ from agentgw.upstream.answers import MAX_ANSWER_BYTES
 from agentgw.upstream.answers import read_body as read_answer_body
 from agentgw.upstream.credentials import sent_with
 from agentgw.upstream.faults import BACKEND
-from agentgw.upstream.http import ConnectionPool, UpstreamConnectionError, UpstreamResponse
+from agentgw.upstream.http import ConnectionPool, UpstreamResponse
 
 log = logging.getLogger("agentgw.inbound.a2a")
 
@@ -100,13 +98,6 @@ class TaskNotFound(GatewayError):
 
     http_status = 200
     jsonrpc_code = TASK_NOT_FOUND
-
-
-class AnswerBlocked(GuardrailBlocked):
-    """What an agent sent holds what a GuardrailPolicy blocks: answered in its place with 200,
-    as the agent's own JSON-RPC errors are."""
-
-    http_status = 200
 
 
 class A2AEndpoint:
@@ -279,13 +270,13 @@ class A2AEndpoint:
         try:
             pins = Pins(self.store, self.refusals, a2a.agent.name, replica.base_url, call.caller)
             guard = self.live.guardrails.guard("a2a", a2a.agent.name)
-            screen = None if guard is None else _Screen(guard, self.guardrail_actions, call, a2a.agent.name)
+            screen = None if guard is None else AgentScreen(guard, self.guardrail_actions, call, a2a.agent.name)
             if not sse.is_event_stream(response.header("content-type")):
                 await self._relay_json(a2a, call, response, replica, pins, screen, send)
             elif screen is None:
                 await relay(response, [], receive, send, CALL_TIMEOUT, tap=pins.feed)
             else:
-                await _relay_screened_events(response, pins, screen, receive, send)
+                await relay_screened_events(response, pins, screen, receive, send)
         finally:
             response.release()
 
@@ -296,7 +287,7 @@ class A2AEndpoint:
         response: UpstreamResponse,
         replica: Replica,
         pins: Pins,
-        screen: _Screen | None,
+        screen: AgentScreen | None,
         send: Send,
     ) -> None:
         try:
@@ -354,111 +345,6 @@ class A2AEndpoint:
                 kept.append(task)
         result["tasks"] = kept
         return True
-
-
-class _Screen:
-    """What an agent sends back, through the guard for it (contract 15); every finding is counted,
-    logged and audited."""
-
-    def __init__(self, guard: Guard, actions: GuardrailActions, call: Call, agent: str) -> None:
-        self.guard = guard
-        self.actions = actions
-        self.request_id = call.rpc_id
-        self.where = Where(agent, call.subject, None, call.rpc_method or "answer")
-
-    def message(self, message: Any) -> Any:
-        """`message` with its secrets redacted; the very object when no string changed. AnswerBlocked
-        when it holds what a policy blocks. The request's own id is the client's, and left alone."""
-        own_id = isinstance(message, dict) and _same(message.get("id"), self.request_id)
-        scanned = {k: v for k, v in message.items() if k != "id"} if own_id else message
-        scan = self.guard.scan(scanned)
-        self.actions.found(scan.findings, self.where)
-        if scan.blocked is not None:
-            detector = scan.blocked.detector
-            raise AnswerBlocked(f"Agent {self.where.target!r} answered with what a guardrail blocks", detector)
-        if scan.value is scanned:
-            return message
-        return {k: v if k == "id" else scan.value[k] for k, v in message.items()} if own_id else scan.value
-
-    def body(self, body: bytes) -> bytes:
-        """A whole answer the gateway does not read otherwise (an agent's error status): as JSON when
-        it is JSON, else as text."""
-        try:
-            value: Any = jsonrpc.parse(body)
-        except GatewayError:
-            text = body.decode("utf-8", "replace")
-            screened_text = self.message(text)
-            return body if screened_text is text else str(screened_text).encode()
-        screened = self.message(value)
-        return body if screened is value else jsonrpc.serialise(screened)
-
-    def event(self, event: sse.Event, message: Any) -> bytes:
-        """An event as the client gets it (`message`: its data as JSON, None when it is not JSON)."""
-        if message is None:
-            text = self.message(event.data)
-            return event.encode(None if text is event.data else str(text))
-        screened = self.message(message)
-        return event.encode(None if screened is message else jsonrpc.serialise(screened).decode())
-
-    def error_event(self, blocked: AnswerBlocked) -> bytes:
-        return sse.Event(blocked.body(self.request_id).decode()).encode()
-
-
-def _same(answered: Any, request_id: Any) -> bool:
-    return type(answered) is type(request_id) and answered == request_id
-
-
-async def _relay_screened_events(
-    response: UpstreamResponse, pins: Pins, screen: _Screen, receive: Receive, send: Send
-) -> None:
-    """An event stream through the guard: each event whole, in the gateway's framing, as it completes."""
-    await send({"type": "http.response.start", "status": response.status, "headers": response_headers(response)})
-    events = asyncio.ensure_future(_screened_events(response, pins, screen, send))
-    disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
-    try:
-        await asyncio.wait((events, disconnect), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        events.cancel()
-        for outcome in await asyncio.gather(events, disconnect, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                log.error("relaying an event stream failed", exc_info=outcome)
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _screened_events(response: UpstreamResponse, pins: Pins, screen: _Screen, send: Send) -> None:
-    """Until the agent's stream ends, or an event holds what a policy blocks: that event becomes the
-    error, and the stream ends with it."""
-    decoder = sse.SseDecoder()
-    try:
-        # No read timeout: an event stream may rightly stay quiet for a long time.
-        async for chunk in response.chunks(None):
-            relayed: list[bytes] = []
-            try:
-                for event in decoder.feed(chunk):
-                    message = _event_json(event)
-                    if isinstance(message, dict) and isinstance(message.get("result"), dict):
-                        await pins.record(message["result"])
-                    relayed.append(screen.event(event, message))
-            except AnswerBlocked as exc:
-                body = b"".join(relayed) + screen.error_event(exc)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                return
-            if not relayed and b":" in chunk:
-                relayed.append(KEEP_ALIVE)  # an idle stream's comment: the client's proxies need one too
-            if relayed:
-                await send({"type": "http.response.body", "body": b"".join(relayed), "more_body": True})
-    except UpstreamConnectionError as exc:
-        # The answer has started: the client sees the stream end, the operator reads why.
-        log.warning("agent event stream broke after the answer started: %s", exc)
-
-
-def _event_json(event: sse.Event) -> Any:
-    try:
-        return event.json()
-    except (ValueError, RecursionError):
-        log.warning("an agent stream event that is not JSON was scanned as text")
-        return None
 
 
 class _AgentCall:

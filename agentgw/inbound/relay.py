@@ -165,15 +165,23 @@ async def relay(
             body = answers.checked_json(body)
         await _send_whole(send, response.status, headers, body)
         return
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    events = asyncio.ensure_future(_relay_events(response, send, tap, answers))
+    await stream_events(response.status, headers, _relay_events(response, send, tap, answers), receive, send)
+
+
+async def stream_events(
+    status: int, headers: list[tuple[bytes, bytes]], events: Awaitable[None], receive: Receive, send: Send
+) -> None:
+    """An event stream to the client: its head, then `events` (which sends the body) until they end
+    or the client goes away, then the end of the body."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    relaying = asyncio.ensure_future(events)
     disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
-        await asyncio.wait((events, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((relaying, disconnect), return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnect.cancel()
-        events.cancel()
-        for outcome in await asyncio.gather(events, disconnect, return_exceptions=True):
+        relaying.cancel()
+        for outcome in await asyncio.gather(relaying, disconnect, return_exceptions=True):
             if isinstance(outcome, Exception):
                 log.error("relaying an event stream failed", exc_info=outcome)
     await send({"type": "http.response.body", "body": b""})
