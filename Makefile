@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python benchmarks/virtual_servers.py
 	$(BIN)/python benchmarks/store_topologies.py
 	$(BIN)/python benchmarks/chat_completions.py --server both
+	$(BIN)/python benchmarks/guardrails.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -40,6 +40,9 @@ class ScreenedChunks:
         # By choice index, then by field name or tool call index.
         self._streams: dict[tuple[int, str | int], TextStream] = {}
         self._envelope: dict[str, Any] = {}  # the last chunk's own fields, for a closing chunk
+        # A stream's chunks repeat their other strings (id, model, role): the last skeleton scanned
+        # clean is not scanned again.
+        self._clean_skeleton: dict[str, Any] | None = None
 
     def chunk(self, value: Any) -> Any:
         """The chunk to send in place of `value` (`value` itself when nothing changed), or None: send
@@ -49,7 +52,13 @@ class ScreenedChunks:
             return self._whole(value)  # no chunk of OpenAI's shape: no text to follow across chunks
         self._envelope = {k: v for k, v in value.items() if k not in ("choices", "usage")}
         skeleton = {**value, "choices": [_without_text(choice) for choice in choices]}
-        screened = self._whole(skeleton)
+        if skeleton == self._clean_skeleton:
+            screened = skeleton
+        else:
+            screened = self._whole(skeleton)
+            # Kept apart: the released text is written into the skeleton that is sent.
+            clean = screened is skeleton
+            self._clean_skeleton = {**value, "choices": [_without_text(c) for c in choices]} if clean else None
         changed = screened is not skeleton
         silent = value.get("usage") is None
         for position, (choice, sent) in enumerate(zip(choices, screened["choices"], strict=True)):
