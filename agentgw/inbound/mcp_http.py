@@ -41,6 +41,7 @@ from agentgw.inbound.mcp_request import (
     read_headers,
 )
 from agentgw.inbound.mcp_virtual import RENAMED_METHODS, VirtualCalls, VirtualPost, VirtualServer, relay_streams
+from agentgw.inbound.relay import ResumedAnswers
 from agentgw.mcp_headers import LAST_EVENT_ID
 from agentgw.observability.refusals import Refusals
 from agentgw.policy.live import LivePolicies
@@ -139,7 +140,10 @@ class McpHttpEndpoint:
             raise MethodNotAllowed("MCP 2026-07-28 has no GET stream", headers={"allow": "POST"})
         record = await self.calls.sessions.find(request, pool.target.name)
         # A GET stream carries no responses, unless it resumes the stream of an earlier request.
-        request.answers = None if LAST_EVENT_ID in request.headers else self.calls.answers(pool, [])
+        resumed = LAST_EVENT_ID in request.headers
+        request.answers = (
+            ResumedAnswers([], self.calls.foreign_answer(pool)) if resumed else self.calls.answers(pool, [])
+        )
         record, response = await self.calls.send_in_session(request, pool, record, None)
         call.backend = record.backend
         self.calls.guard_session_answers(request.answers, pool, record, call.caller)

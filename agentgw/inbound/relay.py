@@ -66,6 +66,8 @@ class AnswerFilter:
 
     def checked_json(self, body: bytes) -> bytes:
         """A JSON answer as the client gets it: refused when it answers another request, screened."""
+        if not body:
+            return body  # 202 Accepted, to a notification or an answer
         try:
             value = json.loads(body)
         except (ValueError, RecursionError):
@@ -96,7 +98,7 @@ class AnswerFilter:
         kept = []
         for event in decoder.feed(chunk):
             try:
-                message = event.json()
+                message = event.json() if event.data else None  # no data: a resumable stream's priming event
             except (ValueError, RecursionError):
                 log.warning("a backend stream event that is not JSON was relayed as it came")
                 message = None
@@ -125,6 +127,16 @@ class AnswerFilter:
             await self.expecting(asked)
         except StoreUnavailable:
             log.warning("a backend's request was relayed, but the store did not note it: its answer will be refused")
+
+
+class ResumedAnswers(AnswerFilter):
+    """A stream the client resumes (Last-Event-ID) replays what an earlier request's stream
+    carried: responses to any of the client's requests may come."""
+
+    __slots__ = ()
+
+    def allows(self, message: Any) -> bool:
+        return True
 
 
 Tap = Callable[[bytes], Awaitable[None]]

@@ -38,7 +38,8 @@ class GuardrailActions:
 
     def refused(self, where: Where, reason: str) -> None:
         """A server-to-client request kept from the client (sampling denied, an elicitation asking
-        for a secret), or a client's answer to a request it was never asked."""
+        for a secret): `reason` (sampling, elicitation) is the detector it is counted under."""
+        self._metrics.guardrail_action(reason, "block")
         self._record(where, "guardrail_block", reason)
 
     def relayed(self, where: Where) -> None:

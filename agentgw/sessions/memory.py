@@ -50,8 +50,12 @@ class MemorySessionStore:
     ) -> tuple[SessionRecord | None, list[str]]:
         record = await self.touch(session_id, now, ttl)
         asked = self._asked.get(session_id, set())
-        unasked = [answer for answer in answer_ids if answer not in asked]
-        asked.difference_update(answer_ids)
+        unasked = []
+        for answer in answer_ids:  # in order: the same answer twice is refused the second time
+            if answer in asked:
+                asked.discard(answer)
+            else:
+                unasked.append(answer)
         return record, unasked
 
     async def expect_answers(self, session_id: str, request_ids: list[str]) -> None:

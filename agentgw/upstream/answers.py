@@ -81,7 +81,9 @@ def parse_answer(content_type: str | None, body: bytes, request_id: Any) -> Answ
         return Answer([message], None, 0)
     if kind != sse.EVENT_STREAM:
         raise BadBackendAnswer("Backend answered with neither JSON nor an event stream")
-    events = sse.decode_all(body)
+    # An event with no data (a resumable server's priming event, which gives the stream an id
+    # before the answer) carries no message; the answer is read whole, so nothing resumes from it.
+    events = [event for event in sse.decode_all(body) if event.data]
     messages = [_message(event.data.encode()) for event in events]
     responses = [index for index, message in enumerate(messages) if "method" not in message]
     # Exactly one response, to this request: any other would reach the client unchecked.
