@@ -7,7 +7,6 @@ from typing import Any
 
 import yaml
 
-from agentgw.policy.guardrails import RESERVED_DETECTOR_NAMES
 from agentgw.policy.model import (
     API_VERSIONS,
     AgentPolicy,
@@ -18,6 +17,7 @@ from agentgw.policy.model import (
     SessionPolicy,
     ToolPolicy,
 )
+from agentgw.policy.secrets import RESERVED_DETECTOR_NAMES
 from agentgw.typed_yaml import ConfigError, build_document, compose_documents, line_of
 
 _KINDS: dict[str, Any] = {

@@ -234,7 +234,7 @@ def _regex_problem(regex: str) -> str | None:
     for token in _REGEX_TOKEN.findall(regex):
         if token in ("(?P=", "(?(") or token[1] in "123456789":
             return "backreferences are not supported"
-    try:  # the form agentgw/policy/guardrails.py embeds it in
+    try:  # the form agentgw/policy/secrets.py embeds it in
         re.compile(f"(?<=(?=(?:{regex}))[\\s\\S])")
     except re.error as exc:
         return f"regex cannot be combined with the other detectors ({exc}): scope its flags, as in (?i:...)"

@@ -18,14 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentgw.observability.metrics import Metrics
-from agentgw.policy.guardrails import (
-    BUILTIN_NAMES,
-    HOLDBACK,
-    MAX_SCAN_DEPTH,
-    Finding,
-    Guard,
-    Guardrails,
-)
+from agentgw.policy.guardrails import HOLDBACK, MAX_SCAN_DEPTH, Finding, Guard, Guardrails
 from agentgw.policy.live import LivePolicies
 from agentgw.policy.loader import load_policies
 from agentgw.policy.model import (
@@ -36,6 +29,7 @@ from agentgw.policy.model import (
     Metadata,
     Traffic,
 )
+from agentgw.policy.secrets import BUILTIN_NAMES
 from agentgw.typed_yaml import ConfigError
 from agentgw.upstream.http import ConnectionPool
 
