@@ -214,13 +214,9 @@ class SentinelMaster:
     async def _follow(self) -> None:
         """Ask the sentinels (one question at a time) and move to the master they name."""
         if self._asking is None:
-            self._asking = asyncio.ensure_future(self.named_master())
-        asking = self._asking
-        try:
-            named = await asyncio.shield(asking)
-        finally:
-            if self._asking is asking and asking.done():
-                self._asking = None
+            asking = self._asking = asyncio.ensure_future(self.named_master())
+            asking.add_done_callback(lambda _: setattr(self, "_asking", None))
+        named = await asyncio.shield(self._asking)
         if named is not None and (self._master is None or self._master.server != named):
             previous, self._master = self._master, Connection(named, self._login)
             if previous is not None:
