@@ -40,7 +40,9 @@ from agentgw.inbound.mcp_request import (
     read_body,
     read_headers,
 )
-from agentgw.inbound.mcp_virtual import RENAMED_METHODS, VirtualCalls, VirtualPost, VirtualServer, relay_streams
+from agentgw.inbound.mcp_virtual import VirtualCalls, VirtualServer
+from agentgw.inbound.mcp_virtual_post import RENAMED_METHODS, VirtualPost
+from agentgw.inbound.mcp_virtual_steps import relay_streams, virtual_steps
 from agentgw.inbound.relay import ResumedAnswers
 from agentgw.mcp_headers import LAST_EVENT_ID
 from agentgw.observability.refusals import Refusals
@@ -166,7 +168,7 @@ class McpHttpEndpoint:
                 check_routing_headers(request, post.message)
                 if post.message.get("method") == "initialize":
                     raise InvalidRequest("MCP 2026-07-28 has no initialize")
-            await self.pipeline.run(self.virtual.steps(server, post), call, receive, send)
+            await self.pipeline.run(virtual_steps(self.virtual, server, post), call, receive, send)
         elif request.method == "GET":
             check_accept(request.headers, ("text/event-stream",))
             record = await self.calls.sessions.find(request, server.name)
