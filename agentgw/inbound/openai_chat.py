@@ -7,9 +7,11 @@ first chunk reached the client; after that a failure ends the stream with an
 error event.
 
 Where a GuardrailPolicy applies to the provider (contract 15), a whole answer is
-scanned before it is sent, and a streamed one as it goes: each text a choice
-streams is held back up to 256 characters so that a secret split across chunks
-is still caught. Without one, chunks go out byte for byte as the provider sent them.
+scanned before it is sent, and a streamed one as it goes: its chunks are held back
+(never more than 256 characters of a text) until what they carry is settled, so
+that a secret split across chunks is still caught, and go out byte for byte
+unless a secret touches them. Without one, chunks go out byte for byte as the
+provider sent them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
@@ -270,9 +272,9 @@ class ChatEndpoint:
                 await _send_event(send, first, usage, screen)
                 async for chunk in chunks:
                     await _send_event(send, chunk, usage, screen)
-            closing = screen.closing() if screen is not None else None
-            if closing is not None:
-                await send({"type": "http.response.body", "body": _event(_dump(closing)), "more_body": True})
+            closing = _events(screen.closing()) if screen is not None else b""
+            if closing:
+                await send({"type": "http.response.body", "body": closing, "more_body": True})
         except GuardrailBlocked as exc:
             # What was held back goes nowhere: the answer ends here, as a failed stream does.
             await _send_error_event(send, exc)
@@ -377,20 +379,21 @@ class _StreamedChat(_ChatSteps):
 async def _send_event(send: Send, chunk: StreamChunk, usage: list[int], screen: ScreenedChunks | None) -> None:
     """Send one chunk, adding the usage it reports to `usage` ([prompt, completion]). A chunk the
     provider sent in OpenAI's shape goes out as it came (only its `usage` is read) unless a
-    guardrail changed it."""
-    data, value = chunk if isinstance(chunk, RawChunk) else (None, chunk)
-    prompt, completion = usage_of(value)
+    guardrail changed it; through a guardrail, what it releases goes out in one write."""
+    prompt, completion = usage_of(chunk.value if isinstance(chunk, RawChunk) else chunk)
     usage[0] += prompt
     usage[1] += completion
     if screen is not None:
-        screened = screen.chunk(value)
-        if screened is None:
-            return
-        if screened is not value:
-            data, value = None, screened
-    if data is None:
-        data = _dump(value)
-    await send({"type": "http.response.body", "body": _event(data), "more_body": True})
+        body = _events(screen.chunk(chunk))
+    else:
+        body = _event(chunk.data if isinstance(chunk, RawChunk) else _dump(chunk))
+    if body:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def _events(chunks: Iterable[StreamChunk]) -> bytes:
+    """The SSE events of `chunks`: a RawChunk's data as the provider sent it, another chunk serialised."""
+    return b"".join(_event(chunk.data if isinstance(chunk, RawChunk) else _dump(chunk)) for chunk in chunks)
 
 
 async def _send_error_event(send: Send, error: GatewayError) -> None:

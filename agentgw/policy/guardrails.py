@@ -24,8 +24,11 @@ HOLDBACK = 256
 # Deeper than any answer a real server sends; deeper values are blocked, not walked.
 MAX_SCAN_DEPTH = 256
 _STRICTNESS: dict[GuardrailAction, int] = {"off": 0, "warn": 1, "redact": 2, "block": 3}
-# The detectors' lookbehinds reach this far back; a stream keeps that much of what it emitted as their context.
-_CONTEXT = 32
+# The detectors' lookbehinds reach this far back from where a match starts, and a match starts up to
+# this far before its secret (an AWS secret key after its label): a stream keeps both of what it
+# settled, and looks for matches starting in the second.
+_LOOKBEHIND = 32
+_LEAD = 32
 _COMBINED_CACHE_SIZE = 4096
 
 
@@ -168,6 +171,16 @@ def _strictest(actions: Iterable[GuardrailAction]) -> GuardrailAction:
     return max(actions, key=_STRICTNESS.__getitem__)
 
 
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """Where a streamed text was replaced: from `start` to `end`, positions in all the text fed to
+    its stream, by `marker` (empty: more of a secret whose marker an earlier Redaction placed)."""
+
+    start: int
+    end: int
+    marker: str
+
+
 class TextStream:
     """One streamed text, scanned as it arrives.
 
@@ -179,40 +192,65 @@ class TextStream:
     `blocked` is set, `feed` has returned the text before the secret, and nothing more is
     returned: the caller ends the stream with an error event. `findings` grows as text is
     emitted, for the caller's log lines, audit entries and metrics.
+
+    A caller that relays the text in pieces of its own (the chunks of a chat answer) uses `add`
+    and `decide` instead: the text before `decided` is settled, and `decide` says where in it
+    the Redactions are, so each piece can go out as it came unless one touches it.
     """
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-        self._context = ""  # the end of what was emitted, for the lookbehinds
-        self._held = ""
+        self._context = ""  # the end of what was settled, for the lookbehinds and a secret's label
+        self._held = ""  # what was fed after `decided`
         self._inside: Detector | None = None  # a redacted secret still arriving
+        self.fed = 0  # characters fed in all
+        self.decided = 0  # what comes later no longer changes what becomes of the text before
         self.findings: list[Finding] = []
         self.blocked: Finding | None = None
 
     def feed(self, text: str) -> str:
-        return self._advance(self._held + text, final=False)
+        self.add(text)
+        return self._decide(self.fed - HOLDBACK)[0]
 
     def finish(self) -> str:
-        return self._advance(self._held, final=True)
+        return self._decide(None)[0]
 
-    def _advance(self, text: str, final: bool) -> str:
+    def add(self, text: str) -> None:
+        """Take `text` in, settling nothing yet."""
+        self._held += text
+        self.fed += len(text)
+
+    def decide(self, upto: int | None) -> list[Redaction]:
+        """Settle the text before position `upto` (None: all of it, the stream ended), and past it
+        where a secret crosses it or the rest of a long secret is dropped; the Redactions made."""
+        return self._decide(upto)[1]
+
+    def _decide(self, upto: int | None) -> tuple[str, list[Redaction]]:
+        """What the text settled now becomes, and its Redactions."""
         matcher = self._guard._matcher
+        text = self._held
+        redactions: list[Redaction] = []
         if self.blocked is not None or matcher is None:
-            self._held = ""
-            return "" if self.blocked is not None else text
+            self._held, self.decided = "", self.fed
+            return ("" if self.blocked is not None else text), redactions
         if self._inside is not None:
-            text = self._drop_rest_of_secret(self._inside, text, final)
+            text = self._drop_rest_of_secret(self._inside, text, upto is None, redactions)
             if self._inside is not None:
-                return ""
-        if not final and len(text) <= HOLDBACK:
+                return "", redactions
+        if upto is not None and upto <= self.decided:
             self._held = text
-            return ""
+            return "", redactions
         buffer = self._context + text
         begin = len(self._context)
-        cut = len(buffer) if final else len(buffer) - HOLDBACK
+        origin = self.decided - begin  # where buffer[0] is in the stream
+        cut = len(buffer) if upto is None else min(upto, self.fed) - origin
         pieces: list[str] = []
         done = begin
-        for detector, start, end in matcher.hits(buffer, begin):
+        # A match may begin before its secret (the label of an AWS secret key), so before `begin`.
+        for detector, start, end in matcher.hits(buffer, max(0, begin - _LEAD)):
+            if end <= begin:
+                continue
+            start = max(start, begin)
             if start >= cut:
                 break
             action = self._guard._active[detector.name]
@@ -220,33 +258,56 @@ class TextStream:
             self.findings.append(finding)
             if action == "block":
                 self.blocked = finding
-                self._held = ""
-                return "".join([*pieces, buffer[done:start]])
+                self._held, self.decided = "", self.fed
+                return "".join([*pieces, buffer[done:start]]), redactions
             cut = max(cut, end)
             if action == "warn":
                 continue
-            pieces += (buffer[done:start], self._guard._markers[detector.name])
+            marker = self._guard._markers[detector.name]
+            pieces += (buffer[done:start], marker)
+            redactions.append(Redaction(origin + start, origin + end, marker))
             done = end
-            if end == len(buffer) and not final:  # longer than the holdback and still arriving
+            if upto is not None and _may_go_on(detector, buffer, end):  # longer than the holdback, still arriving
                 self._inside = detector if detector.rest is not None else None
+                cut = end  # what follows, if anything, may be more of it
                 break
         pieces.append(buffer[done:cut])
         self._held = buffer[cut:]
-        self._context = buffer[max(0, cut - _CONTEXT) : cut]
-        return "".join(pieces)
+        self._context = buffer[max(0, cut - _LOOKBEHIND - _LEAD) : cut]
+        self.decided = origin + cut
+        return "".join(pieces), redactions
 
-    def _drop_rest_of_secret(self, secret: Detector, text: str, final: bool) -> str:
+    def _drop_rest_of_secret(self, secret: Detector, text: str, final: bool, redactions: list[Redaction]) -> str:
         """What follows the rest of a secret redacted earlier; empty while it has not ended."""
         assert secret.rest is not None
         match = secret.rest.match(text)
         if match is not None and (match.end() < len(text) or final):
             self._inside = None
             self._context = ""
+            self._drop(match.end(), redactions)
             return text[match.end() :]
-        self._held = "" if final else text[len(text) - secret.rest_tail :] if secret.rest_tail else ""
+        # Its last characters stay held while its end may still be arriving (an END line split).
+        kept = 0 if final else min(len(text), secret.rest_tail)
         if final:
             self._inside = None
+        self._drop(len(text) - kept, redactions)
+        self._held = text[len(text) - kept :]
         return ""
+
+    def _drop(self, count: int, redactions: list[Redaction]) -> None:
+        if count:
+            redactions.append(Redaction(self.decided, self.decided + count, ""))
+            self.decided += count
+
+
+def _may_go_on(secret: Detector, buffer: str, end: int) -> bool:
+    """Whether a secret matched up to `end` may go on past the end of `buffer`: it reaches that end,
+    or all that follows may be more of it (a JWT's `.` before its signature). Only a rest that is
+    a run of characters says so; one looking for an end line (a private key's, with a tail) would
+    find the next key's: such a match ends at its own end line or at the end of the buffer."""
+    if end == len(buffer):
+        return True
+    return secret.rest is not None and not secret.rest_tail and secret.rest.fullmatch(buffer, end) is not None
 
 
 # -- server-to-client requests --------------------------------------------------------

@@ -7,6 +7,8 @@ anything a secret scanner would take for a credential.
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import logging
 import re
@@ -17,6 +19,12 @@ import httpx2
 import openai
 import pytest
 
+from agentgw.errors import GuardrailBlocked
+from agentgw.inbound.chat_guardrails import LOOKAHEAD, MAX_HELD_CHUNKS, ScreenedChunks
+from agentgw.observability.guardrail_actions import GuardrailActions, Where
+from agentgw.policy.guardrails import HOLDBACK, Guard, Guardrails
+from agentgw.policy.model import GuardrailPolicy, GuardrailPolicySpec, Metadata
+from agentgw.upstream.llm.provider import RawChunk, StreamChunk
 from tests.stub_providers import StubProvider, client, llm_config, openai_provider, sse_data
 from tests.support import InProcessGateway
 
@@ -27,6 +35,15 @@ SECRETS = (AWS_KEY_ID, GITHUB_TOKEN)
 # Near-misses: a card number that fails the Luhn check, words that merely contain "token".
 LUHN_INVALID = "4111 " + "1111 " * 2 + "1112"
 TOKEN_WORDS = "a token of thanks, the tokenizer and max_tokens"
+JWT = (
+    base64.urlsafe_b64encode(b'{"alg":"RS256"}').rstrip(b"=").decode()
+    + "."
+    + base64.urlsafe_b64encode(json.dumps({"claims": ALNUM * 12}).encode()).rstrip(b"=").decode()
+    + "."
+    + ALNUM * 4
+)
+AWS_SECRET_LABEL = "aws_secret_access_key = "
+AWS_SECRET_KEY = ALNUM * 2
 
 # The AWS key id split across three chunks, the GitHub token across two.
 PIECES = [
@@ -91,6 +108,10 @@ def raw_stream(gw: InProcessGateway) -> httpx2.Response:
     body = {"model": "a/x", "messages": QUESTION, "stream": True}
     with httpx2.Client(timeout=10) as http:
         return http.post(f"{gw.base}/v1/chat/completions", json=body)
+
+
+def cut(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def holds_no_secret(text: str) -> bool:
@@ -241,6 +262,36 @@ def test_warn_or_no_guard_relays_the_chunks_byte_for_byte(
     assert guardrail_counts(gw) == (warned if "warn" in policies else {})
 
 
+def test_a_redacting_guard_relays_the_chunks_no_secret_touches_byte_for_byte(
+    serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider]
+) -> None:
+    words = [f"word{n:03d} " for n in range(120)]
+    pieces = [*words[:60], *PIECES[:-1], *cut(PIECES[-1], 20), *words[60:]]
+    chunks = content_chunks(pieces)
+    upstream = stub("name=a")
+    upstream.script(chunks=chunks)
+    gw = gateway(serve, upstream, guardrails("redact"))
+
+    response = raw_stream(gw)
+
+    # The stub writes its JSON with spaces after separators: the gateway's own serialisation has none.
+    provided = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks]
+    events = [event + b"\n\n" for event in response.content.split(b"\n\n") if event]
+    relayed = [event for event in events if event in provided]
+    assert relayed == [event for event in provided if event in relayed]  # in order
+    assert len(provided) - len(relayed) == len(touched(pieces, SECRETS))
+    text = "".join(text_of(c) for c in sse_data(response.content) if c != "[DONE]")
+    assert text == "".join(pieces).replace(TEXT, REDACTED)
+
+
+def touched(pieces: list[str], secrets: tuple[str, ...]) -> list[str]:
+    """The pieces some of a secret is in."""
+    text = "".join(pieces)
+    spans = [(text.index(secret), text.index(secret) + len(secret)) for secret in secrets]
+    starts = itertools.accumulate([0, *map(len, pieces[:-1])])
+    return [p for p, at in zip(pieces, starts, strict=True) if any(a < at + len(p) and b > at for a, b in spans)]
+
+
 def test_every_redaction_is_counted_logged_without_the_secret_and_audited_and_usage_counted(
     serve: Callable[..., InProcessGateway], stub: Callable[..., StubProvider], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -320,3 +371,201 @@ def test_near_misses_pass_where_secrets_are_blocked(
 
     assert answer.choices[0].message.content == harmless
     assert guardrail_counts(gw) == {}
+
+
+# -- the chunks of a stream, one by one (ScreenedChunks) ----------------------------------------
+
+PROSE = "The answer, in plain words and with no secret at all, goes on for a while. "
+WHERE = Where("a", None, None, "answer")
+
+
+class RecordedActions(GuardrailActions):
+    """What the screen reports, kept instead of counted, logged and audited."""
+
+    def __init__(self) -> None:
+        self.detectors: list[str] = []
+
+    def found(self, findings: Any, where: Where) -> None:
+        self.detectors += [finding.detector for finding in findings]
+
+
+def guard(action: str = "redact") -> Guard:
+    policy = GuardrailPolicy(
+        "agentgw.dev/v1alpha1", "GuardrailPolicy", Metadata("g"), GuardrailPolicySpec(secrets=action)
+    )
+    made = Guardrails([policy]).guard("llm", "a")
+    assert made is not None
+    return made
+
+
+def raw(value: dict[str, Any]) -> RawChunk:
+    return RawChunk(json.dumps(value).encode(), value)
+
+
+def text_of(chunk: StreamChunk) -> str:
+    value = chunk.value if isinstance(chunk, RawChunk) else chunk
+    return "".join(choice["delta"].get("content") or "" for choice in value["choices"])
+
+
+class Relay:
+    """A stream through ScreenedChunks as the gateway relays it: what went out, and the most text
+    ever held back (received and not sent)."""
+
+    def __init__(self, action: str = "redact") -> None:
+        self.actions = RecordedActions()
+        self.screen = ScreenedChunks(guard(action), self.actions, WHERE)
+        self.sent: list[StreamChunk] = []
+        self.most_held = 0
+        self._received = 0
+
+    def run(self, chunks: list[RawChunk], finish: bool = True) -> list[StreamChunk]:
+        for chunk in chunks:
+            self.sent += self.screen.chunk(chunk)
+            self._received += len(text_of(chunk))
+            self.most_held = max(self.most_held, self._received - sum(len(text_of(c)) for c in self.sent))
+        self.sent += self.screen.closing()
+        return self.sent
+
+    def text(self) -> str:
+        return "".join(text_of(chunk) for chunk in self.sent)
+
+
+def stream_of(pieces: list[str]) -> list[RawChunk]:
+    return [raw(c) for c in content_chunks(pieces)]
+
+
+@pytest.mark.parametrize("size", [1, 4, 20, HOLDBACK - LOOKAHEAD + 1])
+def test_chunks_no_secret_touches_go_out_as_the_provider_sent_them(size: int) -> None:
+    chunks = stream_of(cut(PROSE * 12, size))
+    relay = Relay()
+
+    sent = relay.run(chunks)
+
+    assert len(sent) == len(chunks) and all(out is came for out, came in zip(sent, chunks, strict=True))
+    assert relay.most_held <= HOLDBACK
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 65, 66, 100, 255, 256, 257, 1000])
+def test_no_more_than_256_characters_are_held_back_whatever_the_chunks(size: int) -> None:
+    text = PROSE * 14
+    relay = Relay()
+
+    relay.run(stream_of(cut(text, size)))
+
+    assert relay.text() == text
+    assert relay.most_held <= HOLDBACK == 256
+
+
+@pytest.mark.parametrize("secret", [AWS_KEY_ID, GITHUB_TOKEN, JWT, AWS_SECRET_LABEL + AWS_SECRET_KEY])
+def test_a_secret_split_over_many_small_chunks_is_caught(secret: str) -> None:
+    text = PROSE * 4 + secret + " and the end. " + PROSE * 4
+    relay = Relay()
+
+    relay.run(stream_of(cut(text, 1)))
+
+    assert relay.text() == guard().scan(text).value != text
+    assert len(relay.actions.detectors) == 1
+
+
+@pytest.mark.parametrize("secret", [AWS_KEY_ID, GITHUB_TOKEN])
+def test_a_secret_split_in_three_chunks_is_caught_at_every_pair_of_split_points(secret: str) -> None:
+    text = PROSE * 4 + secret + " and the end."
+    expected = guard().scan(text).value
+    start = len(PROSE * 4)
+    for first, second in itertools.combinations(range(start - 1, start + len(secret) + 1), 2):
+        pieces = [text[:first], text[first:second], text[second:]]
+        relay = Relay()
+        relay.run(stream_of(pieces))
+        assert relay.text() == expected, (first, second)
+
+
+def test_a_secret_across_the_edge_of_what_is_held_is_caught_and_only_its_chunks_rewritten() -> None:
+    # Small chunks: text is settled LOOKAHEAD characters behind the end, and sent at most
+    # HOLDBACK behind it. Moving the secret a character at a time puts it across both edges.
+    for shift in range(HOLDBACK - LOOKAHEAD + len(GITHUB_TOKEN)):
+        text = PROSE * 4 + "x" * shift + " " + GITHUB_TOKEN + " " + PROSE * 4
+        chunks = stream_of(cut(text, 3))
+        relay = Relay()
+
+        sent = relay.run(chunks)
+
+        assert relay.text() == guard().scan(text).value, shift
+        # Chunks are 3 characters: the 40-character token touches at most 15 of them.
+        rewritten = [chunk for chunk in sent if not any(chunk is came for came in chunks)]
+        assert 1 <= len(rewritten) <= 15, shift
+
+
+def test_the_label_of_an_aws_secret_key_held_apart_from_the_key_still_counts() -> None:
+    # The key is told by the label before it: wherever what is settled ends between the two.
+    secret = AWS_SECRET_LABEL + AWS_SECRET_KEY
+    for shift in range(HOLDBACK - LOOKAHEAD + 1):
+        text = "x" * shift + " " + PROSE * 4 + secret + " and the end. " + PROSE * 4
+        relay = Relay()
+        relay.run(stream_of(cut(text, 1)))
+        assert AWS_SECRET_KEY not in relay.text(), shift
+        assert AWS_SECRET_LABEL + "[REDACTED:aws_secret_access_key]" in relay.text(), shift
+
+
+def test_a_long_jwt_cut_before_its_signature_is_redacted_whole() -> None:
+    header_and_payload, signature = JWT.rsplit(".", 1)
+    assert len(header_and_payload) > LOOKAHEAD
+    # The stream is settled while its text ends at the dot: the signature may still follow.
+    pieces = [PROSE * 4, header_and_payload + ".", signature + " and the end."]
+    relay = Relay()
+
+    relay.run(stream_of(pieces))
+
+    assert relay.text() == PROSE * 4 + "[REDACTED:jwt] and the end."
+
+
+def test_a_blocked_chunk_raises_and_nothing_of_the_secret_went_out() -> None:
+    text = PROSE * 4 + GITHUB_TOKEN + " and the end. " + PROSE * 4
+    relay = Relay("block")
+
+    with pytest.raises(GuardrailBlocked):
+        relay.run(stream_of(cut(text, 2)))
+
+    assert GITHUB_TOKEN[:8] not in relay.text() and relay.text() == text[: len(relay.text())]
+    assert relay.actions.detectors == ["github_token"]
+
+
+def test_a_guard_that_only_warns_sends_every_chunk_at_once() -> None:
+    chunks = stream_of(cut(PROSE * 4 + GITHUB_TOKEN + PROSE * 4, 5))
+    screen = ScreenedChunks(guard("warn"), RecordedActions(), WHERE)
+
+    assert all(screen.chunk(chunk) == [chunk] for chunk in chunks)
+    assert screen.closing() == []
+
+
+def test_chunks_of_no_text_are_not_held_without_bound() -> None:
+    # Text not yet settled holds the chunks behind it; a provider sending chunks of no text does not
+    # make the gateway hold them all.
+    choice = {"index": 0, "delta": {"content": ""}, "logprobs": {"content": []}, "finish_reason": None}
+    textless = [raw({**BASE, "choices": [choice]}) for _ in range(3 * MAX_HELD_CHUNKS)]
+    screen = ScreenedChunks(guard(), RecordedActions(), WHERE)
+    sent = [*screen.chunk(raw(chunk({"content": "Hello"})))]
+
+    for came in textless:
+        sent += screen.chunk(came)
+
+    assert len(sent) >= len(textless) - MAX_HELD_CHUNKS
+    sent += screen.chunk(raw(chunk({}, "stop")))
+    assert "".join(text_of(c) for c in sent) == "Hello"
+
+
+def test_each_text_of_a_chunk_is_held_to_the_bound_content_and_tool_call_arguments() -> None:
+    arguments = json.dumps({"repo": "docs", "token": GITHUB_TOKEN, "notes": PROSE * 3})
+    content = PROSE * 4 + AWS_KEY_ID + PROSE * 2
+    chunks = [
+        raw(chunk({"content": a, "tool_calls": [{"index": 0, "function": {"arguments": b}}]}))
+        for a, b in itertools.zip_longest(cut(content, 7), cut(arguments, 5), fillvalue="")
+    ]
+    relay = Relay()
+
+    sent = relay.run([*chunks, raw(chunk({}, "tool_calls", usage=USAGE))])
+
+    values = [c.value if isinstance(c, RawChunk) else c for c in sent]
+    calls = [call for v in values for call in v["choices"][0]["delta"].get("tool_calls") or ()]
+    assert json.loads("".join(call["function"]["arguments"] for call in calls))["token"] == "[REDACTED:github_token]"
+    assert relay.text() == guard().scan(content).value
+    assert values[-1]["choices"][0]["finish_reason"] == "tool_calls" and values[-1]["usage"] == USAGE
