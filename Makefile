@@ -32,7 +32,7 @@ chaos: install
 	$(BIN)/python -m pytest -q -s chaos
 
 lint: install
-	$(BIN)/ruff check agentgw tests benchmarks examples
+	$(BIN)/ruff check agentgw tests benchmarks examples chaos
 	$(BIN)/mypy --strict agentgw
 
 bench: install

@@ -52,6 +52,7 @@ import fast_chat_stub
 import mcp_tools_call
 import servers
 import setups
+import side_by_side
 import wrk
 import yaml
 
@@ -103,6 +104,9 @@ class Side:
     pid: int
     loads: dict[str, wrk.Load]
     chunks_per_answer: int
+
+    def contender(self, load: str) -> side_by_side.Contender:
+        return side_by_side.Contender(setup_name(self.name, load), self.loads[load], self.pid)
 
 
 def setup_name(side: str, load: str) -> str:
@@ -198,32 +202,12 @@ def side_of(gateway: Process, guarded: bool, script: Path) -> Side:
 # -- the measurement ----------------------------------------------------------------------
 
 
-def timed_run(side: Side, load: str, connections: int, seconds: int) -> wrk.Result:
-    before = wrk.cpu_seconds(side.pid)
-    result = wrk.run(side.loads[load], connections, seconds, setup_name(side.name, load))
-    used = wrk.cpu_seconds(side.pid) - before
-    result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
-    result.server = servers.UVICORN
-    return result
-
-
-def measure_side_by_side(sides: list[Side], seconds: int, repeat: int) -> list[wrk.Result]:
-    """For each load, wrk at 64 and at 1 connection on both gateways, `repeat` times, the two taking turns
-    (the first one first on even rounds, last on odd ones); the median run of each gateway, load and
-    connection count is kept, with its gateway's CPU time per request."""
-    for load in LOADS:
-        for side in sides:
-            wrk.run(side.loads[load], 16, 2, side.name)  # warm-up: connection pools, the catalogue, the guard
+def measure_loads(sides: list[Side], seconds: int, repeat: int) -> list[wrk.Result]:
+    """Each load on both gateways side by side, every load warmed up on both before any is measured."""
+    side_by_side.warm_up(side.contender(load) for load in LOADS for side in sides)
     results = []
     for load in LOADS:
-        for connections in (64, 1):
-            runs: dict[str, list[wrk.Result]] = {side.name: [] for side in sides}
-            for round_number in range(repeat):
-                for side in sides if round_number % 2 == 0 else list(reversed(sides)):
-                    runs[side.name].append(timed_run(side, load, connections, seconds))
-            for side_runs in runs.values():
-                side_runs.sort(key=lambda r: r.requests_per_second)
-                results.append(side_runs[len(side_runs) // 2])
+        results += side_by_side.measure([side.contender(load) for side in sides], seconds, repeat, servers.UVICORN)
     return results
 
 
@@ -232,24 +216,15 @@ def measure_side_by_side(sides: list[Side], seconds: int, repeat: int) -> list[w
 
 def print_ratios(results: list[wrk.Result]) -> None:
     print("\nguarded / unguarded, same load and connections (req/s ratio; p50, p99 and CPU as ratios too):")
-    by_key = {(r.setup, r.connections): r for r in results}
     for load in LOADS:
-        for connections in (64, 1):
-            plain = by_key[(setup_name(UNGUARDED, load), connections)]
-            guarded = by_key[(setup_name(GUARDED, load), connections)]
-            throughput = guarded.requests_per_second / plain.requests_per_second
-            plain_cpu, guarded_cpu = plain.cpu_us_per_request or 0, guarded.cpu_us_per_request or 0
+        for guarded, plain in side_by_side.pairs(results, setup_name(GUARDED, load), setup_name(UNGUARDED, load)):
             if load in BOUNDED_LOADS:
-                within = throughput >= 1 - ALLOWED_SHORTFALL
+                within = side_by_side.throughput_ratio(guarded, plain) >= 1 - ALLOWED_SHORTFALL
                 verdict = f"{'within' if within else 'OUTSIDE'} the {ALLOWED_SHORTFALL:.0%} bound"
             else:
                 verdict = "no bound: the cost of one redaction"
-            print(
-                f"  {load:<15} c{connections:<3} req/s {throughput:5.3f}x"
-                f"   p50 {guarded.p50_ms / plain.p50_ms:5.3f}x ({guarded.p50_ms - plain.p50_ms:+.3f} ms)"
-                f"   p99 {guarded.p99_ms / plain.p99_ms:5.3f}x"
-                f"   CPU/req {guarded_cpu / (plain_cpu or 1):5.3f}x ({guarded_cpu - plain_cpu:+.0f} us)   {verdict}"
-            )
+            cpu_difference = (guarded.cpu_us_per_request or 0) - (plain.cpu_us_per_request or 0)
+            print(f"  {load:<15} {side_by_side.ratio_columns(guarded, plain)} ({cpu_difference:+.0f} us)   {verdict}")
 
 
 def print_chunks(results: list[wrk.Result], sides: list[Side]) -> None:
@@ -259,7 +234,7 @@ def print_chunks(results: list[wrk.Result], sides: list[Side]) -> None:
         f" ({', '.join(f'{name} {count}' for name, count in chunks.items())} per answer):"
     )
     by_key = {(r.setup, r.connections): r for r in results}
-    for connections in (64, 1):
+    for connections in side_by_side.CONNECTIONS:
         per_second = {
             name: by_key[(setup_name(name, CHAT_STREAM), connections)].requests_per_second * count
             for name, count in chunks.items()
@@ -297,7 +272,7 @@ def main() -> None:
             gateway = start_gateway(tmp, guarded, backend_port, stub_port)
             processes.append(gateway)
             sides.append(side_of(gateway, guarded, script))
-        results = measure_side_by_side(sides, args.seconds, args.repeat)
+        results = measure_loads(sides, args.seconds, args.repeat)
     finally:
         for process in reversed(processes):
             process.stop()

@@ -48,6 +48,7 @@ import fast_backend
 import mcp_tools_call
 import servers
 import setups
+import side_by_side
 import wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,15 +84,6 @@ class Store:
     masters: list[Address]
 
 
-@dataclass(frozen=True)
-class Side:
-    """One of the gateways measured side by side: its setup name, the wrk load, and its process."""
-
-    name: str
-    load: wrk.Load
-    pid: int
-
-
 # -- the gateways ---------------------------------------------------------------------
 
 
@@ -123,45 +115,13 @@ def setup_name(store: str, workers: int) -> str:
 # -- 1. tools/call, single Redis against the cluster ------------------------------------
 
 
-def measure_side_by_side(sides: list[Side], seconds: int, repeat: int) -> list[wrk.Result]:
-    """wrk at 64 and at 1 connection on each side, `repeat` times, the sides taking turns (the first one
-    first on even rounds, last on odd ones); the median run of each side and connection count is kept,
-    with its gateway's CPU time per request."""
-    for side in sides:
-        wrk.run(side.load, 16, 2, side.name)  # warm-up: connection pools, the catalogue
-    results = []
-    for connections in (64, 1):
-        runs: dict[str, list[wrk.Result]] = {side.name: [] for side in sides}
-        for round_number in range(repeat):
-            for side in sides if round_number % 2 == 0 else list(reversed(sides)):
-                before = wrk.cpu_seconds(side.pid)
-                result = wrk.run(side.load, connections, seconds, side.name)
-                used = wrk.cpu_seconds(side.pid) - before
-                result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
-                result.server = servers.UVICORN
-                runs[side.name].append(result)
-        for side_runs in runs.values():
-            side_runs.sort(key=lambda r: r.requests_per_second)
-            results.append(side_runs[len(side_runs) // 2])
-    return results
-
-
 def print_ratios(results: list[wrk.Result], workers: list[int]) -> None:
     print("\nredis-cluster / redis, same workers and connections (req/s ratio; p50, p99 and CPU as ratios too):")
-    by_key = {(r.setup, r.connections): r for r in results}
     for count in workers:
-        for connections in (64, 1):
-            single = by_key[(setup_name(SINGLE, count), connections)]
-            cluster = by_key[(setup_name(CLUSTER, count), connections)]
-            throughput = cluster.requests_per_second / single.requests_per_second
-            cpu = (cluster.cpu_us_per_request or 0) / (single.cpu_us_per_request or 1)
-            verdict = "within" if throughput >= 1 - ALLOWED_SHORTFALL else "OUTSIDE"
-            print(
-                f"  x{count} c{connections:<3} req/s {throughput:5.3f}x"
-                f"   p50 {cluster.p50_ms / single.p50_ms:5.3f}x ({cluster.p50_ms - single.p50_ms:+.3f} ms)"
-                f"   p99 {cluster.p99_ms / single.p99_ms:5.3f}x   CPU/req {cpu:5.3f}x"
-                f"   {verdict} the {ALLOWED_SHORTFALL:.0%} bound"
-            )
+        for cluster, single in side_by_side.pairs(results, setup_name(CLUSTER, count), setup_name(SINGLE, count)):
+            within = side_by_side.throughput_ratio(cluster, single) >= 1 - ALLOWED_SHORTFALL
+            verdict = f"{'within' if within else 'OUTSIDE'} the {ALLOWED_SHORTFALL:.0%} bound"
+            print(f"  x{count} {side_by_side.ratio_columns(cluster, single)}   {verdict}")
 
 
 # -- 2. store commands per tools/call ---------------------------------------------------
@@ -270,17 +230,19 @@ def main() -> None:
             for workers in args.workers:
                 # This worker count's gateways are stopped before the next count's start.
                 with contextlib.ExitStack() as gateways:
-                    sides = []
+                    contenders = []
                     for store in stores:
                         name = setup_name(store.name, workers)
                         gateway = start_gateway(tmp, name, store.config, workers, backend_port)
                         gateways.callback(gateway.stop)
                         assert gateway.process is not None
-                        sides.append(Side(name, tools_call_load(gateway.port), gateway.process.pid))
-                    results += measure_side_by_side(sides, args.seconds, args.repeat)
+                        load = tools_call_load(gateway.port)
+                        contenders.append(side_by_side.Contender(name, load, gateway.process.pid))
+                    side_by_side.warm_up(contenders)
+                    results += side_by_side.measure(contenders, args.seconds, args.repeat, servers.UVICORN)
                     if workers == 1:
-                        for side, store in zip(sides, stores, strict=True):
-                            costs[store.name] = store_commands_per_call(store.masters, side.load)
+                        for contender, store in zip(contenders, stores, strict=True):
+                            costs[store.name] = store_commands_per_call(store.masters, contender.load)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -55,6 +55,7 @@ import mcp_tools_call
 import redis
 import servers
 import setups
+import side_by_side
 import wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,48 +145,25 @@ def tools_call_load(port: int, endpoint: Endpoint) -> wrk.Load:
     return wrk.Load(f"http://127.0.0.1:{port}{endpoint.path}", mcp_tools_call.LUA, env)
 
 
-def measure_side_by_side(
-    setup: str, loads: dict[str, wrk.Load], seconds: int, repeat: int, pid: int
-) -> list[wrk.Result]:
-    """wrk at 64 and at 1 connection on each load, `repeat` times, the loads taking turns (the first one
-    first on even rounds, last on odd ones); the median run of each load and connection count is kept,
-    with the gateway's CPU time per request."""
-    for load in loads.values():
-        wrk.run(load, 16, 2, setup)  # warm-up: connection pools, the catalogue
-    results = []
-    for connections in (64, 1):
-        runs: dict[str, list[wrk.Result]] = {label: [] for label in loads}
-        for round_number in range(repeat):
-            order = list(loads) if round_number % 2 == 0 else list(reversed(loads))
-            for label in order:
-                before = wrk.cpu_seconds(pid)
-                result = wrk.run(loads[label], connections, seconds, f"{setup} {label}")
-                used = wrk.cpu_seconds(pid) - before
-                result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
-                result.server = servers.UVICORN
-                runs[label].append(result)
-        for label_runs in runs.values():
-            label_runs.sort(key=lambda r: r.requests_per_second)
-            results.append(label_runs[len(label_runs) // 2])
-    return results
+def endpoint_setup(setup: str, label: str) -> str:
+    return f"{setup} {label}"
 
 
-def print_ratios(results: list[wrk.Result]) -> None:
+def measure_endpoints(setup: str, loads: dict[str, wrk.Load], seconds: int, repeat: int, pid: int) -> list[wrk.Result]:
+    """The endpoints of one gateway side by side, each load under its endpoint's label."""
+    contenders = [side_by_side.Contender(endpoint_setup(setup, label), load, pid) for label, load in loads.items()]
+    side_by_side.warm_up(contenders)
+    return side_by_side.measure(contenders, seconds, repeat, servers.UVICORN)
+
+
+def print_ratios(results: list[wrk.Result], setup_names: list[str]) -> None:
     print("\nvirtual / target, same setup and connections (req/s ratio; p50, p99 and CPU as ratios too):")
-    by_key = {(r.setup, r.connections): r for r in results}
-    for r in results:
-        setup, _, label = r.setup.rpartition(" ")
-        if label != "virtual":
-            continue
-        target = by_key[(f"{setup} target", r.connections)]
-        throughput = r.requests_per_second / target.requests_per_second
-        cpu = (r.cpu_us_per_request or 0) / (target.cpu_us_per_request or 1)
-        verdict = "within" if throughput >= 1 / (1 + ALLOWED_OVERHEAD) else "OVER"
-        print(
-            f"  {setup:<22} c{r.connections:<3} req/s {throughput:5.3f}x   p50 {r.p50_ms / target.p50_ms:5.3f}x"
-            f" ({r.p50_ms - target.p50_ms:+.3f} ms)   p99 {r.p99_ms / target.p99_ms:5.3f}x   CPU/req {cpu:5.3f}x"
-            f"   {verdict} the {ALLOWED_OVERHEAD:.0%} bound"
-        )
+    for setup in setup_names:
+        virtual_setup, target_setup = endpoint_setup(setup, "virtual"), endpoint_setup(setup, "target")
+        for virtual, target in side_by_side.pairs(results, virtual_setup, target_setup):
+            within = side_by_side.throughput_ratio(virtual, target) >= 1 / (1 + ALLOWED_OVERHEAD)
+            verdict = f"{'within' if within else 'OVER'} the {ALLOWED_OVERHEAD:.0%} bound"
+            print(f"  {setup:<22} {side_by_side.ratio_columns(virtual, target)}   {verdict}")
 
 
 # -- 2. Redis commands per virtual tools/call ---------------------------------------
@@ -392,7 +370,7 @@ def main() -> None:
                 processes.append(gateway)
                 assert gateway.process is not None
                 loads = {e.label: tools_call_load(gateway.port, e) for e in ENDPOINTS}
-                results += measure_side_by_side(setup.name, loads, args.seconds, args.repeat, gateway.process.pid)
+                results += measure_endpoints(setup.name, loads, args.seconds, args.repeat, gateway.process.pid)
                 if setup.store["type"] == "redis":
                     redis_counts = {label: redis_commands_per_call(redis_port, load) for label, load in loads.items()}
                 else:
@@ -404,7 +382,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     wrk.print_table(results)
-    print_ratios(results)
+    print_ratios(results, [setup.name for setup in gateway_setups])
     if redis_counts:
         print_redis_commands(redis_counts)
     print_initialize(timed)

@@ -215,6 +215,20 @@ def measure_memory(setup: str, server: str, load: Load, pid: int, requests: int,
     return Memory(setup, server, done, seconds, errors, rss)
 
 
+def charged_run(load: Load, connections: int, seconds: int, setup: str, pid: int) -> Result:
+    """One wrk run of `seconds`, with the CPU time the process `pid` (its descendants' included) spent per request."""
+    before = cpu_seconds(pid)
+    result = run(load, connections, seconds, setup)
+    used = cpu_seconds(pid) - before
+    result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
+    return result
+
+
+def median_run(runs: list[Result]) -> Result:
+    """The run of median throughput (of an even count, the faster of the middle two)."""
+    return sorted(runs, key=lambda r: r.requests_per_second)[len(runs) // 2]
+
+
 def measure(
     setup: str, load: Load, seconds: int, repeat: int, pid: int | None = None, server: str = ""
 ) -> list[Result]:
@@ -227,15 +241,12 @@ def measure(
     for connections in (64, 1):
         runs = []
         for _ in range(repeat):
-            before = cpu_seconds(pid) if pid else 0.0
-            result = run(load, connections, seconds, setup)
-            if pid:
-                used = cpu_seconds(pid) - before
-                result.cpu_us_per_request = used / (result.requests_per_second * seconds) * 1e6
+            result = (
+                charged_run(load, connections, seconds, setup, pid) if pid else run(load, connections, seconds, setup)
+            )
             result.server = server
             runs.append(result)
-        runs.sort(key=lambda r: r.requests_per_second)
-        results.append(runs[len(runs) // 2])
+        results.append(median_run(runs))
     return results
 
 

@@ -8,20 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from chaos.load import Figures, table
-from tests.redis_topologies import Cluster, RedisNode, SentinelSet, redis_cluster, sentinel_set, single_redis_with_aof
-from tests.support import Process, mcp_backend, start_all
+from tests.conftest import backends as backends  # the tests' two example MCP replicas, for the whole run
+from tests.redis_topologies import RedisNode, single_redis_with_aof, started_cluster, started_sentinels
 
 FIGURES = pytest.StashKey[list[Figures]]()
-
-
-@pytest.fixture(scope="session")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Process]]:
-    """Two replicas of the example MCP server; each gateway session is pinned to one of them."""
-    logs = tmp_path_factory.mktemp("backends")
-    replicas = start_all(*(mcp_backend(name, logs / f"{name}.log") for name in ("replica-a", "replica-b")))
-    yield replicas
-    for replica in replicas:
-        replica.stop()
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +20,8 @@ def aof_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
         yield node
 
 
-@pytest.fixture(scope="session")
-def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    with sentinel_set(tmp_path_factory.mktemp("sentinel")) as topology:
-        yield topology
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with redis_cluster(tmp_path_factory.mktemp("cluster")) as topology:
-        yield topology
+sentinels = pytest.fixture(started_sentinels, scope="session", name="sentinels")
+cluster = pytest.fixture(started_cluster, scope="session", name="cluster")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import redis
 from redis.crc import key_slot as _crc_key_slot
 from redis.driver_info import DriverInfo
@@ -581,3 +582,20 @@ def redis_cluster(tmp: Path, masters: int = 3, replicas_per_master: int = 1) -> 
         cluster = Cluster(servers)
         cluster.settle()
         yield cluster
+
+
+# -- as fixtures ----------------------------------------------------------------------------------
+# Plain generators, so that each suite makes them fixtures of the scope it needs (one module of the
+# topology tests, the whole chaos run): `pytest.fixture(started_cluster, scope=..., name="cluster")`.
+
+
+def started_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A sentinel set in a temp folder of its own, until the fixture made of this ends."""
+    with sentinel_set(tmp_path_factory.mktemp("sentinel")) as topology:
+        yield topology
+
+
+def started_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A cluster (`redis_cluster`'s defaults) in a temp folder of its own, until the fixture made of this ends."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as topology:
+        yield topology

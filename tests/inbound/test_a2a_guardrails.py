@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx  # the a2a-sdk client is built on httpx (not httpx2)
 import pytest
@@ -44,6 +42,7 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import UnsupportedOperationError
 from starlette.applications import Starlette
 
+from tests.guardrail_checks import audit_entries, guardrail_counts, guardrail_lines, logged_text
 from tests.support import InProcessGateway, RawResponse, in_process_gateway, poll, raw_request
 
 AGENT = "vault"
@@ -200,34 +199,6 @@ async def sdk_exchange(gw: InProcessGateway, text: str, streaming: bool) -> list
 
 def holds_no_secret(text: str) -> bool:
     return not any(secret in text for secret in SECRETS)
-
-
-# -- what the operator sees -----------------------------------------------------------------
-
-
-async def guardrail_counts(gw: InProcessGateway) -> dict[tuple[str, str], float]:
-    """agentgw_guardrail_actions_total by (detector, action), scraped from the admin port."""
-    assert gw.admin_port is not None
-    scraped = await raw_request(gw.admin_port, "GET", "/metrics", [("Host", f"127.0.0.1:{gw.admin_port}")])
-    counts = {}
-    for labels, value in re.findall(r"^agentgw_guardrail_actions_total\{([^}]*)\} (\S+)$", scraped.body.decode(), re.M):
-        named = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        counts[(named["detector"], named["action"])] = float(value)
-    return counts
-
-
-async def audit_entries(gw: InProcessGateway) -> list[dict[str, Any]]:
-    assert gw.admin_port is not None
-    tail = await raw_request(gw.admin_port, "GET", "/admin/audit?n=100", [("Host", f"127.0.0.1:{gw.admin_port}")])
-    return [entry for entry in tail.json()["entries"] if str(entry["decision"]).startswith("guardrail")]
-
-
-def guardrail_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [record.fields for record in caplog.records if getattr(record, "fields", {}).get("event") == "guardrail"]
-
-
-def logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(f"{record.getMessage()} {getattr(record, 'fields', '')}" for record in caplog.records)
 
 
 # -- redact ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import base64
 import itertools
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from agentgw.observability.guardrail_actions import GuardrailActions, Where
 from agentgw.policy.guardrails import HOLDBACK, Guard, Guardrails
 from agentgw.policy.model import GuardrailPolicy, GuardrailPolicySpec, Metadata
 from agentgw.upstream.llm.provider import RawChunk, StreamChunk
+from tests.guardrail_checks import guardrail_actions, guardrail_decisions, guardrail_lines, logged_text, metric_series
 from tests.stub_providers import StubProvider, client, llm_config, openai_provider, sse_data
 from tests.support import InProcessGateway
 
@@ -118,20 +118,13 @@ def holds_no_secret(text: str) -> bool:
     return not any(secret in text for secret in SECRETS)
 
 
-def metric(gw: InProcessGateway, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    """Every series of `name` on the admin port, by its labels."""
-    scraped = httpx2.get(f"http://127.0.0.1:{gw.admin_port}/metrics", timeout=10).text
-    series = {}
-    for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", scraped, re.M):
-        series[frozenset(re.findall(r'(\w+)="([^"]*)"', labels))] = float(value)
-    return series
+def metrics_page(gw: InProcessGateway) -> str:
+    """The admin port's /metrics, read with a blocking client: the gateways here are served from threads."""
+    return httpx2.get(f"http://127.0.0.1:{gw.admin_port}/metrics", timeout=10).text
 
 
 def guardrail_counts(gw: InProcessGateway) -> dict[tuple[str, str], float]:
-    return {
-        (dict(labels)["detector"], dict(labels)["action"]): value
-        for labels, value in metric(gw, "agentgw_guardrail_actions_total").items()
-    }
+    return guardrail_actions(metrics_page(gw))
 
 
 # -- streamed answers -----------------------------------------------------------------------
@@ -303,16 +296,17 @@ def test_every_redaction_is_counted_logged_without_the_secret_and_audited_and_us
     streamed(gw)
 
     assert guardrail_counts(gw) == {("aws_access_key_id", "redact"): 1.0, ("github_token", "redact"): 1.0}
-    tokens = {dict(labels)["kind"]: value for labels, value in metric(gw, "agentgw_llm_tokens_total").items()}
+    token_series = metric_series(metrics_page(gw), "agentgw_llm_tokens_total")
+    tokens = {dict(labels)["kind"]: value for labels, value in token_series.items()}
     assert tokens == {"prompt": 5.0, "completion": 17.0}
-    lines = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "guardrail"]
+    lines = guardrail_lines(caplog)
     assert sorted((line["reason"], line["decision"], line["target"]) for line in lines) == [
         ("aws_access_key_id", "guardrail_redact", "a"),
         ("github_token", "guardrail_redact", "a"),
     ]
-    assert holds_no_secret("\n".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records))
+    assert holds_no_secret(logged_text(caplog))
     audit = httpx2.get(f"http://127.0.0.1:{gw.admin_port}/admin/audit?n=100", timeout=10).json()["entries"]
-    guarded = [entry for entry in audit if str(entry["decision"]).startswith("guardrail")]
+    guarded = guardrail_decisions(audit)
     assert sorted((entry["reason"], entry["decision"], entry["target"]) for entry in guarded) == [
         ("aws_access_key_id", "guardrail_redact", "a"),
         ("github_token", "guardrail_redact", "a"),

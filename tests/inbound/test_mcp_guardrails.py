@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.guardrail_checks import audit_entries, guardrail_counts, guardrail_lines
 from tests.hostile_backend import HostileBackend, http, initialize_result, json_answer
 from tests.mcp_client import call_text, sdk_client
 from tests.secret_planting_backend import (
@@ -202,28 +202,6 @@ async def post_in_session(gw: InProcessGateway, session_id: str, message: Any, s
 
 
 # -- what the operator sees -----------------------------------------------------------------
-
-
-async def guardrail_counts(gw: InProcessGateway) -> dict[tuple[str, str], float]:
-    """agentgw_guardrail_actions_total by (detector, action), scraped from the admin port."""
-    assert gw.admin_port is not None
-    scraped = await raw_request(gw.admin_port, "GET", "/metrics", [("Host", f"127.0.0.1:{gw.admin_port}")])
-    counts = {}
-    for labels, value in re.findall(r"^agentgw_guardrail_actions_total\{([^}]*)\} (\S+)$", scraped.body.decode(), re.M):
-        named = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        counts[(named["detector"], named["action"])] = float(value)
-    return counts
-
-
-async def audit_entries(gw: InProcessGateway) -> list[dict[str, Any]]:
-    assert gw.admin_port is not None
-    tail = await raw_request(gw.admin_port, "GET", "/admin/audit?n=1000", [("Host", f"127.0.0.1:{gw.admin_port}")])
-    return [entry for entry in tail.json()["entries"] if str(entry["decision"]).startswith("guardrail")]
-
-
-def guardrail_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    fields = [getattr(record, "fields", {}) for record in caplog.records]
-    return [line for line in fields if line.get("event") == "guardrail"]
 
 
 def gateway_log_text(caplog: pytest.LogCaptureFixture) -> str:

@@ -4,7 +4,6 @@ promise: they start settled, fail over when told, and persist where they say the
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,14 @@ from tests.redis_topologies import (
     command_calls,
     connect,
     key_slot,
-    redis_cluster,
     reset_stats,
-    sentinel_set,
     single_redis_with_aof,
+    started_cluster,
+    started_sentinels,
 )
 
-
-@pytest.fixture(scope="module")
-def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    with sentinel_set(tmp_path_factory.mktemp("sentinel")) as topology:
-        yield topology
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with redis_cluster(tmp_path_factory.mktemp("cluster")) as topology:
-        yield topology
+sentinels = pytest.fixture(started_sentinels, scope="module", name="sentinels")
+cluster = pytest.fixture(started_cluster, scope="module", name="cluster")
 
 
 def test_aof_redis_keeps_a_write_across_a_sigkill_restart_on_the_same_port(tmp_path: Path) -> None:
