@@ -151,11 +151,12 @@ class Guard:
 
     def _text(self, text: str, findings: list[Finding]) -> str:
         assert self._matcher is not None
-        if self._matcher.regex.search(text) is None:  # the common case: one pass, nothing made
+        matcher = self._matcher.suspects(text)
+        if matcher is None or matcher.regex.search(text) is None:  # the common case: nothing made
             return text
         pieces: list[str] = []
         done = 0
-        for detector, start, end in self._matcher.hits(text):
+        for detector, start, end in matcher.hits(text):
             action = self._active[detector.name]
             findings.append(Finding(detector.name, action))
             if action != "warn":

@@ -312,6 +312,53 @@ def test_target_refs_and_applies_to_select_the_policies() -> None:
     assert applying(guardrails, "mcp", "all-in-one", "search") == ()
 
 
+# -- clues: what a whole string is searched for before the detectors' regex -------------------
+
+PROSE = "The close ran late; the team re-ran it by hand on the 4th, 1.8% off the forecast."
+
+
+@pytest.mark.parametrize(("detector", "secret"), ALL_SECRETS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALL_SECRETS)])
+def test_a_secret_is_found_when_its_clue_is_in_the_text_just_once(detector: str, secret: str) -> None:
+    assert guard_of(policy()).scan(f"{PROSE} {secret}\n{PROSE}").value == f"{PROSE} {marker(detector)}\n{PROSE}"
+
+
+@pytest.mark.parametrize(
+    ("label", "kept"),
+    [
+        ("\u017fecret_access_key: ", "\u017fecret_access_key: "),  # a long s, which (?i) takes for an s
+        ("secret-acce\u017f\u017f-key= ", "secret-acce\u017f\u017f-key= "),  # the longest label there is
+        ("AWS_SECRET_KEY=", "AWS_SECRET_KEY="),
+    ],
+)
+def test_an_aws_secret_key_is_found_whatever_the_case_of_its_label(label: str, kept: str) -> None:
+    scan = guard_of(policy()).scan(f"{PROSE} {label}{AWS_SECRET_KEY}")
+    assert scan.value == f"{PROSE} {kept}{marker('aws_secret_access_key')}"
+
+
+def test_clues_of_some_detectors_do_not_hide_the_secrets_of_others() -> None:
+    near_misses = "sk- xox ghp_ .eyJ AKIA -----BEGIN 4111 1111 key"  # every clue, no secret
+    text = f"{near_misses} {SECRETS['jwt']} {SECRETS['payment_card']}"
+    expected = f"{near_misses} {marker('jwt')} {marker('payment_card')}"
+    assert guard_of(policy()).scan(text).value == expected
+
+
+@pytest.mark.parametrize(
+    ("regex", "text"),
+    [
+        ("EMP-[0-9]{6}", "EMP-123456"),  # a literal first
+        ("[0-9]{6}-EMP", "123456-EMP"),  # a literal last
+        ("(?:ab|cd)ZZ[0-9]{2}", "cdZZ42"),  # a literal in the middle
+        ("[A-Z]{3}-[0-9]{6}", "XYZ-123456"),  # no literal: always matched
+        ("(?i:emp)-[0-9]{6}", "Emp-123456"),  # no literal matched as written
+    ],
+)
+def test_a_custom_pattern_is_found_with_or_without_a_literal_in_it(regex: str, text: str) -> None:
+    guard = guard_of(policy(patterns=[("p", regex, "redact")]))
+    slack = SECRETS["slack_token"]
+    assert guard.scan(f"{PROSE} {text} {slack}").value == f"{PROSE} [REDACTED:p] {marker('slack_token')}"
+    assert guard.scan(f"{PROSE} {text[1:]}").value == f"{PROSE} {text[1:]}"
+
+
 def test_guards_are_compiled_once_and_shared() -> None:
     guardrails = Guardrails([policy("everywhere"), policy("docs", target_refs=["docs"], secrets="block")])
     assert guardrails.guard("mcp", "x") is guardrails.guard("a2a", "y")
