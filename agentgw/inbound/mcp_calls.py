@@ -255,13 +255,15 @@ class McpCalls:
         answers.screen = self.screen(pool.target.name, caller, record.id, self._answer_in_session(pool, record, caller))
 
     def _answer_in_session(self, pool: BackendPool, record: SessionRecord, caller: Principal | None) -> AnswerBackend:
-        headers = {"content-type": "application/json", "accept": ACCEPT, MCP_PROTOCOL_VERSION: record.protocol_version}
-        if record.backend_session_id is not None:
-            headers[MCP_SESSION_ID] = record.backend_session_id
-        url, presenting, timeout = record.backend, pool.presenting(caller), pool.target.timeout
-
+        # Made on every stateful request, used only when a backend's request is refused: the
+        # headers are built then.
         def answer(body: bytes) -> None:
-            in_background(self.upstream.post_answer(url, headers, body, timeout, presenting))
+            headers = {"content-type": "application/json", "accept": ACCEPT}
+            headers[MCP_PROTOCOL_VERSION] = record.protocol_version
+            if record.backend_session_id is not None:
+                headers[MCP_SESSION_ID] = record.backend_session_id
+            timeout, presenting = pool.target.timeout, pool.presenting(caller)
+            in_background(self.upstream.post_answer(record.backend, headers, body, timeout, presenting))
 
         return answer
 

@@ -43,10 +43,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("agentgw.policy.secrets")
 
 TOO_DEEP = "too_deep"
 
@@ -221,6 +224,9 @@ def _entry_pieces(regex: str) -> frozenset[str] | None:
         parsed = _parser.parse(regex)
         pieces, can_be_empty = _first_pieces(parsed.data, bool(parsed.state.flags & re.IGNORECASE))
     except Exception:  # a parse tree of another shape than expected: widen, never narrow
+        log.warning(
+            "a custom pattern's first characters could not be read; it is tried at every character", exc_info=True
+        )
         return None
     return None if pieces is None or can_be_empty else frozenset(pieces)
 
@@ -300,6 +306,7 @@ def _custom_clue(regex: str) -> Clue | None:
     try:
         parsed = _parser.parse(regex)
     except Exception:  # a parse tree of another shape than expected: no clue, always matched
+        log.warning("a custom pattern's literal could not be read; every string is scanned for it", exc_info=True)
         return None
     if parsed.state.flags & re.IGNORECASE:
         return None

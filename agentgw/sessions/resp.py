@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import hiredis
 from redis.crc import key_slot
 
-from agentgw.background import in_background
+from agentgw.background import OneAtATime, in_background
 from agentgw.errors import StoreUnavailable
 
 log = logging.getLogger("agentgw.sessions")
@@ -93,7 +93,9 @@ class Connection:
         self._setup = login.commands()
         self._ssl = ssl.create_default_context() if server.tls else None
         self._protocol: _RespProtocol | None = None
-        self._connecting: asyncio.Future[_RespProtocol] | None = None
+        # The one connection attempt every caller waits on: all of them fail within one
+        # STORE_TIMEOUT when it fails, rather than each trying in turn.
+        self._connect = OneAtATime(self._open_and_keep)
 
     async def call(self, command: list[str]) -> Any:
         protocol = self._protocol
@@ -108,18 +110,9 @@ class Connection:
             protocol = await self._connect()
         return list(await asyncio.gather(*(protocol.call(command) for command in commands)))
 
-    async def _connect(self) -> _RespProtocol:
-        """The one connection attempt every caller waits on: all of them fail within one
-        STORE_TIMEOUT when it fails, rather than each trying in turn."""
-        if self._connecting is None:
-            connecting = self._connecting = asyncio.ensure_future(self._open())
-            connecting.add_done_callback(self._opened)
-        return await asyncio.shield(self._connecting)
-
-    def _opened(self, connecting: asyncio.Future[_RespProtocol]) -> None:
-        self._connecting = None
-        if not connecting.cancelled() and connecting.exception() is None:
-            self._protocol = connecting.result()
+    async def _open_and_keep(self) -> _RespProtocol:
+        protocol = self._protocol = await self._open()
+        return protocol
 
     async def _open(self) -> _RespProtocol:
         loop = asyncio.get_running_loop()
@@ -184,7 +177,8 @@ class SentinelMaster:
         self._login = login
         self._master: Connection | None = None
         self._watch: asyncio.Task[None] | None = None
-        self._asking: asyncio.Future[Server | None] | None = None
+        self._named_master = OneAtATime(self.named_master)  # one question to the sentinels at a time
+        self._quiet: set[Server] = set()
         self.on_promotion: list[Callable[[Server], None]] = []  # told of each new master
 
     async def eval_script(self, script: str, keys: list[str], args: list[str]) -> Any:
@@ -212,11 +206,8 @@ class SentinelMaster:
             await self._follow()
 
     async def _follow(self) -> None:
-        """Ask the sentinels (one question at a time) and move to the master they name."""
-        if self._asking is None:
-            asking = self._asking = asyncio.ensure_future(self.named_master())
-            asking.add_done_callback(lambda _: setattr(self, "_asking", None))
-        named = await asyncio.shield(self._asking)
+        """Ask the sentinels and move to the master they name."""
+        named = await self._named_master()
         if named is not None and (self._master is None or self._master.server != named):
             previous, self._master = self._master, Connection(named, self._login)
             if previous is not None:
@@ -235,17 +226,30 @@ class SentinelMaster:
         try:
             async with asyncio.timeout(SENTINEL_TIMEOUT):
                 reply = await sentinel.call(["SENTINEL", "get-master-addr-by-name", self._service])
-        except (StoreUnavailable, TimeoutError):
+        except (StoreUnavailable, TimeoutError) as exc:
             sentinel.close()
+            self._heard_from(sentinel, f"does not answer ({exc.__class__.__name__})")
             return None
         if not isinstance(reply, list) or len(reply) != 2:
+            self._heard_from(sentinel, f"names no master for {self._service!r}")
             return None
+        self._heard_from(sentinel, None)
         host, port = (part.decode() for part in reply)
         return Server(host, int(port), tls=sentinel.server.tls) if port.isdigit() else None
+
+    def _heard_from(self, sentinel: Connection, problem: str | None) -> None:
+        """Log a sentinel going quiet, and answering again: once each, not once a second."""
+        if problem is not None and sentinel.server not in self._quiet:
+            self._quiet.add(sentinel.server)
+            log.warning("sentinel %s %s", sentinel.server, problem)
+        elif problem is None and sentinel.server in self._quiet:
+            self._quiet.discard(sentinel.server)
+            log.warning("sentinel %s answers again", sentinel.server)
 
     def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        self._named_master.cancel()
         for connection in [*self._sentinels, *([self._master] if self._master else [])]:
             connection.close()
 
@@ -261,7 +265,7 @@ class ClusterSlots:
         self._nodes: dict[Server, Connection] = {}
         self._slots: list[Server | None] = [None] * CLUSTER_SLOTS
         self._tag_slots: dict[bytes, int] = {}
-        self._reading: asyncio.Future[None] | None = None
+        self._reading = OneAtATime(self._read_from_any_node)  # one reading at a time, whoever asks
         self._refresh: asyncio.Task[None] | None = None
 
     async def eval_script(self, script: str, keys: list[str], args: list[str]) -> Any:
@@ -323,12 +327,8 @@ class ClusterSlots:
             await self._read_slot_map()
 
     async def _read_slot_map(self) -> None:
-        """One reading at a time, whoever asks."""
-        if self._reading is None:
-            reading = self._reading = asyncio.ensure_future(self._read_from_any_node())
-            reading.add_done_callback(lambda _: setattr(self, "_reading", None))
         with contextlib.suppress(StoreUnavailable):
-            await asyncio.shield(self._reading)
+            await self._reading()
 
     async def _read_from_any_node(self) -> None:
         known = list(dict.fromkeys([*self._nodes, *self._seeds]))
@@ -358,9 +358,9 @@ class ClusterSlots:
         self._slots = slots
 
     def close(self) -> None:
-        for task in (self._refresh, self._reading):
-            if task is not None:
-                task.cancel()
+        if self._refresh is not None:
+            self._refresh.cancel()
+        self._reading.cancel()
         for connection in self._nodes.values():
             connection.close()
 

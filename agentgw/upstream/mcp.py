@@ -207,8 +207,8 @@ class McpUpstream:
         try:
             response = await self.send("DELETE", record.backend, headers, None, timeout=timeout, presenting=presenting)
             response.release()
-        except (UpstreamUnavailable, UpstreamTimeout, UpstreamAuthFailed):
-            pass
+        except (UpstreamUnavailable, UpstreamTimeout, UpstreamAuthFailed) as exc:
+            log.info("backend session at %s not ended there (%s); it expires on its own", record.backend, exc.message)
 
     async def list_tools(
         self, url: str, headers: dict[str, str], meta: Any, timeout: float, presenting: Presenting | None
